@@ -1,0 +1,29 @@
+/** csi.v1.Identity: who we are, and whether we are ready. */
+import type * as grpc from '@grpc/grpc-js';
+import type { Logger } from '../observability/logger.js';
+import { unaryHandler } from './handler.js';
+
+export interface IdentityServiceOptions {
+  driverName: string;
+  version: string;
+  /** True once the driver has resumed its volumes and serves requests. */
+  isReady: () => boolean;
+  logger: Logger;
+}
+
+export function identityService(options: IdentityServiceOptions): grpc.UntypedServiceImplementation {
+  const { logger } = options;
+  return {
+    GetPluginInfo: unaryHandler('GetPluginInfo', logger, async () => ({
+      name: options.driverName,
+      vendor_version: options.version,
+      manifest: {},
+    })),
+    // Node-only plugin: no CONTROLLER_SERVICE, no accessibility constraints.
+    GetPluginCapabilities: unaryHandler('GetPluginCapabilities', logger, async () => ({ capabilities: [] })),
+    // Readiness of the driver itself, not of the SPIRE agent: livenessprobe
+    // restarts the container when Probe fails, and restarting the driver cannot
+    // bring an agent back (reference/csi.md §4).
+    Probe: unaryHandler('Probe', logger, async () => ({ ready: { value: options.isReady() } })),
+  };
+}

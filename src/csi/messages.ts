@@ -1,0 +1,65 @@
+/**
+ * TypeScript shapes of the CSI messages we serve, as decoded with
+ * PROTO_LOADER_OPTIONS (see csi-proto/ and reference/csi.md §1).
+ */
+import * as grpc from '@grpc/grpc-js';
+import { loadProtoPackage, lookupService } from '../proto-loading.js';
+
+export type AccessModeName =
+  | 'UNKNOWN'
+  | 'SINGLE_NODE_WRITER'
+  | 'SINGLE_NODE_READER_ONLY'
+  | 'MULTI_NODE_READER_ONLY'
+  | 'MULTI_NODE_SINGLE_WRITER'
+  | 'MULTI_NODE_MULTI_WRITER'
+  | 'SINGLE_NODE_SINGLE_WRITER'
+  | 'SINGLE_NODE_MULTI_WRITER';
+
+export interface MountVolume {
+  fs_type: string;
+  mount_flags: string[];
+  volume_mount_group: string;
+}
+
+export interface VolumeCapability {
+  block?: Record<string, never> | null;
+  mount?: MountVolume | null;
+  /** Which member of the access_type oneof is set. */
+  access_type?: 'block' | 'mount';
+  access_mode: { mode: AccessModeName } | null;
+}
+
+export interface NodePublishVolumeRequest {
+  volume_id: string;
+  publish_context: Record<string, string>;
+  staging_target_path: string;
+  target_path: string;
+  volume_capability: VolumeCapability | null;
+  readonly: boolean;
+  /** csi_secret: never log. */
+  secrets: Record<string, string>;
+  volume_context: Record<string, string>;
+}
+
+export interface NodeUnpublishVolumeRequest {
+  volume_id: string;
+  target_path: string;
+}
+
+export const CSI_IDENTITY_SERVICE_NAME = 'csi.v1.Identity';
+export const CSI_NODE_SERVICE_NAME = 'csi.v1.Node';
+
+let csiPackage: grpc.GrpcObject | undefined;
+
+function csi(): grpc.GrpcObject {
+  csiPackage ??= loadProtoPackage('csi-proto', 'csi/v1/csi.proto');
+  return csiPackage;
+}
+
+export function csiIdentityService(): grpc.ServiceClientConstructor {
+  return lookupService(csi(), CSI_IDENTITY_SERVICE_NAME);
+}
+
+export function csiNodeService(): grpc.ServiceClientConstructor {
+  return lookupService(csi(), CSI_NODE_SERVICE_NAME);
+}

@@ -1,0 +1,69 @@
+/**
+ * csi.v1.Node: validate, hand over to the VolumeManager, map errors. Methods
+ * not listed here are answered UNIMPLEMENTED by grpc-js.
+ */
+import type * as grpc from '@grpc/grpc-js';
+import { invalidArgument } from '../errors.js';
+import type { Logger } from '../observability/logger.js';
+import type { DriverMetrics } from '../observability/metrics.js';
+import type { VolumeManager } from '../volumes/volume-manager.js';
+import { callSignal, unaryHandler } from './handler.js';
+import type { NodePublishVolumeRequest, NodeUnpublishVolumeRequest } from './messages.js';
+import { parsePublishRequest } from './publish-request.js';
+import { status } from '@grpc/grpc-js';
+
+export interface NodeServiceOptions {
+  nodeName: string;
+  kubeletRootDir: string;
+  volumes: VolumeManager;
+  logger: Logger;
+  metrics: DriverMetrics;
+}
+
+export function nodeService(options: NodeServiceOptions): grpc.UntypedServiceImplementation {
+  const { logger, metrics, volumes } = options;
+  const codeName = (code: grpc.status): string => status[code] ?? String(code);
+  return {
+    NodeGetInfo: unaryHandler('NodeGetInfo', logger, async () => ({ node_id: options.nodeName, max_volumes_per_node: 0 })),
+
+    // VOLUME_MOUNT_GROUP: kubelet hands us the pod's fsGroup instead of
+    // chowning the read-only volume itself, which it would not do anyway.
+    NodeGetCapabilities: unaryHandler('NodeGetCapabilities', logger, async () => ({
+      capabilities: [{ rpc: { type: 'VOLUME_MOUNT_GROUP' } }],
+    })),
+
+    NodePublishVolume: unaryHandler<NodePublishVolumeRequest, Record<string, never>>(
+      'NodePublishVolume',
+      logger,
+      async (request, call) => {
+        const stopTimer = metrics.publishDuration.startTimer();
+        try {
+          const spec = parsePublishRequest(request, { kubeletRootDir: options.kubeletRootDir });
+          await volumes.publish(spec, callSignal(call as grpc.ServerUnaryCall<unknown, unknown>));
+          return {};
+        } catch (err) {
+          logger.warn(
+            { volume_id: request.volume_id, target_path: request.target_path, err: err instanceof Error ? err.message : String(err) },
+            'NodePublishVolume failed',
+          );
+          throw err;
+        } finally {
+          stopTimer();
+        }
+      },
+      (code) => metrics.publishTotal.inc({ result: codeName(code) }),
+    ),
+
+    NodeUnpublishVolume: unaryHandler<NodeUnpublishVolumeRequest, Record<string, never>>(
+      'NodeUnpublishVolume',
+      logger,
+      async (request) => {
+        if (!request.volume_id) throw invalidArgument('volume_id is required');
+        if (!request.target_path) throw invalidArgument('target_path is required');
+        await volumes.unpublish(request.volume_id, request.target_path);
+        return {};
+      },
+      (code) => metrics.unpublishTotal.inc({ result: codeName(code) }),
+    ),
+  };
+}

@@ -1,0 +1,383 @@
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { describeFileNameProblem } from './file-names.js';
+
+/**
+ * The Kubernetes AtomicWriter layout (reference/anchors.md §3.1), for one
+ * volume directory:
+ *
+ * ```
+ * targetDir/
+ *   ..2026_08_22_10_00_00.Ab12Cd/   real files, one directory per version
+ *   ..data -> ..2026_08_22_10_00_00.Ab12Cd
+ *   svid.pem -> ..data/svid.pem     visible names, relative links, made once
+ * ```
+ *
+ * Why this layout and not a `tmp + rename` per file: Envoy's file SDS only
+ * reacts to IN_MOVED_TO in the parent directory of each file, and it loads the
+ * certificate and key together, re-reading until two consecutive hashes match
+ * (reference/anchors.md §3.2). Renaming the one `..data` link flips every file at
+ * once and produces exactly one IN_MOVED_TO in the volume root. Per-file renames
+ * give Envoy a window with a new certificate and the old key, which it rejects
+ * ("Failed to reload certificates") and may not retry until the next event.
+ *
+ * The link names are relative so that they keep working inside the pod, where
+ * the volume is mounted at a different path than on the node.
+ */
+
+export interface FileSpec {
+  /** A plain file name at the volume root; see describeFileNameProblem. */
+  name: string;
+  data: Buffer;
+  /** Permission bits, 0..0o777. Applied with chmod, so the umask has no say. */
+  mode: number;
+}
+
+export interface WriteOptions {
+  /** Group that owns every file (the pod's fsGroup); applied before the swap. */
+  gid?: number;
+}
+
+export interface WriteResult {
+  /** False when the payload equals the current version and nothing was written. */
+  changed: boolean;
+  /** The name of the version directory `..data` points to after the call. */
+  version: string;
+}
+
+/** The link whose rename is the unit of atomicity. */
+export const DATA_LINK_NAME = '..data';
+const DATA_TMP_LINK_NAME = '..data_tmp';
+/** Scratch name used when a visible link has to be repaired in place. */
+const VISIBLE_TMP_LINK_NAME = '..visible_tmp';
+/** `..YYYY_MM_DD_HH_MM_SS.<random>`, as made by versionDirPrefix + mkdtemp. */
+const VERSION_DIR_PATTERN = /^\.\.\d{4}_\d{2}_\d{2}_\d{2}_\d{2}_\d{2}\.[^/]+$/;
+const VERSION_DIR_MODE = 0o755;
+/** gid_t is 32 bits and (gid_t)-1 means "leave unchanged" to chown(2). */
+const MAX_GID = 0xfffffffe;
+
+interface ValidatedPayload {
+  files: FileSpec[];
+  gid: number | undefined;
+}
+
+/**
+ * Writes the files of one volume so that readers always see one complete
+ * version. Calls on one instance are serialised; there must be no other writer
+ * for the same directory ("AtomicWriter offers no concurrency guarantees and
+ * must be synchronized by the caller", reference/anchors.md §3.1).
+ */
+export class AtomicWriter {
+  readonly targetDir: string;
+  /** The promise chain that makes write() calls run one after another. */
+  private tail: Promise<unknown> = Promise.resolve();
+
+  constructor(targetDir: string) {
+    if (!path.isAbsolute(targetDir)) throw new Error(`atomic writer needs an absolute directory, got ${JSON.stringify(targetDir)}`);
+    this.targetDir = path.resolve(targetDir);
+  }
+
+  /**
+   * Makes `files` the volume's content in one `..data` rename. Rejects before
+   * anything on disk is touched when a name, mode or gid is invalid.
+   */
+  async write(files: readonly FileSpec[], options: WriteOptions = {}): Promise<WriteResult> {
+    const payload = validatePayload(files, options);
+    const run = this.tail.then(() => this.writeNow(payload));
+    // A failed write must not block the ones queued behind it.
+    this.tail = run.catch(() => undefined);
+    return run;
+  }
+
+  /** The version directory `..data` points to, or null before the first write. */
+  async currentVersion(): Promise<string | null> {
+    return readDataLink(this.targetDir);
+  }
+
+  /** The current bytes of `name` (through `..data`), or null if there is none. */
+  async readCurrent(name: string): Promise<Buffer | null> {
+    const problem = describeFileNameProblem(name);
+    if (problem !== undefined) throw new Error(`cannot read volume file: ${problem}`);
+    try {
+      return await fs.readFile(path.join(this.targetDir, DATA_LINK_NAME, name));
+    } catch (err) {
+      if (errnoCode(err) === 'ENOENT') return null;
+      throw this.failure(`reading ${name}`, err);
+    }
+  }
+
+  private async writeNow({ files, gid }: ValidatedPayload): Promise<WriteResult> {
+    const dir = this.targetDir;
+    try {
+      const stat = await fs.stat(dir);
+      if (!stat.isDirectory()) throw new Error('it is not a directory');
+    } catch (err) {
+      throw this.failure('checking the volume directory', err);
+    }
+
+    const current = await readDataLink(dir);
+    await this.removeCrashLeftovers(current);
+
+    const names = files.map((f) => f.name);
+    // Without an explicit gid a fresh file would belong to our effective group,
+    // so a version still owned by an fsGroup from an earlier call is rewritten.
+    const expectedGid = gid ?? process.getegid?.();
+    let unchanged = false;
+    if (current !== null) {
+      try {
+        unchanged = await versionMatches(path.join(dir, current), files, expectedGid);
+      } catch (err) {
+        throw this.failure(`comparing with the current version ${current}`, err);
+      }
+    }
+    if (current !== null && unchanged) {
+      // Nothing to write, but kubernetes#121472: a crash between the swap and
+      // the link step leaves visible names missing, so make sure they exist.
+      await this.syncVisibleLinks(names);
+      return { changed: false, version: current };
+    }
+
+    const version = await this.createVersionDir(files, gid);
+    const tmpLink = path.join(dir, DATA_TMP_LINK_NAME);
+    try {
+      await fs.symlink(version, tmpLink);
+    } catch (err) {
+      await removeQuietly(path.join(dir, version));
+      throw this.failure(`linking ${DATA_TMP_LINK_NAME} to the new version`, err);
+    }
+    try {
+      // rename(2) replaces the old link in one step: a reader resolving ..data
+      // sees either the old or the new version, never neither. This is the
+      // IN_MOVED_TO ..data event that Envoy reloads on.
+      await fs.rename(tmpLink, path.join(dir, DATA_LINK_NAME));
+    } catch (err) {
+      await removeQuietly(tmpLink);
+      await removeQuietly(path.join(dir, version));
+      throw this.failure(`renaming ${DATA_TMP_LINK_NAME} to ${DATA_LINK_NAME}`, err);
+    }
+
+    // After the swap, as upstream does: on the first write the visible names
+    // appear a moment after ..data; later writes normally find them in place.
+    await this.syncVisibleLinks(names);
+    if (current !== null && current !== version) {
+      // Deleted at once rather than after a grace period, as upstream does. A
+      // reader that resolved ..data just before the swap may get ENOENT and has
+      // to retry; Envoy treats that as a failed load and waits for the next
+      // event, which the swap has already delivered (reference/anchors.md §3.1).
+      await fs.rm(path.join(dir, current), { recursive: true, force: true }).catch((err: unknown) => {
+        throw this.failure(`removing the previous version ${current}`, err);
+      });
+    }
+    return { changed: true, version };
+  }
+
+  /** Writes every file into a new `..<timestamp>.<random>` directory. */
+  private async createVersionDir(files: readonly FileSpec[], gid: number | undefined): Promise<string> {
+    let versionPath: string;
+    try {
+      versionPath = await fs.mkdtemp(path.join(this.targetDir, versionDirPrefix(new Date())));
+    } catch (err) {
+      throw this.failure('creating a version directory', err);
+    }
+    const version = path.basename(versionPath);
+    try {
+      // mkdtemp makes 0700 and any mode is filtered by the umask; readers in
+      // the pod run as another user and need to traverse this directory.
+      await fs.chmod(versionPath, VERSION_DIR_MODE);
+      for (const file of files) {
+        const filePath = path.join(versionPath, file.name);
+        // Created with the requested mode (less the umask), so a key is never
+        // more open than asked for, not even for a moment.
+        await fs.writeFile(filePath, file.data, { mode: file.mode, flag: 'wx' });
+        // Group ownership before publication (cert-manager/csi-lib PR #65): a
+        // pod must never see a 0640 key that its fsGroup cannot read yet.
+        if (gid !== undefined) await fs.chown(filePath, -1, gid);
+        // chmod last: the umask may have removed bits at creation, and chown
+        // may clear set-id bits; the mode on disk must be exactly the one asked.
+        await fs.chmod(filePath, file.mode);
+      }
+    } catch (err) {
+      await removeQuietly(versionPath);
+      throw this.failure(`writing files into ${version}`, err);
+    }
+    return version;
+  }
+
+  /**
+   * A crash can leave `..data_tmp` (between symlink and rename) or whole
+   * version directories (before the swap, or before the old one was removed).
+   * Only `current` is live; everything else of ours is garbage.
+   */
+  private async removeCrashLeftovers(current: string | null): Promise<void> {
+    const dir = this.targetDir;
+    let entries: string[];
+    try {
+      entries = await fs.readdir(dir);
+    } catch (err) {
+      throw this.failure('listing the volume directory', err);
+    }
+    for (const entry of entries) {
+      const stale =
+        entry === DATA_TMP_LINK_NAME ||
+        entry === VISIBLE_TMP_LINK_NAME ||
+        (entry !== current && VERSION_DIR_PATTERN.test(entry));
+      if (!stale) continue;
+      try {
+        await fs.rm(path.join(dir, entry), { recursive: true, force: true });
+      } catch (err) {
+        throw this.failure(`removing leftover ${entry}`, err);
+      }
+    }
+  }
+
+  /**
+   * Makes the root hold exactly one visible link `name -> ..data/name` per
+   * payload name, and drops links for names that left the payload.
+   */
+  private async syncVisibleLinks(names: readonly string[]): Promise<void> {
+    const dir = this.targetDir;
+    for (const name of names) {
+      const linkPath = path.join(dir, name);
+      const wanted = `${DATA_LINK_NAME}/${name}`;
+      let existing: string | null;
+      try {
+        existing = await fs.readlink(linkPath);
+      } catch (err) {
+        const code = errnoCode(err);
+        if (code === 'ENOENT') existing = null;
+        else if (code === 'EINVAL') existing = ''; // there, but not a symlink
+        else throw this.failure(`reading the visible link ${name}`, err);
+      }
+      if (existing === wanted) continue;
+      try {
+        if (existing === null) {
+          await fs.symlink(wanted, linkPath);
+        } else {
+          // Something else sits at the visible name (not normally possible in
+          // our own tmpfs). Replace it by rename so the name never vanishes.
+          const tmp = path.join(dir, VISIBLE_TMP_LINK_NAME);
+          await removeQuietly(tmp);
+          await fs.symlink(wanted, tmp);
+          await fs.rename(tmp, linkPath);
+        }
+      } catch (err) {
+        throw this.failure(`creating the visible link ${name} -> ${wanted}`, err);
+      }
+    }
+
+    const keep = new Set(names);
+    let entries: string[];
+    try {
+      entries = await fs.readdir(dir);
+    } catch (err) {
+      throw this.failure('listing the volume directory', err);
+    }
+    for (const entry of entries) {
+      if (entry.startsWith('.') || keep.has(entry)) continue;
+      const linkPath = path.join(dir, entry);
+      let target: string;
+      try {
+        target = await fs.readlink(linkPath);
+      } catch {
+        continue; // not a symlink: not one of ours, leave it alone
+      }
+      if (!target.startsWith(`${DATA_LINK_NAME}/`)) continue;
+      try {
+        await fs.unlink(linkPath);
+      } catch (err) {
+        if (errnoCode(err) !== 'ENOENT') throw this.failure(`removing the stale visible link ${entry}`, err);
+      }
+    }
+  }
+
+  private failure(action: string, err: unknown): Error {
+    const message = err instanceof Error ? err.message : String(err);
+    return new Error(`atomic writer for ${this.targetDir}: ${action} failed: ${message}`, { cause: err });
+  }
+}
+
+function validatePayload(files: readonly FileSpec[], options: WriteOptions): ValidatedPayload {
+  const seen = new Set<string>();
+  const copies: FileSpec[] = [];
+  for (const file of files) {
+    const problem = describeFileNameProblem(file.name);
+    if (problem !== undefined) throw new Error(`invalid volume file name: ${problem}`);
+    if (seen.has(file.name)) throw new Error(`volume file name ${JSON.stringify(file.name)} is used twice; names must be distinct`);
+    seen.add(file.name);
+    if (!Number.isInteger(file.mode) || file.mode < 0 || file.mode > 0o777) {
+      throw new Error(`volume file ${file.name}: mode ${String(file.mode)} is not a permission mode between 0 and 0o777`);
+    }
+    if (!Buffer.isBuffer(file.data)) throw new Error(`volume file ${file.name}: data must be a Buffer`);
+    // Copied so a caller reusing its buffers cannot change a queued write.
+    copies.push({ name: file.name, data: Buffer.from(file.data), mode: file.mode });
+  }
+  const { gid } = options;
+  if (gid !== undefined && (!Number.isInteger(gid) || gid < 0 || gid > MAX_GID)) {
+    throw new Error(`gid ${String(gid)} is not a group id between 0 and ${MAX_GID}`);
+  }
+  return { files: copies, gid };
+}
+
+/**
+ * Reads `..data`. A link that does not name a version directory in this volume
+ * is treated as absent, so the next write replaces it instead of getting stuck.
+ */
+async function readDataLink(dir: string): Promise<string | null> {
+  let target: string;
+  try {
+    target = await fs.readlink(path.join(dir, DATA_LINK_NAME));
+  } catch (err) {
+    const code = errnoCode(err);
+    if (code === 'ENOENT') return null;
+    if (code === 'EINVAL') throw new Error(`atomic writer for ${dir}: ${DATA_LINK_NAME} exists but is not a symlink`, { cause: err });
+    throw new Error(`atomic writer for ${dir}: reading ${DATA_LINK_NAME} failed: ${errorText(err)}`, { cause: err });
+  }
+  return VERSION_DIR_PATTERN.test(target) ? target : null;
+}
+
+/**
+ * True when `versionDir` holds exactly the payload's names, each a regular
+ * file with the same bytes, permission bits and (if given) group.
+ */
+async function versionMatches(versionDir: string, files: readonly FileSpec[], gid: number | undefined): Promise<boolean> {
+  let present: string[];
+  try {
+    present = await fs.readdir(versionDir);
+  } catch (err) {
+    if (errnoCode(err) === 'ENOENT' || errnoCode(err) === 'ENOTDIR') return false;
+    throw err;
+  }
+  if (present.length !== files.length) return false;
+  const presentSet = new Set(present);
+  for (const file of files) {
+    if (!presentSet.has(file.name)) return false;
+    const filePath = path.join(versionDir, file.name);
+    const stat = await fs.lstat(filePath);
+    if (!stat.isFile()) return false;
+    if ((stat.mode & 0o7777) !== file.mode) return false;
+    if (gid !== undefined && stat.gid !== gid) return false;
+    if (stat.size !== file.data.length) return false;
+    if (!(await fs.readFile(filePath)).equals(file.data)) return false;
+  }
+  return true;
+}
+
+/** `..YYYY_MM_DD_HH_MM_SS.` in UTC, the prefix upstream gives MkdirTemp. */
+function versionDirPrefix(now: Date): string {
+  const two = (n: number): string => String(n).padStart(2, '0');
+  const date = `${now.getUTCFullYear()}_${two(now.getUTCMonth() + 1)}_${two(now.getUTCDate())}`;
+  const time = `${two(now.getUTCHours())}_${two(now.getUTCMinutes())}_${two(now.getUTCSeconds())}`;
+  return `..${date}_${time}.`;
+}
+
+async function removeQuietly(target: string): Promise<void> {
+  await fs.rm(target, { recursive: true, force: true }).catch(() => undefined);
+}
+
+function errnoCode(err: unknown): string | undefined {
+  return typeof err === 'object' && err !== null && 'code' in err && typeof err.code === 'string' ? err.code : undefined;
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

@@ -1,0 +1,137 @@
+import fs from 'node:fs/promises';
+import path from 'node:path';
+
+/**
+ * One line of /proc/<pid>/mountinfo (proc(5)):
+ *
+ * ```
+ * 36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue
+ * (1)(2) (3)  (4)   (5)      (6)      (7)   (8) (9)    (10)        (11)
+ * ```
+ *
+ * Idempotency checks read this file, as spiffe-csi does, rather than comparing
+ * device numbers of a path and its parent: a bind mount of a directory on the
+ * same file system has the same device as its parent and would be missed, and
+ * stat() on a dead mount can hang.
+ */
+export interface MountEntry {
+  mountId: number;
+  parentId: number;
+  /** `major:minor` of the file system. */
+  majorMinor: string;
+  /** The directory of the file system that forms the root of this mount (bind mounts show the sub-path). */
+  root: string;
+  mountPoint: string;
+  /** Per-mount options (ro, nosuid, nodev, noexec, relatime, …). */
+  mountOptions: string[];
+  /** Optional fields such as `shared:1` or `master:2`. */
+  optionalFields: string[];
+  fsType: string;
+  /** The mount source (device, or whatever name was given, e.g. our driver name for a tmpfs). */
+  source: string;
+  /** Per-superblock options (size=…, mode=… for tmpfs). */
+  superOptions: string[];
+}
+
+export const MOUNTINFO_PATH = '/proc/self/mountinfo';
+
+/**
+ * The kernel escapes space, tab, newline and backslash in paths as `\ooo`
+ * (octal). Any other three-digit octal escape is decoded the same way.
+ */
+function unescapeField(value: string): string {
+  return value.replace(/\\([0-7]{3})/g, (_match, octal: string) => String.fromCharCode(parseInt(octal, 8)));
+}
+
+function splitOptions(value: string): string[] {
+  return value === '' ? [] : value.split(',');
+}
+
+/**
+ * Parses mountinfo text. Throws on a line that does not have the documented
+ * shape, naming the line, because guessing about mounts leads to unmounting
+ * the wrong thing.
+ */
+export function parseMountInfo(text: string): MountEntry[] {
+  const entries: MountEntry[] = [];
+  const lines = text.split('\n');
+  for (let index = 0; index < lines.length; index++) {
+    const line = lines[index];
+    if (line === undefined || line.trim() === '') continue;
+    const where = `mountinfo line ${index + 1}`;
+    // Split on single spaces: the kernel writes exactly one between fields,
+    // and an empty source (allowed for some file systems) shows up as an empty
+    // field that /\s+/ would swallow.
+    const fields = line.split(' ');
+    const separator = fields.indexOf('-', 6);
+    if (separator < 0 || fields.length < separator + 4) {
+      throw new Error(`${where} is not in the mountinfo format: ${JSON.stringify(line)}`);
+    }
+    const [mountIdText, parentIdText, majorMinor, root, mountPoint, mountOptions] = fields;
+    const mountId = Number(mountIdText);
+    const parentId = Number(parentIdText);
+    if (!Number.isInteger(mountId) || !Number.isInteger(parentId) || mountIdText === '' || parentIdText === '') {
+      throw new Error(`${where} has a non-numeric mount id: ${JSON.stringify(line)}`);
+    }
+    if (majorMinor === undefined || root === undefined || mountPoint === undefined || mountOptions === undefined) {
+      throw new Error(`${where} is not in the mountinfo format: ${JSON.stringify(line)}`);
+    }
+    entries.push({
+      mountId,
+      parentId,
+      majorMinor,
+      root: unescapeField(root),
+      mountPoint: unescapeField(mountPoint),
+      mountOptions: splitOptions(mountOptions),
+      optionalFields: fields.slice(6, separator),
+      fsType: unescapeField(fields[separator + 1] ?? ''),
+      source: unescapeField(fields[separator + 2] ?? ''),
+      // Super options contain no spaces, but join defensively in case a
+      // future kernel adds fields after them.
+      superOptions: splitOptions(fields.slice(separator + 3).join(' ')),
+    });
+  }
+  return entries;
+}
+
+export async function readMountInfo(): Promise<MountEntry[]> {
+  return parseMountInfo(await fs.readFile(MOUNTINFO_PATH, 'utf8'));
+}
+
+/**
+ * Paths are compared as written after making them absolute and normal
+ * (`path.resolve`); symlinks are not followed, so callers pass the real path
+ * (kubelet's target paths are).
+ */
+function normalise(target: string): string {
+  return path.resolve(target);
+}
+
+/** True when something is mounted exactly at `target`. */
+export async function isMountPoint(target: string): Promise<boolean> {
+  const wanted = normalise(target);
+  return (await readMountInfo()).some((entry) => entry.mountPoint === wanted);
+}
+
+/** The mounts at `target` and anywhere below it, in mountinfo order. */
+export async function mountsUnder(target: string): Promise<MountEntry[]> {
+  const wanted = normalise(target);
+  const prefix = wanted === '/' ? '/' : `${wanted}/`;
+  return (await readMountInfo()).filter((entry) => entry.mountPoint === wanted || entry.mountPoint.startsWith(prefix));
+}
+
+/**
+ * The mount that is visible at `target` when several are stacked there: the
+ * one no other mount at the same path sits on. Falls back to the last listed.
+ */
+export async function findMount(target: string): Promise<MountEntry | undefined> {
+  const wanted = normalise(target);
+  return topmostMount((await readMountInfo()).filter((entry) => entry.mountPoint === wanted));
+}
+
+/** Exported for tests: picks the top of a stack of mounts at one path. */
+export function topmostMount(atPath: readonly MountEntry[]): MountEntry | undefined {
+  const parents = new Set(atPath.map((entry) => entry.parentId));
+  const tops = atPath.filter((entry) => !parents.has(entry.mountId));
+  return tops[tops.length - 1] ?? atPath[atPath.length - 1];
+}

@@ -1,0 +1,79 @@
+/**
+ * Prometheus metrics on a private registry. Labels are low-cardinality on
+ * purpose (result codes and outcomes, never volume ids or SPIFFE IDs), and no
+ * secret can become a label value.
+ */
+import http from 'node:http';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+export class DriverMetrics {
+  readonly registry = new Registry();
+
+  readonly publishTotal = new Counter({
+    name: 'spire_csi_node_publish_total',
+    help: 'NodePublishVolume calls by gRPC result code (OK or the error code).',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+
+  readonly unpublishTotal = new Counter({
+    name: 'spire_csi_node_unpublish_total',
+    help: 'NodeUnpublishVolume calls by gRPC result code.',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+
+  readonly publishDuration = new Histogram({
+    name: 'spire_csi_node_publish_duration_seconds',
+    help: 'Time NodePublishVolume took, including the wait for the first SVID.',
+    buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120],
+    registers: [this.registry],
+  });
+
+  readonly svidUpdates = new Counter({
+    name: 'spire_csi_svid_updates_total',
+    help: 'SVID material handled per volume: written (files swapped), unchanged, rejected (failed validation, previous files kept) or empty (no SVID, previous files kept).',
+    labelNames: ['outcome'] as const,
+    registers: [this.registry],
+  });
+
+  readonly agentStreamErrors = new Counter({
+    name: 'spire_csi_agent_stream_errors_total',
+    help: 'SPIRE agent streams that ended with an error, by stream and gRPC code.',
+    labelNames: ['stream', 'code'] as const,
+    registers: [this.registry],
+  });
+
+  readonly liveVolumes = new Gauge({
+    name: 'spire_csi_volumes',
+    help: 'Volumes currently managed by this driver.',
+    registers: [this.registry],
+  });
+
+  constructor(options: { collectProcessMetrics?: boolean } = {}) {
+    if (options.collectProcessMetrics) collectDefaultMetrics({ register: this.registry });
+  }
+}
+
+export async function serveMetrics(metrics: DriverMetrics, address: { host: string; port: number }): Promise<http.Server> {
+  const server = http.createServer((request, response) => {
+    if (request.method === 'GET' && request.url === '/metrics') {
+      metrics.registry
+        .metrics()
+        .then((body) => {
+          response.writeHead(200, { 'content-type': metrics.registry.contentType });
+          response.end(body);
+        })
+        .catch(() => {
+          response.writeHead(500).end();
+        });
+      return;
+    }
+    response.writeHead(404).end();
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(address.port, address.host, () => resolve());
+  });
+  return server;
+}

@@ -1,0 +1,88 @@
+/**
+ * The node-wide SubscribeToX509Bundles stream (DESIGN.md invariant 9): one
+ * stream feeds every volume. Each response is the full map of trust domain ID
+ * ("spiffe://<td>") to concatenated DER (reference/spire-delegated-api.md §2.8,
+ * §2.9); listeners are told which trust domains actually changed, so a bundle
+ * rotation rewrites each affected volume once and an unchanged re-send
+ * rewrites nothing.
+ */
+import { errorMessage } from '../errors.js';
+import type { Logger } from '../observability/logger.js';
+import type { DriverMetrics } from '../observability/metrics.js';
+import { splitConcatenatedDer } from '../x509/pem.js';
+import type { AgentConnection } from './agent-connection.js';
+import type { StreamFailure } from './agent-errors.js';
+import type { SubscribeToX509BundlesResponse } from './messages.js';
+import { ResilientStream } from './resilient-stream.js';
+
+export interface TrustBundle {
+  trustDomainId: string;
+  certificates: Buffer[];
+}
+
+export type BundleListener = (changedTrustDomainIds: ReadonlySet<string>) => void;
+
+export class BundleWatcher {
+  private readonly bundles = new Map<string, { raw: Buffer; bundle: TrustBundle }>();
+  private readonly listeners = new Set<BundleListener>();
+  private stream: ResilientStream<SubscribeToX509BundlesResponse> | undefined;
+
+  constructor(
+    private readonly deps: { connection: AgentConnection; logger: Logger; metrics: DriverMetrics },
+  ) {}
+
+  get(trustDomainId: string): TrustBundle | undefined {
+    return this.bundles.get(trustDomainId)?.bundle;
+  }
+
+  get lastFailure(): StreamFailure | undefined {
+    return this.stream?.lastFailure;
+  }
+
+  /** The stream runs while anyone listens; returns the unsubscribe function. */
+  subscribe(listener: BundleListener): () => void {
+    this.listeners.add(listener);
+    if (!this.stream) {
+      this.stream = new ResilientStream({
+        kind: 'bundle',
+        connection: this.deps.connection,
+        open: (client) => client.subscribeToX509Bundles(),
+        onMessage: (message) => this.onMessage(message),
+        logger: this.deps.logger,
+        metrics: this.deps.metrics,
+      });
+      this.stream.start();
+    }
+    return () => {
+      this.listeners.delete(listener);
+      if (this.listeners.size === 0) this.close();
+    };
+  }
+
+  close(): void {
+    this.stream?.close();
+    this.stream = undefined;
+  }
+
+  private onMessage(message: SubscribeToX509BundlesResponse): void {
+    const changed = new Set<string>();
+    for (const [trustDomainId, raw] of Object.entries(message.ca_certificates)) {
+      const previous = this.bundles.get(trustDomainId);
+      if (previous?.raw.equals(raw)) continue;
+      let certificates: Buffer[];
+      try {
+        certificates = splitConcatenatedDer(raw);
+      } catch (err) {
+        // Keep the last good bundle of this trust domain rather than none.
+        this.deps.metrics.svidUpdates.inc({ outcome: 'rejected' });
+        this.deps.logger.error({ trust_domain: trustDomainId, err: errorMessage(err) }, 'rejected a trust bundle from the SPIRE agent; keeping the previous one');
+        continue;
+      }
+      this.bundles.set(trustDomainId, { raw: Buffer.from(raw), bundle: { trustDomainId, certificates } });
+      changed.add(trustDomainId);
+    }
+    if (changed.size === 0) return;
+    this.deps.logger.info({ trust_domains: [...changed] }, 'trust bundle updated');
+    for (const listener of [...this.listeners]) listener(changed);
+  }
+}

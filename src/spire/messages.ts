@@ -1,0 +1,60 @@
+/**
+ * TypeScript shapes of the Delegated Identity API messages as decoded with
+ * PROTO_LOADER_OPTIONS (see spire-proto/ and reference/spire-delegated-api.md §1).
+ */
+import * as grpc from '@grpc/grpc-js';
+import { loadProtoPackage, lookupService } from '../proto-loading.js';
+
+export interface Selector {
+  type: string;
+  value: string;
+}
+
+export interface SpiffeIdMessage {
+  trust_domain: string;
+  path: string;
+}
+
+export interface X509SvidMessage {
+  /** DER certificates, leaf first. */
+  cert_chain: Buffer[];
+  id: SpiffeIdMessage | null;
+  /** Leaf NotAfter, Unix seconds. */
+  expires_at: number;
+  hint: string;
+}
+
+export interface X509SvidWithKey {
+  x509_svid: X509SvidMessage | null;
+  /** PKCS#8 DER private key. Never log this. */
+  x509_svid_key: Buffer;
+}
+
+export interface SubscribeToX509SvidsRequest {
+  selectors: Selector[];
+  pid?: number;
+}
+
+export interface SubscribeToX509SvidsResponse {
+  x509_svids: X509SvidWithKey[];
+  /** "spiffe://<td>" strings. */
+  federates_with: string[];
+}
+
+export interface SubscribeToX509BundlesResponse {
+  /** key "spiffe://<td>", value concatenated DER certificates. */
+  ca_certificates: Record<string, Buffer>;
+}
+
+export const DELEGATED_IDENTITY_SERVICE_NAME = 'spire.api.agent.delegatedidentity.v1.DelegatedIdentity';
+
+let cachedConstructor: grpc.ServiceClientConstructor | undefined;
+
+/** The generated client constructor (also carries `.service` for servers). */
+export function delegatedIdentityService(): grpc.ServiceClientConstructor {
+  cachedConstructor ??= lookupService(
+    loadProtoPackage('spire-proto', 'spire/api/agent/delegatedidentity/v1/delegatedidentity.proto'),
+    DELEGATED_IDENTITY_SERVICE_NAME,
+  );
+  return cachedConstructor;
+}

@@ -1,0 +1,245 @@
+/**
+ * Owns the lifecycle of every volume on the node: publish (wait for the first
+ * SVID, clean up completely on failure), unpublish, and resume after a driver
+ * restart. Calls for one volume are serialised; an unpublish cancels a publish
+ * of the same volume that is still waiting (the CSI spec's "negation" call).
+ */
+import fs from 'node:fs/promises';
+import { status } from '@grpc/grpc-js';
+import { DriverError, errorMessage } from '../errors.js';
+import { AtomicWriter } from '../fs/atomic-writer.js';
+import type { Logger } from '../observability/logger.js';
+import type { DriverMetrics } from '../observability/metrics.js';
+import type { AgentConnection } from '../spire/agent-connection.js';
+import type { BundleWatcher } from '../spire/bundle-watcher.js';
+import { formatSelectors, selectorsForPod } from '../spire/selectors.js';
+import { ManagedVolume } from './managed-volume.js';
+import type { MetadataStore, VolumeRecord } from './metadata-store.js';
+import type { PublishSpec } from './publish-spec.js';
+import type { VolumeStorage } from './volume-storage.js';
+
+export interface VolumeManagerDeps {
+  nodeName: string;
+  publishTimeoutMs: number;
+  connection: AgentConnection;
+  bundles: BundleWatcher;
+  store: MetadataStore;
+  storage: VolumeStorage;
+  logger: Logger;
+  metrics: DriverMetrics;
+}
+
+export class VolumeManager {
+  private readonly volumes = new Map<string, ManagedVolume>();
+  private readonly locks = new Map<string, Promise<void>>();
+  private readonly publishing = new Map<string, AbortController>();
+
+  constructor(private readonly deps: VolumeManagerDeps) {}
+
+  get volumeCount(): number {
+    return this.volumes.size;
+  }
+
+  /**
+   * DESIGN.md invariant 6: take back every volume recorded in the state
+   * directory. Files and mounts stay exactly as they are; the streams are
+   * re-opened and the first response rewrites a file only if it differs.
+   */
+  async resume(): Promise<void> {
+    const { records, quarantined } = await this.deps.store.loadAll();
+    const results = await Promise.allSettled(records.map((record) => this.resumeOne(record)));
+    results.forEach((result, index) => {
+      if (result.status === 'rejected') {
+        this.deps.logger.error(
+          { volume_id: records[index]?.volumeId, err: errorMessage(result.reason) },
+          'could not resume a volume; its metadata stays so the next start or NodeUnpublishVolume retries',
+        );
+      }
+    });
+    this.deps.logger.info({ volumes: this.volumes.size, quarantined: quarantined.length }, 'resumed volumes from the state directory');
+  }
+
+  private async resumeOne(record: VolumeRecord): Promise<void> {
+    const log = this.deps.logger.child({ volume_id: record.volumeId, target_path: record.targetPath });
+    if (record.state === 'publishing') {
+      // The driver died inside NodePublishVolume, which therefore never
+      // returned OK: no container uses this volume. kubelet will publish it
+      // again (or unpublish it); start from a clean slate.
+      log.info('cleaning up a volume whose publish was interrupted by a restart');
+      await this.deps.storage.remove(record.targetPath);
+      await this.deps.store.remove(record.volumeId);
+      return;
+    }
+    if (!(await pathExists(record.targetPath))) {
+      log.info('target path is gone (pod deleted while the driver was down); forgetting the volume');
+      await this.deps.store.remove(record.volumeId);
+      return;
+    }
+    if (record.tmpfs && !(await this.deps.storage.hasOurTmpfs(record.targetPath))) {
+      // After a node reboot the tmpfs is gone but kubelet's directories remain.
+      log.warn('the volume tmpfs is not mounted (node rebooted?); mounting it again and rewriting the files');
+      await this.deps.storage.prepare(record.targetPath, true);
+    }
+    const filesPresent = (await new AtomicWriter(record.targetPath).currentVersion()) !== null;
+    const volume = this.createVolume(record, filesPresent);
+    this.volumes.set(record.volumeId, volume);
+    this.deps.metrics.liveVolumes.set(this.volumes.size);
+    volume.start();
+  }
+
+  async publish(spec: PublishSpec, callSignal: AbortSignal): Promise<void> {
+    const controller = new AbortController();
+    const abort = (): void => controller.abort();
+    callSignal.addEventListener('abort', abort);
+    this.publishing.set(spec.volumeId, controller);
+    try {
+      await this.withVolumeLock(spec.volumeId, () => this.publishLocked(spec, controller.signal));
+    } finally {
+      callSignal.removeEventListener('abort', abort);
+      if (this.publishing.get(spec.volumeId) === controller) this.publishing.delete(spec.volumeId);
+    }
+  }
+
+  private async publishLocked(spec: PublishSpec, signal: AbortSignal): Promise<void> {
+    const existing = this.volumes.get(spec.volumeId);
+    if (existing) {
+      // DESIGN.md invariant 7: a repeated publish of a live volume is OK and
+      // mounts nothing again (spiffe-csi#331: non-idempotent publishes stacked
+      // mounts until the node died).
+      if (existing.record.targetPath !== spec.targetPath) {
+        throw new DriverError(
+          status.FAILED_PRECONDITION,
+          `volume ${spec.volumeId} is already published at ${existing.record.targetPath}, not at ${spec.targetPath}`,
+        );
+      }
+      const difference = describeDifference(existing.record, spec);
+      if (difference) {
+        throw new DriverError(status.ALREADY_EXISTS, `volume ${spec.volumeId} is already published with other parameters: ${difference}`);
+      }
+      if (!existing.filesWritten) await existing.waitUntilWritten(this.deps.publishTimeoutMs, signal);
+      return;
+    }
+
+    const record = recordFor(spec, this.deps.storage.usesTmpfs);
+    const log = this.deps.logger.child({
+      volume_id: spec.volumeId,
+      pod: `${spec.pod.namespace}/${spec.pod.name}`,
+      target_path: spec.targetPath,
+    });
+    // Metadata first: a crash after this line leaves a record that the next
+    // start cleans up, so no mount or file is ever orphaned.
+    await this.deps.store.write(record);
+    let volume: ManagedVolume | undefined;
+    try {
+      await this.deps.storage.prepare(spec.targetPath, record.tmpfs);
+      volume = this.createVolume(record, false);
+      log.info({ selectors: formatSelectors(volume.selectors) }, 'publishing volume; waiting for the SVID');
+      volume.start();
+      await volume.waitUntilWritten(this.deps.publishTimeoutMs, signal);
+      await this.deps.store.write({ ...record, state: 'published' });
+      volume.record.state = 'published';
+      this.volumes.set(spec.volumeId, volume);
+      this.deps.metrics.liveVolumes.set(this.volumes.size);
+      log.info('volume published');
+    } catch (err) {
+      await volume?.close();
+      try {
+        await this.deps.storage.remove(spec.targetPath);
+        await this.deps.store.remove(spec.volumeId);
+      } catch (cleanupError) {
+        // The record stays, so NodeUnpublishVolume or the next start finishes the job.
+        log.error({ err: errorMessage(cleanupError) }, 'cleaning up after a failed publish failed');
+      }
+      throw err;
+    }
+  }
+
+  async unpublish(volumeId: string, targetPath: string): Promise<void> {
+    this.publishing.get(volumeId)?.abort();
+    await this.withVolumeLock(volumeId, async () => {
+      const volume = this.volumes.get(volumeId);
+      if (!volume) {
+        // DESIGN.md invariant 7: kubelet retries every error forever (a pod
+        // stuck Terminating), so an unknown volume or path is simply OK.
+        await this.deps.storage.removeIfEmptyKubeletDir(targetPath);
+        return;
+      }
+      const log = this.deps.logger.child({ volume_id: volumeId, target_path: targetPath });
+      if (volume.record.targetPath !== targetPath) {
+        log.warn({ published_at: volume.record.targetPath }, 'unpublish names another target path than the volume has; nothing to do');
+        return;
+      }
+      await volume.close();
+      await this.deps.storage.remove(targetPath);
+      await this.deps.store.remove(volumeId);
+      this.volumes.delete(volumeId);
+      this.deps.metrics.liveVolumes.set(this.volumes.size);
+      log.info('volume unpublished');
+    });
+  }
+
+  /** SIGTERM: stop every stream and leave every volume in place for the next start. */
+  async shutdown(): Promise<void> {
+    for (const controller of this.publishing.values()) controller.abort();
+    await Promise.all([...this.volumes.values()].map((volume) => volume.close()));
+    await Promise.allSettled([...this.locks.values()]);
+  }
+
+  private createVolume(record: VolumeRecord, filesPresent: boolean): ManagedVolume {
+    return new ManagedVolume(record, selectorsForPod(record.pod, this.deps.nodeName), this.deps, { filesPresent });
+  }
+
+  private async withVolumeLock<T>(volumeId: string, task: () => Promise<T>): Promise<T> {
+    const previous = this.locks.get(volumeId) ?? Promise.resolve();
+    const run = previous.then(task);
+    const settled = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.locks.set(volumeId, settled);
+    try {
+      return await run;
+    } finally {
+      if (this.locks.get(volumeId) === settled) this.locks.delete(volumeId);
+    }
+  }
+}
+
+function recordFor(spec: PublishSpec, tmpfs: boolean): VolumeRecord {
+  return {
+    version: 1,
+    volumeId: spec.volumeId,
+    targetPath: spec.targetPath,
+    volumeName: spec.volumeName,
+    pod: { ...spec.pod },
+    files: { cert: spec.attributes.certFile, key: spec.attributes.keyFile, bundle: spec.attributes.bundleFile },
+    fsGroup: spec.fsGroup,
+    spiffeId: spec.attributes.spiffeId ?? null,
+    hint: spec.attributes.hint ?? null,
+    tmpfs,
+    state: 'publishing',
+    createdAt: new Date().toISOString(),
+  };
+}
+
+function describeDifference(record: VolumeRecord, spec: PublishSpec): string | undefined {
+  const wanted = recordFor(spec, record.tmpfs);
+  const fields: [string, unknown, unknown][] = [
+    ['pod', JSON.stringify(record.pod), JSON.stringify(wanted.pod)],
+    ['files', JSON.stringify(record.files), JSON.stringify(wanted.files)],
+    ['fsGroup', record.fsGroup, wanted.fsGroup],
+    ['spiffe-id', record.spiffeId, wanted.spiffeId],
+    ['hint', record.hint, wanted.hint],
+  ];
+  const differing = fields.filter(([, was, now]) => was !== now).map(([name, was, now]) => `${name} was ${String(was)}, now ${String(now)}`);
+  return differing.length > 0 ? differing.join('; ') : undefined;
+}
+
+async function pathExists(target: string): Promise<boolean> {
+  try {
+    await fs.lstat(target);
+    return true;
+  } catch {
+    return false;
+  }
+}

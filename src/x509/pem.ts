@@ -1,0 +1,52 @@
+/** DER <-> PEM helpers for certificates and PKCS#8 keys. */
+
+export function derToPem(der: Buffer, label: 'CERTIFICATE' | 'PRIVATE KEY'): string {
+  const base64 = der.toString('base64');
+  const lines: string[] = [];
+  for (let i = 0; i < base64.length; i += 64) lines.push(base64.slice(i, i + 64));
+  return `-----BEGIN ${label}-----\n${lines.join('\n')}\n-----END ${label}-----\n`;
+}
+
+export function certificatesToPem(ders: readonly Buffer[]): string {
+  return ders.map((der) => derToPem(der, 'CERTIFICATE')).join('');
+}
+
+/**
+ * Splits SPIRE's bundle encoding — the X.509 authorities as raw concatenated
+ * ASN.1 DER certificates (reference/spire-delegated-api.md §2.8) — into single
+ * certificates by reading each outer SEQUENCE's length. Throws on anything that
+ * is not a whole sequence of DER SEQUENCEs, so a truncated bundle is never
+ * written half.
+ */
+export function splitConcatenatedDer(data: Buffer): Buffer[] {
+  const certificates: Buffer[] = [];
+  let offset = 0;
+  while (offset < data.length) {
+    if (data[offset] !== 0x30) {
+      throw new Error(`bundle is not concatenated DER: expected a SEQUENCE tag at byte ${offset}`);
+    }
+    const first = data[offset + 1];
+    if (first === undefined) throw new Error(`bundle is truncated at byte ${offset}`);
+    let headerLength = 2;
+    let contentLength: number;
+    if (first < 0x80) {
+      contentLength = first;
+    } else {
+      const lengthBytes = first & 0x7f;
+      // Indefinite length (0x80) is BER, not DER; more than 4 length bytes would
+      // describe a certificate larger than anything a CA issues.
+      if (lengthBytes === 0 || lengthBytes > 4) {
+        throw new Error(`bundle has an unsupported DER length encoding at byte ${offset}`);
+      }
+      if (offset + 2 + lengthBytes > data.length) throw new Error(`bundle is truncated at byte ${offset}`);
+      contentLength = 0;
+      for (let i = 0; i < lengthBytes; i++) contentLength = contentLength * 256 + (data[offset + 2 + i] ?? 0);
+      headerLength += lengthBytes;
+    }
+    const end = offset + headerLength + contentLength;
+    if (end > data.length) throw new Error(`bundle is truncated: certificate at byte ${offset} runs past the end`);
+    certificates.push(data.subarray(offset, end));
+    offset = end;
+  }
+  return certificates;
+}

@@ -1,0 +1,175 @@
+/**
+ * Everything an integration test needs: a scratch directory, the development
+ * SPIRE agent on a Unix socket, the driver (in this process, or as a real child
+ * process for kill -9 tests), and a kubelet simulator on the CSI socket.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import path from 'node:path';
+import type { Config } from '../../src/config.js';
+import { startDriver, type RunningDriver } from '../../src/driver.js';
+import { createLogger } from '../../src/observability/logger.js';
+import { DriverMetrics } from '../../src/observability/metrics.js';
+import { PACKAGE_ROOT } from '../../src/proto-loading.js';
+import { DevAgent, type DevAgentOptions } from './dev-agent/dev-agent.js';
+import { KubeletSimulator } from './kubelet-simulator.js';
+import { makeScratchDir, removeScratchDir } from './scratch.js';
+
+export const NODE_NAME = 'node-a';
+
+export function runningAsRoot(): boolean {
+  return process.getuid?.() === 0;
+}
+
+export interface HarnessOptions {
+  useTmpfs?: boolean;
+  publishTimeoutMs?: number;
+  agent?: Omit<DevAgentOptions, 'socketPath'>;
+  /** Start the driver as a child process (node dist/src/main.js) instead of in this process. */
+  driverProcess?: boolean;
+}
+
+/** Captured JSON log lines of the in-process driver. */
+export class LogCapture {
+  readonly lines: string[] = [];
+  write(chunk: string): void {
+    this.lines.push(...chunk.split('\n').filter((line) => line.length > 0));
+  }
+  text(): string {
+    return this.lines.join('\n');
+  }
+  entries(): Record<string, unknown>[] {
+    return this.lines.map((line) => JSON.parse(line) as Record<string, unknown>);
+  }
+}
+
+export class Harness {
+  driver: RunningDriver | undefined;
+  child: DriverProcess | undefined;
+  readonly logs = new LogCapture();
+  readonly metrics = new DriverMetrics();
+
+  private constructor(
+    readonly dir: string,
+    readonly agent: DevAgent,
+    readonly config: Config,
+    readonly kubelet: KubeletSimulator,
+    private readonly options: HarnessOptions,
+  ) {}
+
+  static async start(options: HarnessOptions = {}): Promise<Harness> {
+    const dir = await makeScratchDir('it');
+    const config: Config = {
+      csiSocketPath: path.join(dir, 'plugin', 'csi.sock'),
+      nodeName: NODE_NAME,
+      driverName: 'csi.spire.io',
+      agentAdminSocketPath: path.join(dir, 'agent', 'admin.sock'),
+      stateDir: path.join(dir, 'state'),
+      kubeletRootDir: path.join(dir, 'kubelet'),
+      publishTimeoutMs: options.publishTimeoutMs ?? 10_000,
+      useTmpfs: options.useTmpfs ?? false,
+      tmpfsSizeBytes: 1024 * 1024,
+      logLevel: 'debug',
+      metricsAddress: undefined,
+      maxReceiveMessageBytes: 32 * 1024 * 1024,
+    };
+    const agent = await DevAgent.start({ socketPath: config.agentAdminSocketPath, ...options.agent });
+    const kubelet = new KubeletSimulator({ csiSocketPath: config.csiSocketPath, kubeletRootDir: config.kubeletRootDir });
+    const harness = new Harness(dir, agent, config, kubelet, options);
+    await harness.startDriver();
+    return harness;
+  }
+
+  async startDriver(): Promise<void> {
+    if (this.options.driverProcess) {
+      this.child = await DriverProcess.start(this.config);
+      await this.waitUntilReady();
+    } else {
+      const logger = createLogger({ level: this.config.logLevel, destination: this.logs });
+      this.driver = await startDriver(this.config, { logger, metrics: this.metrics });
+    }
+  }
+
+  async stopDriver(): Promise<void> {
+    await this.driver?.stop();
+    this.driver = undefined;
+    await this.child?.stop('SIGTERM');
+    this.child = undefined;
+  }
+
+  async killDriver(): Promise<void> {
+    await this.child?.stop('SIGKILL');
+    this.child = undefined;
+  }
+
+  async waitUntilReady(timeoutMs = 10_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      try {
+        const response = (await this.kubelet.identityCall('Probe')) as { ready: { value: boolean } | null };
+        if (response.ready?.value) return;
+      } catch {
+        // not listening yet
+      }
+      if (Date.now() > deadline) throw new Error(`driver not ready after ${timeoutMs} ms; logs:\n${this.child?.output() ?? this.logs.text()}`);
+      await sleep(50);
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.stopDriver();
+    this.kubelet.close();
+    await this.agent.close();
+    await removeScratchDir(this.dir);
+  }
+}
+
+export class DriverProcess {
+  private readonly chunks: string[] = [];
+
+  private constructor(readonly process: ChildProcess) {
+    process.stdout?.on('data', (chunk: Buffer) => this.chunks.push(chunk.toString()));
+    process.stderr?.on('data', (chunk: Buffer) => this.chunks.push(chunk.toString()));
+  }
+
+  static async start(config: Config): Promise<DriverProcess> {
+    const args = [
+      path.join(PACKAGE_ROOT, 'dist', 'src', 'main.js'),
+      `--endpoint=unix://${config.csiSocketPath}`,
+      `--node-name=${config.nodeName}`,
+      `--admin-socket=${config.agentAdminSocketPath}`,
+      `--state-dir=${config.stateDir}`,
+      `--kubelet-root-dir=${config.kubeletRootDir}`,
+      `--publish-timeout=${config.publishTimeoutMs}ms`,
+      `--tmpfs=${String(config.useTmpfs)}`,
+      `--tmpfs-size=${config.tmpfsSizeBytes}`,
+      `--log-level=${config.logLevel}`,
+    ];
+    return new DriverProcess(spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] }));
+  }
+
+  output(): string {
+    return this.chunks.join('');
+  }
+
+  async stop(signal: NodeJS.Signals): Promise<void> {
+    if (this.process.exitCode !== null || this.process.signalCode !== null) return;
+    const exited = new Promise<void>((resolve) => this.process.once('exit', () => resolve()));
+    this.process.kill(signal);
+    await exited;
+  }
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Polls `condition` until it holds; fails with `what` after the timeout. */
+export async function eventually<T>(what: string, condition: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs = 10_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await condition();
+    if (value !== undefined && value !== false) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(25);
+  }
+}

@@ -1,0 +1,299 @@
+import assert from 'node:assert/strict';
+import { watch } from 'node:fs';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { AtomicWriter, type FileSpec, type WriteResult } from '../../src/fs/atomic-writer.js';
+import { makeScratchDir, removeScratchDir } from '../support/scratch.js';
+
+const VERSION_DIR = /^\.\.\d{4}_\d{2}_\d{2}_\d{2}_\d{2}_\d{2}\.[A-Za-z0-9]+$/;
+
+let scratch: string;
+let counter = 0;
+
+before(async () => {
+  scratch = await makeScratchDir('atomic-writer');
+});
+
+after(async () => {
+  await removeScratchDir(scratch);
+});
+
+async function freshVolume(): Promise<string> {
+  const dir = path.join(scratch, `vol-${++counter}`);
+  await fs.mkdir(dir);
+  return dir;
+}
+
+function svidFiles(generation: number): FileSpec[] {
+  return [
+    { name: 'svid.pem', data: Buffer.from(`cert gen=${generation}\n`), mode: 0o644 },
+    { name: 'svid_key.pem', data: Buffer.from(`key gen=${generation}\n`), mode: 0o600 },
+    { name: 'svid_bundle.pem', data: Buffer.from(`bundle gen=${generation}\n`), mode: 0o644 },
+  ];
+}
+
+async function versionDirs(dir: string): Promise<string[]> {
+  return (await fs.readdir(dir)).filter((entry) => VERSION_DIR.test(entry)).sort();
+}
+
+/** Every path below `dir` with its type, link target and content, for before/after comparisons. */
+async function snapshot(dir: string): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  async function walk(current: string): Promise<void> {
+    for (const entry of await fs.readdir(current, { withFileTypes: true })) {
+      const full = path.join(current, entry.name);
+      const rel = path.relative(dir, full);
+      const stat = await fs.lstat(full);
+      if (entry.isSymbolicLink()) out[rel] = `link ${await fs.readlink(full)}`;
+      else if (entry.isDirectory()) {
+        out[rel] = `dir ${stat.mode.toString(8)} ${stat.ino}`;
+        await walk(full);
+      } else out[rel] = `file ${stat.mode.toString(8)} ${stat.ino} ${stat.mtimeMs} ${(await fs.readFile(full)).toString('hex')}`;
+    }
+  }
+  await walk(dir);
+  return out;
+}
+
+test('first write: ..data link, relative visible links, exact modes despite a restrictive umask', async () => {
+  const dir = await freshVolume();
+  const writer = new AtomicWriter(dir);
+  assert.equal(await writer.currentVersion(), null);
+  assert.equal(await writer.readCurrent('svid.pem'), null);
+
+  const previousUmask = process.umask(0o077);
+  let result: WriteResult;
+  try {
+    result = await writer.write(svidFiles(1));
+  } finally {
+    process.umask(previousUmask);
+  }
+  assert.equal(result.changed, true);
+  assert.match(result.version, VERSION_DIR);
+
+  const dataLink = await fs.lstat(path.join(dir, '..data'));
+  assert.ok(dataLink.isSymbolicLink(), '..data is a symlink');
+  assert.equal(await fs.readlink(path.join(dir, '..data')), result.version, '..data is relative, to the version dir');
+  assert.equal(await writer.currentVersion(), result.version);
+
+  const versionStat = await fs.stat(path.join(dir, result.version));
+  assert.ok(versionStat.isDirectory());
+  assert.equal(versionStat.mode & 0o7777, 0o755, 'version dir is 0755 even with umask 077');
+
+  for (const file of svidFiles(1)) {
+    const visible = path.join(dir, file.name);
+    assert.ok((await fs.lstat(visible)).isSymbolicLink(), `${file.name} is a symlink`);
+    assert.equal(await fs.readlink(visible), `..data/${file.name}`, `${file.name} links relatively through ..data`);
+    const real = await fs.lstat(path.join(dir, result.version, file.name));
+    assert.ok(real.isFile());
+    assert.equal(real.mode & 0o7777, file.mode, `${file.name} mode`);
+    assert.deepEqual(await fs.readFile(visible), file.data);
+    assert.deepEqual(await writer.readCurrent(file.name), file.data);
+  }
+  assert.deepEqual(
+    (await fs.readdir(dir)).sort(),
+    ['..data', result.version, 'svid.pem', 'svid_bundle.pem', 'svid_key.pem'].sort(),
+    'nothing else at the root',
+  );
+});
+
+test('changed content: one rename of ..data, old version removed, visible links untouched', async () => {
+  const dir = await freshVolume();
+  const writer = new AtomicWriter(dir);
+  const first = await writer.write(svidFiles(1));
+  const linkInodes = await Promise.all(svidFiles(1).map(async (f) => (await fs.lstat(path.join(dir, f.name))).ino));
+
+  const events: Array<{ type: string; name: string }> = [];
+  const watcher = watch(dir, (type, name) => events.push({ type, name: String(name) }));
+  let second: WriteResult;
+  try {
+    second = await writer.write(svidFiles(2));
+    await sleep(100); // inotify events arrive asynchronously
+  } finally {
+    watcher.close();
+  }
+
+  assert.equal(second.changed, true);
+  assert.notEqual(second.version, first.version);
+  assert.equal(await fs.readlink(path.join(dir, '..data')), second.version);
+  assert.deepEqual(await versionDirs(dir), [second.version], 'only the new version dir remains');
+  await assert.rejects(fs.stat(path.join(dir, first.version)), { code: 'ENOENT' });
+  for (const file of svidFiles(2)) assert.deepEqual(await fs.readFile(path.join(dir, file.name)), file.data);
+
+  const linkInodesAfter = await Promise.all(svidFiles(2).map(async (f) => (await fs.lstat(path.join(dir, f.name))).ino));
+  assert.deepEqual(linkInodesAfter, linkInodes, 'visible links are not recreated');
+  const touched = new Set(events.map((e) => e.name));
+  for (const file of svidFiles(2)) assert.ok(!touched.has(file.name), `no event on the visible name ${file.name}`);
+  assert.ok(touched.has('..data'), 'the swap shows up as an event on ..data');
+  // The only rename in the root: ..data_tmp moved onto ..data (MOVED_FROM + MOVED_TO).
+  const renamed = events.filter((e) => e.type === 'rename').map((e) => e.name);
+  assert.ok(!renamed.some((name) => !name.startsWith('..')), `only reserved names change: ${renamed.join(', ')}`);
+});
+
+test('identical content writes nothing', async () => {
+  const dir = await freshVolume();
+  const writer = new AtomicWriter(dir);
+  const first = await writer.write(svidFiles(1));
+  const before = await snapshot(dir);
+  await sleep(20); // so a rewrite would show in the mtimes
+
+  const again = await writer.write(svidFiles(1));
+  assert.deepEqual(again, { changed: false, version: first.version });
+  assert.deepEqual(await snapshot(dir), before, 'inodes, mtimes and links are unchanged');
+});
+
+test('a mode change alone is a change', async () => {
+  const dir = await freshVolume();
+  const writer = new AtomicWriter(dir);
+  const first = await writer.write(svidFiles(1));
+  const files = svidFiles(1).map((f) => (f.name === 'svid_key.pem' ? { ...f, mode: 0o400 } : f));
+  const second = await writer.write(files);
+  assert.equal(second.changed, true);
+  assert.notEqual(second.version, first.version);
+  assert.equal((await fs.stat(path.join(dir, 'svid_key.pem'))).mode & 0o7777, 0o400);
+});
+
+test('invalid names reject before anything on disk changes', async () => {
+  const dir = await freshVolume();
+  const writer = new AtomicWriter(dir);
+  await writer.write(svidFiles(1));
+  const before = await snapshot(dir);
+
+  const bad: Array<[string, RegExp]> = [
+    ['../escape.pem', /contains "\/"/],
+    ['sub/dir.pem', /contains "\/"/],
+    ['..data', /starts with "\."/],
+    ['.hidden', /starts with "\."/],
+    ['', /empty/],
+    ['a'.repeat(256), /bytes/],
+    ['nul\0.pem', /NUL/],
+  ];
+  for (const [name, message] of bad) {
+    const files = [...svidFiles(2), { name, data: Buffer.from('x'), mode: 0o644 }];
+    await assert.rejects(writer.write(files), message, JSON.stringify(name));
+  }
+  await assert.rejects(writer.write([{ name: 'a.pem', data: Buffer.from('x'), mode: 0o1777 }]), /mode/);
+  await assert.rejects(writer.write([{ name: 'a.pem', data: Buffer.from('x'), mode: 0o644 }], { gid: -1 }), /gid/);
+  await assert.rejects(writer.readCurrent('../x'), /contains "\/"/);
+  assert.deepEqual(await snapshot(dir), before);
+});
+
+test('duplicate names are rejected', async () => {
+  const dir = await freshVolume();
+  const writer = new AtomicWriter(dir);
+  const files: FileSpec[] = [
+    { name: 'tls.crt', data: Buffer.from('one'), mode: 0o644 },
+    { name: 'tls.crt', data: Buffer.from('two'), mode: 0o644 },
+  ];
+  await assert.rejects(writer.write(files), /used twice/);
+  assert.deepEqual(await fs.readdir(dir), [], 'nothing was written');
+});
+
+test('gid: files are group-owned before the swap and the key can be 0640', { skip: process.getuid?.() !== 0 ? 'chown to another group needs root' : false }, async () => {
+  const dir = await freshVolume();
+  const writer = new AtomicWriter(dir);
+  const files = svidFiles(1).map((f) => (f.name === 'svid_key.pem' ? { ...f, mode: 0o640 } : f));
+  const first = await writer.write(files, { gid: 4242 });
+  for (const file of files) {
+    const stat = await fs.stat(path.join(dir, file.name));
+    assert.equal(stat.gid, 4242, `${file.name} gid`);
+    assert.equal(stat.mode & 0o7777, file.mode, `${file.name} mode`);
+  }
+  assert.equal((await fs.stat(path.join(dir, 'svid_key.pem'))).mode & 0o7777, 0o640);
+
+  assert.deepEqual(await writer.write(files, { gid: 4242 }), { changed: false, version: first.version }, 'same gid: unchanged');
+  const other = await writer.write(files, { gid: 4343 });
+  assert.equal(other.changed, true, 'another gid is a change');
+  assert.equal((await fs.stat(path.join(dir, 'svid_key.pem'))).gid, 4343);
+  const none = await writer.write(files);
+  assert.equal(none.changed, true, 'dropping the gid is a change');
+  assert.equal((await fs.stat(path.join(dir, 'svid_key.pem'))).gid, process.getegid?.());
+});
+
+test('concurrent writes are serialised: the last payload wins and one version dir remains', async () => {
+  const dir = await freshVolume();
+  const writer = new AtomicWriter(dir);
+  const pending = Array.from({ length: 20 }, (_, i) => writer.write(svidFiles(i)));
+  const results = await Promise.all(pending);
+  assert.ok(results.every((r) => r.changed));
+  const last = results[results.length - 1];
+  assert.ok(last);
+  assert.equal(await writer.currentVersion(), last.version);
+  for (const file of svidFiles(19)) assert.deepEqual(await fs.readFile(path.join(dir, file.name)), file.data);
+  assert.deepEqual(await versionDirs(dir), [last.version]);
+  assert.ok(!(await fs.readdir(dir)).includes('..data_tmp'));
+});
+
+test('a failed write does not block the ones queued behind it', async () => {
+  const dir = await freshVolume();
+  const writer = new AtomicWriter(dir);
+  await writer.write(svidFiles(1));
+  // A visible name occupied by a non-empty directory cannot be replaced by a link.
+  await fs.mkdir(path.join(dir, 'blocked'));
+  await fs.writeFile(path.join(dir, 'blocked', 'x'), 'x');
+  const failing = writer.write([...svidFiles(2), { name: 'blocked', data: Buffer.from('b'), mode: 0o644 }]);
+  const next = writer.write(svidFiles(3));
+  await assert.rejects(failing, /visible link blocked/);
+  assert.equal((await next).changed, true);
+  assert.deepEqual(await fs.readFile(path.join(dir, 'svid.pem')), Buffer.from('cert gen=3\n'));
+});
+
+test('crash leftovers (..data_tmp, orphaned version dirs) are cleaned up', async () => {
+  const dir = await freshVolume();
+  const writer = new AtomicWriter(dir);
+  const first = await writer.write(svidFiles(1));
+  // As if a previous driver died between mkdtemp and the rename, twice.
+  await fs.mkdir(path.join(dir, '..2020_01_01_00_00_00.orphan'));
+  await fs.writeFile(path.join(dir, '..2020_01_01_00_00_00.orphan', 'svid_key.pem'), 'stale key');
+  await fs.mkdir(path.join(dir, '..2020_01_01_00_00_01.Xy12Zz'));
+  await fs.symlink('..2020_01_01_00_00_00.orphan', path.join(dir, '..data_tmp'));
+
+  // Even a no-op write clears them.
+  const same = await writer.write(svidFiles(1));
+  assert.deepEqual(same, { changed: false, version: first.version });
+  assert.deepEqual((await fs.readdir(dir)).filter((e) => e.startsWith('..')).sort(), ['..data', first.version].sort());
+
+  await fs.mkdir(path.join(dir, '..2020_01_01_00_00_02.again'));
+  const second = await writer.write(svidFiles(2));
+  assert.deepEqual((await fs.readdir(dir)).filter((e) => e.startsWith('..')).sort(), ['..data', second.version].sort());
+});
+
+test('a missing visible link is restored even when the content is unchanged (kubernetes#121472)', async () => {
+  const dir = await freshVolume();
+  const writer = new AtomicWriter(dir);
+  const first = await writer.write(svidFiles(1));
+  await fs.unlink(path.join(dir, 'svid_key.pem'));
+  // A wrong link (or a plain file) is repaired too.
+  await fs.unlink(path.join(dir, 'svid.pem'));
+  await fs.symlink(first.version + '/svid.pem', path.join(dir, 'svid.pem'));
+
+  const again = await writer.write(svidFiles(1));
+  assert.equal(again.changed, false);
+  assert.equal(await fs.readlink(path.join(dir, 'svid_key.pem')), '..data/svid_key.pem');
+  assert.equal(await fs.readlink(path.join(dir, 'svid.pem')), '..data/svid.pem');
+});
+
+test('a name that leaves the payload loses its visible link', async () => {
+  const dir = await freshVolume();
+  const writer = new AtomicWriter(dir);
+  await writer.write(svidFiles(1));
+  const smaller = svidFiles(2).filter((f) => f.name !== 'svid_bundle.pem');
+  const result = await writer.write(smaller);
+  assert.equal(result.changed, true);
+  await assert.rejects(fs.lstat(path.join(dir, 'svid_bundle.pem')), { code: 'ENOENT' });
+  assert.deepEqual((await fs.readdir(path.join(dir, result.version))).sort(), ['svid.pem', 'svid_key.pem']);
+  assert.deepEqual((await fs.readdir(dir)).filter((e) => !e.startsWith('.')).sort(), ['svid.pem', 'svid_key.pem']);
+
+  // Renaming a file is a removal plus an addition.
+  const renamed = smaller.map((f) => (f.name === 'svid.pem' ? { ...f, name: 'tls.crt' } : f));
+  await writer.write(renamed);
+  assert.deepEqual((await fs.readdir(dir)).filter((e) => !e.startsWith('.')).sort(), ['svid_key.pem', 'tls.crt']);
+});
+
+test('a missing target directory is a clear error', async () => {
+  const writer = new AtomicWriter(path.join(scratch, 'does-not-exist'));
+  await assert.rejects(writer.write(svidFiles(1)), /checking the volume directory failed: .*ENOENT/);
+  assert.throws(() => new AtomicWriter('relative/dir'), /absolute/);
+});

@@ -1,0 +1,124 @@
+import assert from 'node:assert/strict';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import { findMount, isMountPoint, mountsUnder, parseMountInfo, readMountInfo, topmostMount } from '../../src/fs/mountinfo.js';
+import { makeScratchDir, removeScratchDir } from '../support/scratch.js';
+
+const KUBELET_POD = '/var/lib/kubelet/pods/0b6c1d1e-8f51-4c5e-9a57-2d0c4f1b2a3c/volumes/kubernetes.io~csi';
+
+// Shaped like a node's mountinfo: root, proc, a tmpfs per volume (ours, with
+// our driver name as the source), a bind mount with a sub-path root, a path
+// with an escaped space, tab, newline and backslash, two mounts stacked on one
+// path, and a file system with an empty source field.
+const FIXTURE = [
+  '22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw,discard',
+  '23 22 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw',
+  `101 22 0:55 / ${KUBELET_POD}/svid/mount rw,nosuid,nodev,noexec,relatime shared:80 - tmpfs csi.spire.io rw,size=1024k,mode=755,inode64`,
+  `102 22 254:0 /var/lib/spire-csi/data/vol-1 ${KUBELET_POD}/bound/mount ro,relatime shared:1 master:7 - ext4 /dev/vda rw,discard`,
+  '103 22 0:56 / /mnt/with\\040space\\011tab\\012newline\\134backslash rw,relatime - tmpfs my\\040source rw',
+  '104 22 0:57 / /mnt/stacked rw,relatime - tmpfs first rw,size=4k',
+  '105 104 0:58 / /mnt/stacked rw,relatime - tmpfs second rw,size=8k',
+  '106 22 0:59 / /mnt/nosource rw,relatime - weirdfs  rw',
+  '',
+].join('\n');
+
+test('parses the fields of every line', () => {
+  const entries = parseMountInfo(FIXTURE);
+  assert.equal(entries.length, 8);
+
+  const root = entries[0];
+  assert.deepEqual(root, {
+    mountId: 22,
+    parentId: 1,
+    majorMinor: '254:0',
+    root: '/',
+    mountPoint: '/',
+    mountOptions: ['rw', 'relatime'],
+    optionalFields: ['shared:1'],
+    fsType: 'ext4',
+    source: '/dev/vda',
+    superOptions: ['rw', 'discard'],
+  });
+
+  const tmpfs = entries[2];
+  assert.ok(tmpfs);
+  assert.equal(tmpfs.mountPoint, `${KUBELET_POD}/svid/mount`);
+  assert.equal(tmpfs.fsType, 'tmpfs');
+  assert.equal(tmpfs.source, 'csi.spire.io');
+  assert.deepEqual(tmpfs.mountOptions, ['rw', 'nosuid', 'nodev', 'noexec', 'relatime']);
+  assert.deepEqual(tmpfs.superOptions, ['rw', 'size=1024k', 'mode=755', 'inode64']);
+});
+
+test('bind mounts keep their sub-path root and several optional fields', () => {
+  const bind = parseMountInfo(FIXTURE)[3];
+  assert.ok(bind);
+  assert.equal(bind.root, '/var/lib/spire-csi/data/vol-1');
+  assert.equal(bind.mountPoint, `${KUBELET_POD}/bound/mount`);
+  assert.deepEqual(bind.optionalFields, ['shared:1', 'master:7']);
+  assert.deepEqual(bind.mountOptions, ['ro', 'relatime']);
+});
+
+test('octal escapes are decoded', () => {
+  const escaped = parseMountInfo(FIXTURE)[4];
+  assert.ok(escaped);
+  assert.equal(escaped.mountPoint, '/mnt/with space\ttab\nnewline\\backslash');
+  assert.equal(escaped.source, 'my source');
+  assert.deepEqual(escaped.optionalFields, []);
+});
+
+test('an empty field is kept in place instead of shifting the others', () => {
+  const odd = parseMountInfo(FIXTURE)[7];
+  assert.ok(odd);
+  assert.equal(odd.fsType, 'weirdfs');
+  assert.equal(odd.source, '');
+  assert.deepEqual(odd.superOptions, ['rw']);
+});
+
+test('the topmost of stacked mounts is the one nothing else sits on', () => {
+  const entries = parseMountInfo(FIXTURE).filter((e) => e.mountPoint === '/mnt/stacked');
+  assert.equal(topmostMount(entries)?.source, 'second');
+  assert.equal(topmostMount([...entries].reverse())?.source, 'second', 'order in the file does not matter');
+  assert.equal(topmostMount([]), undefined);
+});
+
+test('malformed lines are rejected with the line number', () => {
+  assert.throws(() => parseMountInfo('22 1 254:0 / / rw,relatime shared:1 ext4 /dev/vda rw'), /mountinfo line 1/);
+  assert.throws(() => parseMountInfo('ok\nx y 0:1 / /a rw - tmpfs t rw'), /line 1/);
+  assert.throws(() => parseMountInfo(`${FIXTURE}\nx y 0:1 / /a rw - tmpfs t rw`), /line 10.*non-numeric/);
+});
+
+test('reads this process\'s real mountinfo', async () => {
+  const entries = await readMountInfo();
+  assert.ok(entries.some((e) => e.mountPoint === '/'));
+  const proc = entries.find((e) => e.mountPoint === '/proc');
+  assert.equal(proc?.fsType, 'proc');
+});
+
+let scratch: string;
+before(async () => {
+  scratch = await makeScratchDir('mountinfo');
+});
+after(async () => {
+  await removeScratchDir(scratch);
+});
+
+test('isMountPoint: /proc is one, a plain directory is not', async () => {
+  assert.equal(await isMountPoint('/proc'), true);
+  assert.equal(await isMountPoint('/proc/'), true, 'a trailing slash is normalised away');
+  assert.equal(await isMountPoint('/proc/../proc'), true);
+  const plain = path.join(scratch, 'plain');
+  await fs.mkdir(plain);
+  assert.equal(await isMountPoint(plain), false);
+  assert.equal(await isMountPoint(path.join(scratch, 'missing')), false);
+});
+
+test('findMount and mountsUnder on the real table', async () => {
+  assert.equal((await findMount('/proc'))?.fsType, 'proc');
+  assert.equal(await findMount(path.join(scratch, 'plain')), undefined);
+  const underProc = await mountsUnder('/proc');
+  assert.ok(underProc.length >= 1);
+  assert.ok(underProc.every((e) => e.mountPoint === '/proc' || e.mountPoint.startsWith('/proc/')));
+  const everything = await mountsUnder('/');
+  assert.equal(everything.length, (await readMountInfo()).length);
+});
