@@ -110,10 +110,13 @@ export class ManagedVolume {
         if (failure && isConfigurationFailure(failure)) {
           finish(() => reject(new DriverError(status.UNAVAILABLE, describeStreamFailure(failure, this.deps.connection.socketPath))));
         } else if (this.closed) {
-          finish(() => reject(new DriverError(status.ABORTED, 'the volume was unpublished while it was being published')));
+          finish(() => reject(new DriverError(status.ABORTED, 'the volume was closed while it was being published')));
         }
       };
-      const onAbort = (): void => finish(() => reject(new DriverError(status.ABORTED, 'kubelet cancelled the NodePublishVolume call')));
+      const onAbort = (): void =>
+        finish(() =>
+          reject(signal.reason instanceof DriverError ? signal.reason : new DriverError(status.ABORTED, 'NodePublishVolume was cancelled')),
+        );
       const timer = setTimeout(() => finish(() => reject(this.timeoutError(timeoutMs))), timeoutMs);
       signal.addEventListener('abort', onAbort);
       this.stateListeners.add(check);

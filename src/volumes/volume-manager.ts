@@ -89,7 +89,7 @@ export class VolumeManager {
 
   async publish(spec: PublishSpec, callSignal: AbortSignal): Promise<void> {
     const controller = new AbortController();
-    const abort = (): void => controller.abort();
+    const abort = (): void => controller.abort(new DriverError(status.ABORTED, 'kubelet cancelled the NodePublishVolume call'));
     callSignal.addEventListener('abort', abort);
     this.publishing.set(spec.volumeId, controller);
     try {
@@ -155,7 +155,7 @@ export class VolumeManager {
   }
 
   async unpublish(volumeId: string, targetPath: string): Promise<void> {
-    this.publishing.get(volumeId)?.abort();
+    this.publishing.get(volumeId)?.abort(new DriverError(status.ABORTED, 'the volume was unpublished while it was being published'));
     await this.withVolumeLock(volumeId, async () => {
       const volume = this.volumes.get(volumeId);
       if (!volume) {
@@ -180,7 +180,9 @@ export class VolumeManager {
 
   /** SIGTERM: stop every stream and leave every volume in place for the next start. */
   async shutdown(): Promise<void> {
-    for (const controller of this.publishing.values()) controller.abort();
+    for (const controller of this.publishing.values()) {
+      controller.abort(new DriverError(status.UNAVAILABLE, 'the driver is shutting down; kubelet will retry'));
+    }
     await Promise.all([...this.volumes.values()].map((volume) => volume.close()));
     await Promise.allSettled([...this.locks.values()]);
   }

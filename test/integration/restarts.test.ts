@@ -1,0 +1,141 @@
+/**
+ * DESIGN.md invariant 6: restarts lose nothing. The agent restarting, the
+ * driver killed with SIGKILL or stopped with SIGTERM, a corrupt metadata file:
+ * files stay in place, streams come back, rotation continues.
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { afterEach, describe, it } from 'node:test';
+import { isMountPoint } from '../../src/fs/mountinfo.js';
+import { Harness, eventually, runningAsRoot, sleep } from '../support/driver-harness.js';
+import type { PublishedVolume } from '../support/kubelet-simulator.js';
+import { assertValidSvidVolume, pathExists, readVolume } from '../support/volume-assertions.js';
+
+let h: Harness | undefined;
+afterEach(async () => {
+  await h?.close();
+  h = undefined;
+});
+
+interface LiveVolume {
+  volume: PublishedVolume;
+  entryId: string;
+  spiffeId: string;
+}
+
+async function publishSome(harness: Harness, count: number): Promise<LiveVolume[]> {
+  const live: LiveVolume[] = [];
+  for (let i = 0; i < count; i++) {
+    const pod = harness.kubelet.createPod({ name: `pod-${i}` });
+    const spiffeId = `spiffe://example.org/workload-${i}`;
+    const entryId = await harness.agent.addEntry({ spiffeId, selectors: [`k8s:pod-uid:${pod.uid}`] });
+    live.push({ volume: await harness.kubelet.publish(pod), entryId, spiffeId });
+  }
+  return live;
+}
+
+async function assertRotates(harness: Harness, live: LiveVolume[]): Promise<void> {
+  const before = await Promise.all(live.map((v) => readVolume(v.volume.targetPath)));
+  await harness.agent.rotateSvids();
+  await Promise.all(
+    live.map((v, i) =>
+      eventually(`rotation of ${v.spiffeId}`, async () => (await readVolume(v.volume.targetPath)).leaf.serialNumber !== before[i]?.leaf.serialNumber),
+    ),
+  );
+  for (const v of live) await assertValidSvidVolume(v.volume.targetPath, v.spiffeId);
+}
+
+describe('restarts', () => {
+  it('survives an agent restart: files stay while it is down, streams come back at once, rotation continues', async () => {
+    h = await Harness.start();
+    const live = await publishSome(h, 3);
+    const versions = await Promise.all(live.map(async (v) => (await readVolume(v.volume.targetPath)).version));
+
+    await h.agent.stop();
+    await sleep(1500);
+    for (const [i, v] of live.entries()) {
+      const content = await assertValidSvidVolume(v.volume.targetPath, v.spiffeId);
+      assert.equal(content.version, versions[i], 'files untouched while the agent is down');
+    }
+    const resumedAt = Date.now();
+    await h.agent.resume();
+    await h.agent.waitForSvidStreams(3, 3000);
+    await h.agent.waitForBundleStreams(1, 3000);
+    assert.ok(Date.now() - resumedAt < 3000, 'the socket watch brought the streams back without waiting out a backoff');
+    await assertRotates(h, live);
+  });
+
+  it('SIGTERM stops serving and leaves every volume; the next start resumes them', async () => {
+    h = await Harness.start({ useTmpfs: runningAsRoot() });
+    const live = await publishSome(h, 2);
+    await h.stopDriver();
+    for (const v of live) {
+      await assertValidSvidVolume(v.volume.targetPath, v.spiffeId);
+      if (runningAsRoot()) assert.ok(await isMountPoint(v.volume.targetPath), 'tmpfs still mounted');
+    }
+    assert.equal((await fs.readdir(path.join(h.config.stateDir, 'volumes'))).length, 2);
+    await h.startDriver();
+    assert.equal(h.driver?.volumes.volumeCount, 2);
+    await assertRotates(h, live);
+    for (const v of live) await h.kubelet.unpublish(v.volume);
+  });
+
+  it('driver killed with SIGKILL and restarted: every volume resumes without a rewrite, then rotates', async () => {
+    h = await Harness.start({ driverProcess: true, useTmpfs: runningAsRoot() });
+    const live = await publishSome(h, 4);
+    const versions = await Promise.all(live.map(async (v) => (await readVolume(v.volume.targetPath)).version));
+    await h.killDriver();
+    await h.agent.waitForSvidStreams(0, 3000);
+    for (const v of live) {
+      await assertValidSvidVolume(v.volume.targetPath, v.spiffeId);
+      if (runningAsRoot()) assert.ok(await isMountPoint(v.volume.targetPath), 'a kill never unmounts');
+    }
+
+    const restartedAt = Date.now();
+    await h.startDriver(); // the stale CSI socket file is replaced
+    await h.agent.waitForSvidStreams(4, 5000);
+    const resumeMs = Date.now() - restartedAt;
+    assert.ok(resumeMs < 5000, `streams re-opened in ${resumeMs} ms`);
+    await sleep(300);
+    for (const [i, v] of live.entries()) {
+      assert.equal((await readVolume(v.volume.targetPath)).version, versions[i], 'unchanged content is not rewritten after a restart');
+    }
+    await assertRotates(h, live);
+    for (const v of live) {
+      await h.kubelet.unpublish(v.volume);
+      assert.equal(await pathExists(v.volume.targetPath), false);
+    }
+  });
+
+  it('quarantines a corrupt metadata file and resumes the others; cleans up interrupted publishes and vanished pods', async () => {
+    h = await Harness.start();
+    const live = await publishSome(h, 3);
+    await h.stopDriver();
+    const volumesDir = path.join(h.config.stateDir, 'volumes');
+    const [corrupt, gone, healthy] = live as [LiveVolume, LiveVolume, LiveVolume];
+    await fs.writeFile(path.join(volumesDir, `${corrupt.volume.volumeId}.json`), '{"version": 1, "volumeId": ');
+    await fs.rm(path.dirname(gone.volume.targetPath), { recursive: true });
+    // A publish that the driver never finished: metadata says "publishing".
+    const interruptedPod = h.kubelet.createPod();
+    const interrupted = h.kubelet.volumeFor(interruptedPod);
+    await fs.mkdir(interrupted.targetPath, { recursive: true });
+    await fs.writeFile(path.join(interrupted.targetPath, 'partial'), 'x');
+    const record = JSON.parse(await fs.readFile(path.join(volumesDir, `${healthy.volume.volumeId}.json`), 'utf8')) as Record<string, unknown>;
+    await fs.writeFile(
+      path.join(volumesDir, `${interrupted.volumeId}.json`),
+      JSON.stringify({ ...record, volumeId: interrupted.volumeId, targetPath: interrupted.targetPath, pod: { ...(record['pod'] as object), uid: interruptedPod.uid }, state: 'publishing' }),
+    );
+
+    await h.startDriver();
+    assert.equal(h.driver?.volumes.volumeCount, 1, 'only the healthy volume is live');
+    const quarantine = await fs.readdir(path.join(h.config.stateDir, 'quarantine'));
+    assert.equal(quarantine.length, 1);
+    assert.ok(quarantine[0]?.startsWith(`${corrupt.volume.volumeId}.json.`));
+    assert.match(h.logs.text(), /volume metadata file is corrupt; moved it to quarantine/);
+    assert.deepEqual((await fs.readdir(volumesDir)).sort(), [`${healthy.volume.volumeId}.json`]);
+    assert.equal(await pathExists(interrupted.targetPath), false, 'interrupted publish cleaned up');
+    await assertValidSvidVolume(corrupt.volume.targetPath, corrupt.spiffeId); // files of the quarantined volume are left alone
+    await assertRotates(h, [healthy]);
+  });
+});
