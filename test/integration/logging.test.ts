@@ -1,0 +1,74 @@
+/**
+ * DESIGN.md invariant 8: private keys and service-account tokens never reach a
+ * log line; log lines carry the stable keys operators search by.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import * as grpc from '@grpc/grpc-js';
+import { createLogger } from '../../src/observability/logger.js';
+import { Harness, LogCapture } from '../support/driver-harness.js';
+import { isServiceError } from '../support/kubelet-simulator.js';
+import { readVolume } from '../support/volume-assertions.js';
+
+describe('logs', () => {
+  let h: Harness;
+  before(async () => {
+    h = await Harness.start({ publishTimeoutMs: 1000 });
+  });
+  after(async () => {
+    await h.close();
+  });
+
+  it('never contain key material, secrets or service-account tokens, and use stable keys', async () => {
+    const token = 'eyJhbGciOiJSUzI1NiJ9.c2VjcmV0LXRva2VuLXBheWxvYWQ.c2lnbmF0dXJlLXNlY3JldA';
+    const secret = 'node-publish-secret-value-7f3a';
+    const pod = h.kubelet.createPod();
+    await h.agent.addEntry({ spiffeId: 'spiffe://example.org/logged', selectors: [`k8s:pod-uid:${pod.uid}`] });
+    const request = h.kubelet.publishRequest(pod);
+    request.secrets = { password: secret };
+    request.volume_context['csi.storage.k8s.io/serviceAccount.tokens'] = JSON.stringify({ '': { token, expirationTimestamp: '2030-01-01T00:00:00Z' } });
+    const volume = await h.kubelet.sendPublish(request);
+    const { keyPem } = await readVolume(volume.targetPath);
+    const entryId = h.agent.listEntries().at(-1)?.id as string;
+    await h.agent.rotateSvids(entryId);
+
+    // A failing publish with the same secrets (logged as a warning) must not leak them either.
+    const failing = h.kubelet.publishRequest(h.kubelet.createPod());
+    failing.secrets = { password: secret };
+    failing.volume_context['csi.storage.k8s.io/serviceAccount.tokens'] = JSON.stringify({ '': { token } });
+    await assert.rejects(h.kubelet.sendPublish(failing), (err) => isServiceError(err) && err.code === grpc.status.DEADLINE_EXCEEDED);
+    await h.kubelet.unpublish(volume);
+
+    const text = h.logs.text();
+    const keyBody = keyPem.split('\n').slice(1, -2).join('');
+    assert.ok(keyBody.length > 100);
+    for (const line of keyBody.match(/.{1,40}/g) ?? []) assert.equal(text.includes(line), false, 'no fragment of the private key');
+    assert.equal(text.includes('PRIVATE KEY'), false);
+    assert.equal(text.includes(token), false, 'no token');
+    assert.equal(text.includes('c2VjcmV0LXRva2VuLXBheWxvYWQ'), false, 'no token payload');
+    assert.equal(text.includes(secret), false, 'no secret');
+
+    const entries = h.logs.entries();
+    const written = entries.find((e) => e['msg'] === 'SVID files written');
+    assert.ok(written, 'a line per write');
+    assert.equal(written['volume_id'], volume.volumeId);
+    assert.equal(written['pod'], `${pod.namespace}/${pod.name}`);
+    assert.equal(written['spiffe_id'], 'spiffe://example.org/logged');
+    assert.equal(typeof written['time'], 'string');
+    assert.equal(written['level'], 'info');
+  });
+
+  it('redacts key material and secrets if an object carrying them is ever logged', () => {
+    const capture = new LogCapture();
+    const logger = createLogger({ level: 'info', destination: capture });
+    logger.info({
+      response: { x509_svids: [{ x509_svid_key: 'KEYBYTES' }] },
+      request: { secrets: { a: 'SECRETVALUE' }, volume_context: { 'csi.storage.k8s.io/serviceAccount.tokens': 'TOKENVALUE' } },
+      x509_svid_key: 'TOPKEY',
+    }, 'oops');
+    logger.flush();
+    const text = capture.text();
+    for (const secret of ['KEYBYTES', 'SECRETVALUE', 'TOKENVALUE', 'TOPKEY']) assert.equal(text.includes(secret), false, `${secret} redacted`);
+    assert.match(text, /\[REDACTED\]/);
+  });
+});

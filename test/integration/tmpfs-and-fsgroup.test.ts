@@ -1,0 +1,94 @@
+/**
+ * DESIGN.md invariant 8 on a real node: each volume is its own size-limited
+ * nosuid,nodev,noexec tmpfs, key files are 0600 — or 0640 and group-owned when
+ * the pod has an fsGroup (volume_mount_group) or the fs-group attribute.
+ * Needs root; CI runs as root and fails rather than skip.
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { findMount, mountsUnder } from '../../src/fs/mountinfo.js';
+import { Harness, runningAsRoot } from '../support/driver-harness.js';
+import { assertValidSvidVolume, pathExists } from '../support/volume-assertions.js';
+
+const skip = !runningAsRoot() && !process.env['CI'] ? 'needs root to mount tmpfs and chown (CI runs it as root)' : false;
+
+describe('per-volume tmpfs, modes and fsGroup (root)', { skip }, () => {
+  let h: Harness;
+  before(async () => {
+    assert.ok(runningAsRoot(), 'these tests must run as root in CI');
+    h = await Harness.start({ useTmpfs: true });
+  });
+  after(async () => {
+    await h.close();
+  });
+
+  async function statFiles(targetPath: string, names: string[]): Promise<{ mode: number; gid: number }[]> {
+    return Promise.all(
+      names.map(async (name) => {
+        const stat = await fs.stat(path.join(targetPath, name));
+        return { mode: stat.mode & 0o777, gid: stat.gid };
+      }),
+    );
+  }
+
+  it('mounts a size-limited nosuid,nodev,noexec tmpfs at the target path and unmounts it on unpublish', async () => {
+    const pod = h.kubelet.createPod();
+    await h.agent.addEntry({ spiffeId: 'spiffe://example.org/tmpfs', selectors: [`k8s:pod-uid:${pod.uid}`] });
+    const volume = await h.kubelet.publish(pod);
+    const mount = await findMount(volume.targetPath);
+    assert.ok(mount, 'a mount at the target path');
+    assert.equal(mount.fsType, 'tmpfs');
+    assert.equal(mount.source, 'csi.spire.io');
+    for (const option of ['nosuid', 'nodev', 'noexec']) assert.ok(mount.mountOptions.includes(option), `${option} in ${mount.mountOptions.join(',')}`);
+    assert.ok(mount.superOptions.includes('size=1024k'), `size limit in ${mount.superOptions.join(',')}`);
+    await assertValidSvidVolume(volume.targetPath, 'spiffe://example.org/tmpfs');
+    assert.deepEqual(await statFiles(volume.targetPath, ['svid.pem', 'svid_key.pem', 'svid_bundle.pem']), [
+      { mode: 0o644, gid: 0 },
+      { mode: 0o600, gid: 0 },
+      { mode: 0o644, gid: 0 },
+    ]);
+    // A second publish of the live volume mounts nothing again (spiffe-csi#331).
+    await h.kubelet.publish(pod);
+    assert.equal((await mountsUnder(volume.targetPath)).length, 1);
+    await h.kubelet.unpublish(volume);
+    assert.equal((await mountsUnder(volume.targetPath)).length, 0);
+    assert.equal(await pathExists(volume.targetPath), false);
+  });
+
+  it("chowns to the pod's fsGroup (volume_mount_group) before the swap and makes the key 0640", async () => {
+    const pod = h.kubelet.createPod();
+    await h.agent.addEntry({ spiffeId: 'spiffe://example.org/fsgroup', selectors: [`k8s:pod-uid:${pod.uid}`] });
+    const volume = await h.kubelet.publish(pod, { fsGroup: 2345 });
+    assert.deepEqual(await statFiles(volume.targetPath, ['svid.pem', 'svid_key.pem', 'svid_bundle.pem']), [
+      { mode: 0o644, gid: 2345 },
+      { mode: 0o640, gid: 2345 },
+      { mode: 0o644, gid: 2345 },
+    ]);
+    await h.kubelet.unpublish(volume);
+  });
+
+  it('the csi.spire.io/fs-group attribute and custom file names apply', async () => {
+    const pod = h.kubelet.createPod();
+    await h.agent.addEntry({ spiffeId: 'spiffe://example.org/named', selectors: [`k8s:pod-uid:${pod.uid}`] });
+    const names = { cert: 'tls.crt', key: 'tls.key', bundle: 'ca.crt' };
+    const volume = await h.kubelet.publish(pod, {
+      fsGroup: 1000,
+      attributes: {
+        'csi.spire.io/fs-group': '3456',
+        'csi.spire.io/cert-file': names.cert,
+        'csi.spire.io/key-file': names.key,
+        'csi.spire.io/bundle-file': names.bundle,
+      },
+    });
+    await assertValidSvidVolume(volume.targetPath, 'spiffe://example.org/named', names);
+    assert.deepEqual(await statFiles(volume.targetPath, ['tls.crt', 'tls.key', 'ca.crt']), [
+      { mode: 0o644, gid: 3456 },
+      { mode: 0o640, gid: 3456 },
+      { mode: 0o644, gid: 3456 },
+    ]);
+    assert.deepEqual((await fs.readdir(volume.targetPath)).filter((n) => !n.startsWith('..')).sort(), ['ca.crt', 'tls.crt', 'tls.key']);
+    await h.kubelet.unpublish(volume);
+  });
+});
