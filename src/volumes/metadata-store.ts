@@ -76,6 +76,15 @@ export class MetadataStore {
     await fs.rm(this.pathOf(volumeId), { force: true });
   }
 
+  /** The record of one volume, or undefined when there is none or it does not parse. */
+  async read(volumeId: string): Promise<VolumeRecord | undefined> {
+    try {
+      return volumeRecordSchema.parse(JSON.parse(await fs.readFile(this.pathOf(volumeId), 'utf8')));
+    } catch {
+      return undefined;
+    }
+  }
+
   async loadAll(): Promise<LoadedRecords> {
     const records: VolumeRecord[] = [];
     const quarantined: string[] = [];

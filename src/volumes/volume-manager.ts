@@ -158,18 +158,21 @@ export class VolumeManager {
     this.publishing.get(volumeId)?.abort(new DriverError(status.ABORTED, 'the volume was unpublished while it was being published'));
     await this.withVolumeLock(volumeId, async () => {
       const volume = this.volumes.get(volumeId);
-      if (!volume) {
+      // A record without a live volume: a failed cleanup or resume left it, and
+      // its mount and files must go now.
+      const record = volume?.record ?? (await this.deps.store.read(volumeId));
+      if (!record) {
         // DESIGN.md invariant 7: kubelet retries every error forever (a pod
         // stuck Terminating), so an unknown volume or path is simply OK.
         await this.deps.storage.removeIfEmptyKubeletDir(targetPath);
         return;
       }
       const log = this.deps.logger.child({ volume_id: volumeId, target_path: targetPath });
-      if (volume.record.targetPath !== targetPath) {
-        log.warn({ published_at: volume.record.targetPath }, 'unpublish names another target path than the volume has; nothing to do');
+      if (record.targetPath !== targetPath) {
+        log.warn({ published_at: record.targetPath }, 'unpublish names another target path than the volume has; nothing to do');
         return;
       }
-      await volume.close();
+      await volume?.close();
       await this.deps.storage.remove(targetPath);
       await this.deps.store.remove(volumeId);
       this.volumes.delete(volumeId);

@@ -62,6 +62,8 @@ describe('NodePublishVolume failures', () => {
       expectCode(grpc.status.UNAVAILABLE, `SPIRE agent admin socket is unreachable at ${h.config.agentAdminSocketPath}`, 'sockets.admin.enabled'),
     );
     await assertNothingLeft(h, h.kubelet.volumeFor(pod));
+    // Probe reports the driver, not the agent: livenessprobe must not restart us for an absent agent.
+    assert.deepEqual(await h.kubelet.identityCall('Probe'), { ready: { value: true } });
   });
 
   it('driver not an authorized delegate: fails fast with UNAVAILABLE and the authorized_delegates remedy', async () => {

@@ -9,6 +9,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { findMount, mountsUnder } from '../../src/fs/mountinfo.js';
+import { unmount } from '../../src/fs/tmpfs.js';
 import { Harness, runningAsRoot } from '../support/driver-harness.js';
 import { assertValidSvidVolume, pathExists } from '../support/volume-assertions.js';
 
@@ -91,4 +92,27 @@ describe('per-volume tmpfs, modes and fsGroup (root)', { skip }, () => {
     assert.deepEqual((await fs.readdir(volume.targetPath)).filter((n) => !n.startsWith('..')).sort(), ['ca.crt', 'tls.crt', 'tls.key']);
     await h.kubelet.unpublish(volume);
   });
+
+  it('unpublish cleans up a volume whose resume failed (its record stays until then)', async () => {
+    const pod = h.kubelet.createPod();
+    await h.agent.addEntry({ spiffeId: 'spiffe://example.org/resume-fails', selectors: [`k8s:pod-uid:${pod.uid}`] });
+    const volume = await h.kubelet.publish(pod);
+    await h.stopDriver();
+    // Make the resume fail: the tmpfs is gone and the target path cannot take a new one.
+    await umountAll(volume.targetPath);
+    await fs.rm(volume.targetPath, { recursive: true });
+    await fs.writeFile(volume.targetPath, 'not a directory');
+    await h.startDriver();
+    assert.equal(h.driver?.volumes.volumeCount, 0);
+    assert.match(h.logs.text(), /could not resume a volume/);
+    assert.ok(await pathExists(path.join(h.config.stateDir, 'volumes', `${volume.volumeId}.json`)), 'record kept for a later cleanup');
+    await h.kubelet.unpublish(volume);
+    assert.equal(await pathExists(volume.targetPath), false);
+    assert.equal(await pathExists(path.join(h.config.stateDir, 'volumes', `${volume.volumeId}.json`)), false);
+  });
 });
+
+async function umountAll(target: string): Promise<void> {
+  while ((await mountsUnder(target)).length > 0) await unmount(target);
+}
+
