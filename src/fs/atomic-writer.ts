@@ -203,6 +203,14 @@ export class AtomicWriter {
     return version;
   }
 
+  private async listVolumeDir(): Promise<string[]> {
+    try {
+      return await fs.readdir(this.targetDir);
+    } catch (err) {
+      throw this.failure('listing the volume directory', err);
+    }
+  }
+
   /**
    * A crash can leave `..data_tmp` (between symlink and rename) or whole
    * version directories (before the swap, or before the old one was removed).
@@ -210,13 +218,7 @@ export class AtomicWriter {
    */
   private async removeCrashLeftovers(current: string | null): Promise<void> {
     const dir = this.targetDir;
-    let entries: string[];
-    try {
-      entries = await fs.readdir(dir);
-    } catch (err) {
-      throw this.failure('listing the volume directory', err);
-    }
-    for (const entry of entries) {
+    for (const entry of await this.listVolumeDir()) {
       const stale =
         entry === DATA_TMP_LINK_NAME ||
         entry === VISIBLE_TMP_LINK_NAME ||
@@ -266,13 +268,7 @@ export class AtomicWriter {
     }
 
     const keep = new Set(names);
-    let entries: string[];
-    try {
-      entries = await fs.readdir(dir);
-    } catch (err) {
-      throw this.failure('listing the volume directory', err);
-    }
-    for (const entry of entries) {
+    for (const entry of await this.listVolumeDir()) {
       if (entry.startsWith('.') || keep.has(entry)) continue;
       const linkPath = path.join(dir, entry);
       let target: string;

@@ -10,43 +10,12 @@
  * to prove the driver never writes them (DESIGN.md invariant 5).
  */
 import { generateKeyPairSync, randomBytes, webcrypto } from 'node:crypto';
-import type * as X509 from '@peculiar/x509';
+// @peculiar/x509 registers its algorithm providers through tsyringe, which
+// needs the reflect-metadata polyfill loaded first (module order matters).
+import 'reflect-metadata';
+import * as x509 from '@peculiar/x509';
 
-installReflectMetadataShim();
-// Loaded dynamically so the shim above is in place first: a static import would
-// be evaluated before this module's body runs.
-const x509: typeof X509 = await import('@peculiar/x509');
 x509.cryptoProvider.set(webcrypto);
-
-/**
- * @peculiar/x509 2.x registers its algorithm providers through tsyringe, which
- * refuses to load unless a `reflect-metadata` polyfill has defined
- * `Reflect.getMetadata` — and that package is not among our dependencies. tsyringe
- * only needs get/getOwn/define on constructors, so a WeakMap-backed stand-in is
- * enough. A real polyfill loaded earlier wins.
- */
-function installReflectMetadataShim(): void {
-  const reflect = Reflect as unknown as Record<string, unknown>;
-  if (typeof reflect['getMetadata'] === 'function') return;
-  const store = new WeakMap<object, Map<unknown, unknown>>();
-  const getOwn = (key: unknown, target: object): unknown => store.get(target)?.get(key);
-  const get = (key: unknown, target: object): unknown => {
-    for (let t: object | null = target; t !== null; t = Object.getPrototypeOf(t) as object | null) {
-      const own = store.get(t);
-      if (own?.has(key)) return own.get(key);
-    }
-    return undefined;
-  };
-  const define = (key: unknown, value: unknown, target: object): void => {
-    let own = store.get(target);
-    if (!own) store.set(target, (own = new Map()));
-    own.set(key, value);
-  };
-  reflect['getOwnMetadata'] = getOwn;
-  reflect['getMetadata'] = get;
-  reflect['defineMetadata'] = define;
-  reflect['metadata'] = (key: unknown, value: unknown) => (target: object) => define(key, value, target);
-}
 
 export type KeyPair = webcrypto.CryptoKeyPair;
 
@@ -149,7 +118,7 @@ export async function mintCa(options: MintCaOptions): Promise<MintedCa> {
   // authorities with the same name for chain building to confuse.
   const defaultName = `dev SPIRE ${options.parent ? 'intermediate ' : ''}CA ${options.trustDomain} ${serialHex.slice(0, 8)}`;
   const subject = `CN=${escapeDnValue(options.commonName ?? defaultName)}, O=SPIFFE, C=US`;
-  const extensions: X509.Extension[] = [
+  const extensions: x509.Extension[] = [
     new x509.BasicConstraintsExtension(true, undefined, true),
     new x509.KeyUsagesExtension(
       x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign | x509.KeyUsageFlags.digitalSignature,
@@ -159,7 +128,7 @@ export async function mintCa(options: MintCaOptions): Promise<MintedCa> {
     new x509.SubjectAlternativeNameExtension([{ type: 'url', value: `spiffe://${options.trustDomain}` }]),
   ];
 
-  let cert: X509.X509Certificate;
+  let cert: x509.X509Certificate;
   if (options.parent) {
     const parent = options.parent;
     extensions.push(await x509.AuthorityKeyIdentifierExtension.create(parent.keys.publicKey));
@@ -212,7 +181,7 @@ export async function mintSvid(options: MintSvidOptions): Promise<MintedSvid> {
     ...(options.dnsNames ?? []).map((value) => ({ type: 'dns' as const, value })),
   ];
 
-  const extensions: X509.Extension[] = [
+  const extensions: x509.Extension[] = [
     new x509.BasicConstraintsExtension(options.isCa ?? false, undefined, true),
     new x509.KeyUsagesExtension(
       options.isCa
