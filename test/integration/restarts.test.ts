@@ -108,6 +108,21 @@ describe('restarts', () => {
     }
   });
 
+  it('the driver process exits 0 on SIGTERM, promptly, leaving its volumes', async () => {
+    h = await Harness.start({ driverProcess: true, useTmpfs: runningAsRoot() });
+    const [live] = await publishSome(h, 1);
+    const child = h.child?.process;
+    assert.ok(child && live);
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    const stoppedAt = Date.now();
+    child.kill('SIGTERM');
+    assert.equal(await exited, 0);
+    assert.ok(Date.now() - stoppedAt < 5000, 'stopped within 5 s');
+    h.child = undefined;
+    await assertValidSvidVolume(live.volume.targetPath, live.spiffeId);
+    assert.equal(await pathExists(h.config.csiSocketPath), false, 'socket removed on a clean stop');
+  });
+
   it('quarantines a corrupt metadata file and resumes the others; cleans up interrupted publishes and vanished pods', async () => {
     h = await Harness.start();
     const live = await publishSome(h, 3);

@@ -7,6 +7,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import type { Config } from '../../src/config.js';
 import { startDriver, type RunningDriver } from '../../src/driver.js';
+import { mountsUnder } from '../../src/fs/mountinfo.js';
+import { unmount } from '../../src/fs/tmpfs.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { DriverMetrics } from '../../src/observability/metrics.js';
 import { PACKAGE_ROOT } from '../../src/proto-loading.js';
@@ -119,6 +121,8 @@ export class Harness {
     await this.stopDriver();
     this.kubelet.close();
     await this.agent.close();
+    // Volumes a test deliberately left in place (restart tests) keep their tmpfs.
+    for (const mount of (await mountsUnder(this.dir)).reverse()) await unmount(mount.mountPoint);
     await removeScratchDir(this.dir);
   }
 }
