@@ -210,7 +210,7 @@ const rawSchema = z.object({
   }),
   metricsAddress: z.string().transform((value, ctx) => {
     if (value === '') return undefined;
-    const match = /^(.*):(\d{1,5})$/.exec(value);
+    const match = /^(|[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):(\d{1,5})$/.exec(value);
     const port = match ? Number(match[2]) : NaN;
     if (!match || port < 1 || port > 65535) {
       ctx.addIssue({ code: 'custom', message: withSource('metricsAddress', `must be host:port or :port, got "${value}"`) });

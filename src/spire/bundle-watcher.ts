@@ -39,7 +39,11 @@ export class BundleWatcher {
     return this.stream?.lastFailure;
   }
 
-  /** The stream runs while anyone listens; returns the unsubscribe function. */
+  /**
+   * Opens the stream on the first subscriber and keeps it open until close(),
+   * even when the last volume goes: re-opening it would add a round trip to
+   * the next NodePublishVolume. Returns the unsubscribe function.
+   */
   subscribe(listener: BundleListener): () => void {
     this.listeners.add(listener);
     if (!this.stream) {
@@ -55,7 +59,6 @@ export class BundleWatcher {
     }
     return () => {
       this.listeners.delete(listener);
-      if (this.listeners.size === 0) this.close();
     };
   }
 

@@ -31,8 +31,6 @@ const volumeRecordSchema = z
     spiffeId: z.string().nullable(),
     hint: z.string().nullable(),
     tmpfs: z.boolean(),
-    /** "publishing" until NodePublishVolume returned OK; a restart cleans those up. */
-    state: z.enum(['publishing', 'published']),
     createdAt: z.string(),
   })
   .strict();

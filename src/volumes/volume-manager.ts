@@ -61,27 +61,22 @@ export class VolumeManager {
 
   private async resumeOne(record: VolumeRecord): Promise<void> {
     const log = this.deps.logger.child({ volume_id: record.volumeId, target_path: record.targetPath });
-    if (record.state === 'publishing') {
-      // The driver died inside NodePublishVolume, which therefore never
-      // returned OK: no container uses this volume. kubelet will publish it
-      // again (or unpublish it); start from a clean slate.
-      log.info('cleaning up a volume whose publish was interrupted by a restart');
-      await this.deps.storage.remove(record.targetPath);
-      await this.deps.store.remove(record.volumeId);
-      return;
-    }
     if (!(await pathExists(record.targetPath))) {
       log.info('target path is gone (pod deleted while the driver was down); forgetting the volume');
       await this.deps.store.remove(record.volumeId);
       return;
     }
-    if (record.tmpfs && !(await this.deps.storage.hasOurTmpfs(record.targetPath))) {
-      // After a node reboot the tmpfs is gone but kubelet's directories remain.
-      log.warn('the volume tmpfs is not mounted (node rebooted?); mounting it again and rewriting the files');
-      await this.deps.storage.prepare(record.targetPath, true);
+    if ((await new AtomicWriter(record.targetPath).currentVersion()) === null) {
+      // No files: the driver died inside NodePublishVolume before the first
+      // write, so the call never returned OK and no container uses the volume;
+      // or the node rebooted and took the tmpfs with it. Either way kubelet
+      // publishes again when a pod needs it: start from a clean slate.
+      log.info('cleaning up a volume without files (publish interrupted by a restart, or tmpfs lost in a reboot)');
+      await this.deps.storage.remove(record.targetPath);
+      await this.deps.store.remove(record.volumeId);
+      return;
     }
-    const filesPresent = (await new AtomicWriter(record.targetPath).currentVersion()) !== null;
-    const volume = this.createVolume(record, filesPresent);
+    const volume = this.createVolume(record, true);
     this.volumes.set(record.volumeId, volume);
     this.deps.metrics.liveVolumes.set(this.volumes.size);
     volume.start();
@@ -126,8 +121,9 @@ export class VolumeManager {
       pod: `${spec.pod.namespace}/${spec.pod.name}`,
       target_path: spec.targetPath,
     });
-    // Metadata first: a crash after this line leaves a record that the next
-    // start cleans up, so no mount or file is ever orphaned.
+    // Metadata first, and only once: a crash after this line leaves a record
+    // that the next start resumes (files written) or cleans up (no files), so
+    // no mount or file is ever orphaned.
     await this.deps.store.write(record);
     let volume: ManagedVolume | undefined;
     try {
@@ -136,8 +132,6 @@ export class VolumeManager {
       log.info({ selectors: formatSelectors(volume.selectors) }, 'publishing volume; waiting for the SVID');
       volume.start();
       await volume.waitUntilWritten(this.deps.publishTimeoutMs, signal);
-      await this.deps.store.write({ ...record, state: 'published' });
-      volume.record.state = 'published';
       this.volumes.set(spec.volumeId, volume);
       this.deps.metrics.liveVolumes.set(this.volumes.size);
       log.info('volume published');
@@ -222,7 +216,6 @@ function recordFor(spec: PublishSpec, tmpfs: boolean): VolumeRecord {
     spiffeId: spec.attributes.spiffeId ?? null,
     hint: spec.attributes.hint ?? null,
     tmpfs,
-    state: 'publishing',
     createdAt: new Date().toISOString(),
   };
 }

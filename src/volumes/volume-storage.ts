@@ -61,12 +61,6 @@ export class VolumeStorage {
     }
   }
 
-  /** Whether a tmpfs of ours is mounted at the path. */
-  async hasOurTmpfs(targetPath: string): Promise<boolean> {
-    const mounted = await findMount(targetPath);
-    return mounted !== undefined && isOurTmpfs(mounted, this.options.mountSource);
-  }
-
   /**
    * Unmounts our tmpfs (every stacked copy) and removes target_path with all it
    * holds. Refuses when a mount that is not ours sits at or below the path, so a

@@ -131,7 +131,7 @@ describe('restarts', () => {
     const [corrupt, gone, healthy] = live as [LiveVolume, LiveVolume, LiveVolume];
     await fs.writeFile(path.join(volumesDir, `${corrupt.volume.volumeId}.json`), '{"version": 1, "volumeId": ');
     await fs.rm(path.dirname(gone.volume.targetPath), { recursive: true });
-    // A publish that the driver never finished: metadata says "publishing".
+    // A publish that the driver never finished: a record, a directory, no files.
     const interruptedPod = h.kubelet.createPod();
     const interrupted = h.kubelet.volumeFor(interruptedPod);
     await fs.mkdir(interrupted.targetPath, { recursive: true });
@@ -139,7 +139,7 @@ describe('restarts', () => {
     const record = JSON.parse(await fs.readFile(path.join(volumesDir, `${healthy.volume.volumeId}.json`), 'utf8')) as Record<string, unknown>;
     await fs.writeFile(
       path.join(volumesDir, `${interrupted.volumeId}.json`),
-      JSON.stringify({ ...record, volumeId: interrupted.volumeId, targetPath: interrupted.targetPath, pod: { ...(record['pod'] as object), uid: interruptedPod.uid }, state: 'publishing' }),
+      JSON.stringify({ ...record, volumeId: interrupted.volumeId, targetPath: interrupted.targetPath, pod: { ...(record['pod'] as object), uid: interruptedPod.uid } }),
     );
 
     await h.startDriver();
