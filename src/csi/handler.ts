@@ -34,7 +34,7 @@ export function unaryHandler<Request, Response>(
 }
 
 /** An AbortSignal that fires when kubelet cancels the call or its deadline passes. */
-export function callSignal(call: grpc.ServerUnaryCall<unknown, unknown>): AbortSignal {
+export function callSignal(call: Pick<grpc.ServerUnaryCall<unknown, unknown>, 'once'>): AbortSignal {
   const controller = new AbortController();
   call.once('cancelled', () => controller.abort());
   return controller.signal;

@@ -2,7 +2,7 @@
  * csi.v1.Node: validate, hand over to the VolumeManager, map errors. Methods
  * not listed here are answered UNIMPLEMENTED by grpc-js.
  */
-import type * as grpc from '@grpc/grpc-js';
+import * as grpc from '@grpc/grpc-js';
 import { invalidArgument } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { DriverMetrics } from '../observability/metrics.js';
@@ -10,7 +10,6 @@ import type { VolumeManager } from '../volumes/volume-manager.js';
 import { callSignal, unaryHandler } from './handler.js';
 import type { NodePublishVolumeRequest, NodeUnpublishVolumeRequest } from './messages.js';
 import { parsePublishRequest } from './publish-request.js';
-import { status } from '@grpc/grpc-js';
 
 export interface NodeServiceOptions {
   nodeName: string;
@@ -22,7 +21,7 @@ export interface NodeServiceOptions {
 
 export function nodeService(options: NodeServiceOptions): grpc.UntypedServiceImplementation {
   const { logger, metrics, volumes } = options;
-  const codeName = (code: grpc.status): string => status[code] ?? String(code);
+  const codeName = (code: grpc.status): string => grpc.status[code] ?? String(code);
   return {
     NodeGetInfo: unaryHandler('NodeGetInfo', logger, async () => ({ node_id: options.nodeName, max_volumes_per_node: 0 })),
 
@@ -39,7 +38,7 @@ export function nodeService(options: NodeServiceOptions): grpc.UntypedServiceImp
         const stopTimer = metrics.publishDuration.startTimer();
         try {
           const spec = parsePublishRequest(request, { kubeletRootDir: options.kubeletRootDir });
-          await volumes.publish(spec, callSignal(call as grpc.ServerUnaryCall<unknown, unknown>));
+          await volumes.publish(spec, callSignal(call));
           return {};
         } catch (err) {
           logger.warn(

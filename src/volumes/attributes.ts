@@ -37,17 +37,18 @@ const fileName = z.string().superRefine((name, ctx) => {
   if (problem) ctx.addIssue({ code: 'custom', message: problem });
 });
 
-/** 0 would mean "root group" and 4294967295 is (gid_t)-1, "leave unchanged". */
+/** Kubernetes allows fsGroup 0; 4294967295 is (gid_t)-1, "leave unchanged" to chown(2). */
 export const fsGroupSchema = z
   .string()
   .regex(/^\d{1,10}$/, { error: 'must be a decimal group id' })
   .transform(Number)
-  .refine((gid) => gid >= 1 && gid <= 4294967294, { error: 'must be between 1 and 4294967294' });
+  .refine((gid) => gid <= 4294967294, { error: 'must be between 0 and 4294967294' });
 
 const spiffeIdSchema = z
   .string()
   .max(2048)
-  .regex(/^spiffe:\/\/[a-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/, {
+  // Path segments are [A-Za-z0-9._-]+ but never "." or ".." (SPIFFE ID spec).
+  .regex(/^spiffe:\/\/[a-z0-9._-]+(\/(?!\.\.?(\/|$))[A-Za-z0-9._-]+)*$/, {
     error: 'must be a SPIFFE ID such as spiffe://example.org/ns/default/sa/app',
   });
 
@@ -65,7 +66,9 @@ const attributeSchema = z
 export const SUPPORTED_ATTRIBUTES = Object.keys(attributeSchema.shape).map((key) => ATTRIBUTE_PREFIX + key);
 
 export function parseVolumeAttributes(volumeContext: Readonly<Record<string, string>>): VolumeAttributes {
-  const ours: Record<string, string> = {};
+  // No prototype: a key like "__proto__" must arrive in the schema as an
+  // unknown key, not vanish into Object.prototype's setter.
+  const ours: Record<string, string> = Object.create(null) as Record<string, string>;
   for (const [key, value] of Object.entries(volumeContext)) {
     if (key.startsWith(KUBELET_ATTRIBUTE_PREFIX)) continue;
     if (!key.startsWith(ATTRIBUTE_PREFIX)) {

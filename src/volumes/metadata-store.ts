@@ -14,10 +14,13 @@ import { z } from 'zod';
 import { errorMessage } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 
+/** kubelet's inline volume ids; anything else never names a file of ours. */
+const VOLUME_ID = /^csi-[0-9a-f]{64}$/;
+
 const volumeRecordSchema = z
   .object({
     version: z.literal(1),
-    volumeId: z.string().regex(/^csi-[0-9a-f]{64}$/),
+    volumeId: z.string().regex(VOLUME_ID),
     targetPath: z.string().startsWith('/'),
     volumeName: z.string().min(1),
     pod: z.object({
@@ -27,7 +30,7 @@ const volumeRecordSchema = z
       serviceAccount: z.string().min(1),
     }),
     files: z.object({ cert: z.string().min(1), key: z.string().min(1), bundle: z.string().min(1) }),
-    fsGroup: z.number().int().positive().nullable(),
+    fsGroup: z.number().int().nonnegative().nullable(),
     spiffeId: z.string().nullable(),
     hint: z.string().nullable(),
     tmpfs: z.boolean(),
@@ -59,7 +62,9 @@ export class MetadataStore {
     await fs.mkdir(this.quarantineDir, { recursive: true, mode: 0o700 });
   }
 
+  /** Refuses ids that are not kubelet's, so a crafted volume_id can never name a path outside volumes/. */
   pathOf(volumeId: string): string {
+    if (!VOLUME_ID.test(volumeId)) throw new Error(`not a volume id: ${JSON.stringify(volumeId.slice(0, 80))}`);
     return path.join(this.volumesDir, `${volumeId}.json`);
   }
 
@@ -71,13 +76,16 @@ export class MetadataStore {
   }
 
   async remove(volumeId: string): Promise<void> {
+    if (!VOLUME_ID.test(volumeId)) return;
     await fs.rm(this.pathOf(volumeId), { force: true });
   }
 
   /** The record of one volume, or undefined when there is none or it does not parse. */
   async read(volumeId: string): Promise<VolumeRecord | undefined> {
+    if (!VOLUME_ID.test(volumeId)) return undefined;
     try {
-      return volumeRecordSchema.parse(JSON.parse(await fs.readFile(this.pathOf(volumeId), 'utf8')));
+      const record = volumeRecordSchema.parse(JSON.parse(await fs.readFile(this.pathOf(volumeId), 'utf8')));
+      return record.volumeId === volumeId ? record : undefined;
     } catch {
       return undefined;
     }

@@ -234,12 +234,12 @@ describe('fsGroup', () => {
     }
   });
 
-  test('volume_mount_group 0 (root group) is refused', () => {
-    rejected(kubelet.publishRequest(pod, { fsGroup: 0 }), /volume_mount_group "0"/, /between 1 and 4294967294/);
+  test('volume_mount_group 0 (Kubernetes allows fsGroup: 0) is the root group', () => {
+    assert.equal(parse(kubelet.publishRequest(pod, { fsGroup: 0 })).fsGroup, 0);
   });
 
   test('a bad csi.spire.io/fs-group is refused even with a good volume_mount_group', () => {
-    rejected(kubelet.publishRequest(pod, { fsGroup: 1000, attributes: { 'csi.spire.io/fs-group': '0' } }), /"csi\.spire\.io\/fs-group"="0"/);
+    rejected(kubelet.publishRequest(pod, { fsGroup: 1000, attributes: { 'csi.spire.io/fs-group': '-5' } }), /"csi\.spire\.io\/fs-group"="-5"/);
   });
 });
 
