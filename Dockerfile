@@ -1,0 +1,42 @@
+# The spire-csi-driver image: Node.js, the compiled driver, its production dependencies and its protos.
+# scripts/image-build-check runs the same steps outside a container (CI has no Docker engine).
+#
+#   docker build -t <registry>/spire-csi-driver:0.1.0 .
+#
+# Both stages use the same Node.js image, pinned by version tag. Node 22 is the LTS line with security fixes
+# (Node 20, which the tests also run on, reached end of life in April 2026); the driver needs Node >= 20.19.
+ARG NODE_IMAGE=node:22.22-bookworm-slim
+
+FROM ${NODE_IMAGE} AS build
+WORKDIR /build
+# Dependencies first, so that source changes reuse the npm ci layer.
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY tsconfig.json ./
+COPY src/ src/
+# tsconfig.json also includes test/ and bench/, which are not in the build context: only src/ is compiled.
+RUN npm run build
+
+FROM ${NODE_IMAGE}
+LABEL org.opencontainers.image.title="spire-csi-driver" \
+      org.opencontainers.image.description="CSI node driver (csi.spire.io) writing SPIFFE X.509-SVIDs into inline volumes" \
+      org.opencontainers.image.licenses="Apache-2.0"
+# The driver mounts and unmounts a tmpfs per volume with mount(8) and umount(8) from util-linux, which
+# Debian's slim images include (package "mount", priority required); fail the build if that ever changes.
+RUN command -v mount && command -v umount
+WORKDIR /opt/spire-csi-driver
+ENV NODE_ENV=production
+COPY package.json package-lock.json ./
+# Production dependencies only. npm, npx, corepack and yarn are not needed at run time and are removed
+# (less to patch in a privileged container).
+RUN npm ci --omit=dev --no-audit --no-fund \
+ && npm cache clean --force \
+ && rm -rf /usr/local/lib/node_modules/npm /usr/local/lib/node_modules/corepack /opt/yarn-* \
+      /usr/local/bin/npm /usr/local/bin/npx /usr/local/bin/corepack /usr/local/bin/yarn /usr/local/bin/yarnpkg
+COPY csi-proto/ csi-proto/
+COPY spire-proto/ spire-proto/
+COPY --from=build /build/dist/src/ dist/src/
+# Root: the driver mounts a tmpfs per volume into kubelet's pods directory. The chart runs it with a read-only
+# root filesystem.
+USER 0:0
+ENTRYPOINT ["node", "dist/src/main.js"]
