@@ -1,9 +1,8 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { describe, test } from 'node:test';
-import { status } from '@grpc/grpc-js';
-import { DriverError } from '../../src/errors.js';
 import { checkPodBinding, expectedTargetPath, inlineVolumeId, POD_INFO_KEYS, readPodInfo } from '../../src/volumes/pod-binding.js';
+import { expectInvalidArgument } from '../support/invalid-argument.js';
 
 const ROOT = '/var/lib/kubelet';
 const UID = '0f5e8d6a-3c2b-4e1f-9a7d-5b6c8e9f0a1b';
@@ -19,18 +18,7 @@ function kubeletTargetPath(podUid: string, volumeName: string, root = ROOT): str
   return `${root}/pods/${podUid}/volumes/kubernetes.io~csi/${volumeName}/mount`;
 }
 
-function expectInvalid(fn: () => unknown, ...patterns: RegExp[]): string {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (err) {
-    caught = err;
-  }
-  assert.ok(caught instanceof DriverError, `expected a DriverError, got ${String(caught)}`);
-  assert.equal(caught.code, status.INVALID_ARGUMENT, caught.message);
-  for (const pattern of patterns) assert.match(caught.message, pattern);
-  return caught.message;
-}
+const expectInvalid = expectInvalidArgument;
 
 function bind(targetPath: string, volumeId: string, podUid = UID, kubeletRootDir = ROOT): string {
   return checkPodBinding({ targetPath, volumeId, podUid, kubeletRootDir });

@@ -1,11 +1,10 @@
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
-import { status } from '@grpc/grpc-js';
 import type { AccessModeName, NodePublishVolumeRequest, VolumeCapability } from '../../src/csi/messages.js';
 import { parsePublishRequest } from '../../src/csi/publish-request.js';
-import { DriverError } from '../../src/errors.js';
 import type { PublishSpec } from '../../src/volumes/publish-spec.js';
 import { KubeletSimulator, type Pod } from '../support/kubelet-simulator.js';
+import { expectInvalidArgument } from '../support/invalid-argument.js';
 
 const KUBELET_ROOT = '/var/lib/kubelet';
 // Only publishRequest/volumeFor/createPod are used: no connection is ever made.
@@ -20,16 +19,7 @@ function parse(request: NodePublishVolumeRequest, kubeletRootDir = KUBELET_ROOT)
 }
 
 function rejected(request: NodePublishVolumeRequest, ...patterns: RegExp[]): string {
-  let caught: unknown;
-  try {
-    parse(request);
-  } catch (err) {
-    caught = err;
-  }
-  assert.ok(caught instanceof DriverError, `expected a DriverError, got ${String(caught)}`);
-  assert.equal(caught.code, status.INVALID_ARGUMENT, caught.message);
-  for (const pattern of patterns) assert.match(caught.message, pattern);
-  return caught.message;
+  return expectInvalidArgument(() => parse(request), ...patterns);
 }
 
 function mountCapability(overrides: Partial<VolumeCapability> = {}): VolumeCapability {

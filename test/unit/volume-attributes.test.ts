@@ -1,7 +1,5 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { status } from '@grpc/grpc-js';
-import { DriverError } from '../../src/errors.js';
 import {
   ATTRIBUTE_PREFIX,
   DEFAULT_FILE_NAMES,
@@ -10,6 +8,7 @@ import {
   SUPPORTED_ATTRIBUTES,
   type VolumeAttributes,
 } from '../../src/volumes/attributes.js';
+import { expectInvalidArgument } from '../support/invalid-argument.js';
 
 const DEFAULTS: VolumeAttributes = {
   certFile: 'svid.pem',
@@ -31,16 +30,7 @@ const KUBELET_KEYS: Record<string, string> = {
 };
 
 function rejected(volumeContext: Record<string, string>, ...patterns: RegExp[]): string {
-  let caught: unknown;
-  try {
-    parseVolumeAttributes(volumeContext);
-  } catch (err) {
-    caught = err;
-  }
-  assert.ok(caught instanceof DriverError, `expected a DriverError for ${JSON.stringify(volumeContext)}, got ${String(caught)}`);
-  assert.equal(caught.code, status.INVALID_ARGUMENT, caught.message);
-  for (const pattern of patterns) assert.match(caught.message, pattern);
-  return caught.message;
+  return expectInvalidArgument(() => parseVolumeAttributes(volumeContext), ...patterns);
 }
 
 function attr(name: string, value: string): Record<string, string> {
