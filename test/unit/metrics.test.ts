@@ -1,0 +1,26 @@
+import assert from 'node:assert/strict';
+import type { AddressInfo } from 'node:net';
+import { describe, it } from 'node:test';
+import { DriverMetrics, serveMetrics } from '../../src/observability/metrics.js';
+
+describe('metrics endpoint', () => {
+  it('serves the driver metrics in Prometheus text format on /metrics, 404 elsewhere', async () => {
+    const metrics = new DriverMetrics();
+    metrics.publishTotal.inc({ result: 'OK' });
+    metrics.svidUpdates.inc({ outcome: 'rejected' });
+    const server = await serveMetrics(metrics, { host: '127.0.0.1', port: 0 });
+    try {
+      const { port } = server.address() as AddressInfo;
+      const response = await fetch(`http://127.0.0.1:${port}/metrics`);
+      assert.equal(response.status, 200);
+      assert.match(response.headers.get('content-type') ?? '', /text\/plain/);
+      const body = await response.text();
+      assert.match(body, /^spire_csi_node_publish_total\{result="OK"\} 1$/m);
+      assert.match(body, /^spire_csi_svid_updates_total\{outcome="rejected"\} 1$/m);
+      assert.match(body, /^# HELP spire_csi_volumes /m);
+      assert.equal((await fetch(`http://127.0.0.1:${port}/other`)).status, 404);
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
+});
