@@ -26,6 +26,10 @@ LABEL org.opencontainers.image.title="spire-csi-driver" \
 RUN command -v mount && command -v umount
 WORKDIR /opt/spire-csi-driver
 ENV NODE_ENV=production
+# A 1 MiB young generation instead of V8's default 16 MiB semi-spaces: with 500 volumes the driver's RSS drops
+# from ~121 to ~92 MiB for a few more (sub-millisecond) scavenges; `npm run bench` measures the same flags
+# (test/support/driver-harness.ts DRIVER_NODE_FLAGS).
+ENV NODE_OPTIONS=--max-semi-space-size=1
 COPY package.json package-lock.json ./
 # Production dependencies only. npm, npx, corepack and yarn are not needed at run time and are removed
 # (less to patch in a privileged container).

@@ -100,6 +100,7 @@ async function benchPublishOverhead(useTmpfs: boolean): Promise<void> {
 
 async function benchManyVolumes(): Promise<void> {
   const rss: number[] = [];
+  const rssAfterPublishing: number[] = [];
   const idleCpu: number[] = [];
   const bundleMs: number[] = [];
   const restartMs: number[] = [];
@@ -115,7 +116,11 @@ async function benchManyVolumes(): Promise<void> {
         volumes.push(...(await Promise.all(pods.slice(i, i + 25).map((pod) => h.kubelet.publish(pod)))));
       }
       const pid = h.child?.process.pid as number;
-      await sleep(2000);
+      await sleep(1000);
+      rssAfterPublishing.push((await procStat(pid)).rssBytes / 1024 / 1024);
+      // V8's memory reducer returns the garbage of the publishing burst after
+      // some idle seconds; the settled figure is what a quiet node carries.
+      await sleep(15_000);
       const before = await procStat(pid);
       await sleep(5000);
       const after = await procStat(pid);
@@ -160,7 +165,8 @@ async function benchManyVolumes(): Promise<void> {
     }
   }
   console.log(`${VOLUMES} live volumes (driver child process):`);
-  console.log(`  RSS: ${summary(rss, 'MiB')}   target <= 80 MiB`);
+  console.log(`  RSS right after publishing them: ${summary(rssAfterPublishing, 'MiB')}`);
+  console.log(`  RSS settled (20 s idle): ${summary(rss, 'MiB')}   target <= 80 MiB`);
   console.log(`  idle CPU over 5 s: ${summary(idleCpu, '% of a core', 2)}   target ~0`);
   console.log(`  one bundle change written to all ${VOLUMES} volumes: ${summary(bundleMs, 'ms', 0)}   target <= 1000 ms`);
   console.log(`  SIGKILL + restart until all ${VOLUMES} streams re-opened and files verified: ${summary(restartMs, 'ms', 0)}   target <= 2000 ms`);

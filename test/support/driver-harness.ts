@@ -18,6 +18,9 @@ import { makeScratchDir, removeScratchDir } from './scratch.js';
 
 export const NODE_NAME = 'node-a';
 
+/** The V8 flags the image runs the driver with (Dockerfile NODE_OPTIONS); child-process drivers use them too. */
+export const DRIVER_NODE_FLAGS = ['--max-semi-space-size=1'];
+
 export function runningAsRoot(): boolean {
   return process.getuid?.() === 0;
 }
@@ -137,6 +140,7 @@ export class DriverProcess {
 
   static async start(config: Config): Promise<DriverProcess> {
     const args = [
+      ...DRIVER_NODE_FLAGS,
       path.join(PACKAGE_ROOT, 'dist', 'src', 'main.js'),
       `--endpoint=unix://${config.csiSocketPath}`,
       `--node-name=${config.nodeName}`,
