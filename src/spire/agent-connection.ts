@@ -85,9 +85,13 @@ export class AgentConnection extends EventEmitter {
     }
     const watcher = watch(directory, { ignoreInitial: true, depth: 0, persistent: true });
     this.watcher = watcher;
-    watcher.on('add', (changed) => {
+    // 'add' after a clean stop (the agent removed its socket); 'change' after a
+    // crash, when the restarted agent replaces the stale socket file in place.
+    const onSocketEvent = (changed: string): void => {
       if (path.resolve(changed) === path.resolve(this.options.socketPath)) this.onSocketAppeared();
-    });
+    };
+    watcher.on('add', onSocketEvent);
+    watcher.on('change', onSocketEvent);
     watcher.on('error', (err) => {
       this.options.logger.warn({ err, directory }, 'watching the SPIRE agent socket directory failed; reconnects rely on backoff alone');
     });

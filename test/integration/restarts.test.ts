@@ -69,6 +69,19 @@ describe('restarts', () => {
     await assertRotates(h, live);
   });
 
+  it('picks up a crashed agent (stale socket file replaced in place) at once too', async () => {
+    h = await Harness.start();
+    const live = await publishSome(h, 2);
+    await h.agent.crash();
+    await sleep(7000);
+    const resumedAt = Date.now();
+    await h.agent.resume();
+    await h.agent.waitForSvidStreams(2, 3000);
+    const reconnectMs = Date.now() - resumedAt;
+    assert.ok(reconnectMs < 1500, `streams back ${reconnectMs} ms after the agent replaced its stale socket`);
+    await assertRotates(h, live);
+  });
+
   it('SIGTERM stops serving and leaves every volume; the next start resumes them', async () => {
     h = await Harness.start({ useTmpfs: runningAsRoot() });
     const live = await publishSome(h, 2);

@@ -11,6 +11,7 @@
  * by `callerAuthorization`), PID-mode requests, JWT-SVIDs, entry sync latency
  * (changes are seen at once instead of at the next ~5 s sync) and rotation jitter.
  */
+import { spawn } from 'node:child_process';
 import fs from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
@@ -349,6 +350,16 @@ export class DevAgent {
    * goodbye and the socket file disappears, so clients must cope with ENOENT
    * until it is back.
    */
+  /**
+   * Dies like a SIGKILLed agent: connections cut and, unlike stop(), a stale
+   * socket file left behind, which the next resume() replaces in place (the
+   * real agent removes the file only on a clean stop).
+   */
+  async crash(): Promise<void> {
+    await this.stop();
+    await leaveStaleSocket(this.socketPath);
+  }
+
   async stop(): Promise<void> {
     // The connections are cut at the socket level, without HTTP/2 GOAWAY or
     // RST_STREAM, because that is what a client sees when the agent process
@@ -818,4 +829,13 @@ function trustDomainId(text: string): string {
 /** Byte order like Go's sort.Strings, not locale order. */
 function compareStrings(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
+}
+
+/** A socket file whose listener was killed: connecting to it fails with ECONNREFUSED. */
+async function leaveStaleSocket(socketPath: string): Promise<void> {
+  const child = spawn(process.execPath, [
+    '-e',
+    `require('net').createServer().listen(${JSON.stringify(socketPath)}, () => process.kill(process.pid, 'SIGKILL'))`,
+  ]);
+  await new Promise((resolve) => child.once('exit', resolve));
 }
