@@ -20,44 +20,35 @@ afterEach(async () => {
   s = undefined;
 });
 
-describe('the driver is not set up as a delegate', () => {
-  it('no registration entry for the driver: fails fast, says to register it', async () => {
-    s = await startScenario({ testbed: { label: 'e2e-noent', delegate: 'no-entry' }, driver: { publishTimeoutMs: PUBLISH_TIMEOUT_MS } });
-    const { testbed, driver } = s;
-    await withDiagnostics(s, async () => {
-      const pod = driver.kubelet.createPod();
-      await testbed.createPodUidEntry(pod, `spiffe://example.org/${pod.name}`);
-      const started = Date.now();
-      await assert.rejects(
-        driver.kubelet.publish(pod),
-        expectGrpcError(grpc.status.UNAVAILABLE, 'PERMISSION_DENIED', 'no identity issued', 'has no registration entry', 'authorized_delegates'),
-      );
-      const elapsed = Date.now() - started;
-      assert.ok(elapsed < FAST_FAILURE_MS, `failed after ${elapsed} ms`);
-      await driver.assertNothingLeft(driver.kubelet.volumeFor(pod));
-    });
-  });
+const CASES = [
+  {
+    name: 'no registration entry for the driver: fails fast, says to register it',
+    label: 'e2e-noent',
+    delegate: 'no-entry',
+    message: ['PERMISSION_DENIED', 'no identity issued', 'has no registration entry', 'authorized_delegates'],
+  },
+  {
+    name: 'registered but not in authorized_delegates: fails fast, names authorized_delegates',
+    label: 'e2e-noauth',
+    delegate: 'not-authorized',
+    message: ['PERMISSION_DENIED', 'caller not configured as an authorized delegate', 'not an authorized delegate', 'authorized_delegates'],
+  },
+] as const;
 
-  it('registered but not in authorized_delegates: fails fast, names authorized_delegates', async () => {
-    s = await startScenario({ testbed: { label: 'e2e-noauth', delegate: 'not-authorized' }, driver: { publishTimeoutMs: PUBLISH_TIMEOUT_MS } });
-    const { testbed, driver } = s;
-    await withDiagnostics(s, async () => {
-      const pod = driver.kubelet.createPod();
-      await testbed.createPodUidEntry(pod, `spiffe://example.org/${pod.name}`);
-      const started = Date.now();
-      await assert.rejects(
-        driver.kubelet.publish(pod),
-        expectGrpcError(
-          grpc.status.UNAVAILABLE,
-          'PERMISSION_DENIED',
-          'caller not configured as an authorized delegate',
-          'not an authorized delegate',
-          'authorized_delegates',
-        ),
-      );
-      const elapsed = Date.now() - started;
-      assert.ok(elapsed < FAST_FAILURE_MS, `failed after ${elapsed} ms`);
-      await driver.assertNothingLeft(driver.kubelet.volumeFor(pod));
+describe('the driver is not set up as a delegate', () => {
+  for (const c of CASES) {
+    it(c.name, async () => {
+      s = await startScenario({ testbed: { label: c.label, delegate: c.delegate }, driver: { publishTimeoutMs: PUBLISH_TIMEOUT_MS } });
+      const { testbed, driver } = s;
+      await withDiagnostics(s, async () => {
+        const pod = driver.kubelet.createPod();
+        await testbed.createPodUidEntry(pod, `spiffe://example.org/${pod.name}`);
+        const started = Date.now();
+        await assert.rejects(driver.kubelet.publish(pod), expectGrpcError(grpc.status.UNAVAILABLE, ...c.message));
+        const elapsed = Date.now() - started;
+        assert.ok(elapsed < FAST_FAILURE_MS, `failed after ${elapsed} ms`);
+        await driver.assertNothingLeft(driver.kubelet.volumeFor(pod));
+      });
     });
-  });
+  }
 });

@@ -104,12 +104,7 @@ export class DriverUnderTest {
   async waitUntilReady(timeoutMs = 15_000): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
-      try {
-        const response = (await this.kubelet.identityCall('Probe')) as { ready: { value: boolean } | null };
-        if (response.ready?.value) return;
-      } catch {
-        // not listening yet
-      }
+      if (await this.kubelet.probeReady()) return;
       const child = this.child?.process;
       if (child && (child.exitCode !== null || child.signalCode !== null)) {
         throw new Error(`the driver exited (${child.exitCode ?? child.signalCode}) before it was ready\n${this.outputTail()}`);

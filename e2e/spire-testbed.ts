@@ -15,13 +15,13 @@ import { X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { PACKAGE_ROOT } from '../src/proto-loading.js';
 import { makeScratchDir, removeScratchDir } from '../test/support/scratch.js';
 import { mountsUnder } from '../src/fs/mountinfo.js';
 import { unmount } from '../src/fs/tmpfs.js';
+import { isExecutable, pinnedToolPath } from '../test/support/tools.js';
 
 const execFileAsync = promisify(execFile);
 
@@ -53,14 +53,6 @@ function pinnedVersions(): { spire: string; csiSanity: string } {
   return { spire: read('SPIRE_VERSION'), csiSanity: read('CSI_SANITY_VERSION') };
 }
 
-function isExecutable(file: string): boolean {
-  try {
-    fs.accessSync(file, fs.constants.X_OK);
-    return fs.statSync(file).isFile();
-  } catch {
-    return false;
-  }
-}
 
 /**
  * Where the real tools are: $SPIRE_SERVER_BIN / $SPIRE_AGENT_BIN / $CSI_SANITY_BIN,
@@ -69,14 +61,13 @@ function isExecutable(file: string): boolean {
  */
 export function locateTools(env: NodeJS.ProcessEnv = process.env): E2eTools {
   const versions = pinnedVersions();
-  const tools = env['SPIRE_CSI_TOOLS'] ?? path.join(env['XDG_CACHE_HOME'] ?? path.join(os.homedir(), '.cache'), 'spire-csi-driver', 'tools');
   const found: Partial<E2eTools> = {};
   const problems: string[] = [];
   for (const key of Object.keys(TOOL_ENV) as (keyof E2eTools)[]) {
     const fromEnv = env[TOOL_ENV[key]];
     const name = TOOL_NAME[key];
     const version = key === 'csiSanity' ? versions.csiSanity : versions.spire;
-    const candidate = fromEnv !== undefined && fromEnv !== '' ? fromEnv : path.join(tools, `${name}-${version}`, 'bin', name);
+    const candidate = fromEnv !== undefined && fromEnv !== '' ? fromEnv : pinnedToolPath(name, version, env);
     if (isExecutable(candidate)) found[key] = candidate;
     else problems.push(`${name} ${version}: ${candidate} is missing or not executable${fromEnv ? ` (from $${TOOL_ENV[key]})` : ''}`);
   }

@@ -11,6 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseAllDocuments, parseDocument, type YamlValue } from './yaml.js';
+import { isExecutable, pinnedToolPath } from '../support/tools.js';
 
 export const HELM_VERSION = 'v3.21.4';
 
@@ -30,18 +31,9 @@ function findRepoRoot(start: string): string {
 
 export type HelmLocation = { found: true; path: string; source: string } | { found: false; reason: string };
 
-function isExecutable(file: string): boolean {
-  try {
-    fs.accessSync(file, fs.constants.X_OK);
-    return fs.statSync(file).isFile();
-  } catch {
-    return false;
-  }
-}
 
 export function pinnedHelmPath(env: NodeJS.ProcessEnv = process.env): string {
-  const tools = env['SPIRE_CSI_TOOLS'] ?? path.join(env['XDG_CACHE_HOME'] ?? path.join(os.homedir(), '.cache'), 'spire-csi-driver', 'tools');
-  return path.join(tools, `helm-${HELM_VERSION}`, 'bin', 'helm');
+  return pinnedToolPath('helm', HELM_VERSION, env);
 }
 
 export function locateHelm(env: NodeJS.ProcessEnv = process.env): HelmLocation {

@@ -109,12 +109,7 @@ export class Harness {
   async waitUntilReady(timeoutMs = 10_000): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
-      try {
-        const response = (await this.kubelet.identityCall('Probe')) as { ready: { value: boolean } | null };
-        if (response.ready?.value) return;
-      } catch {
-        // not listening yet
-      }
+      if (await this.kubelet.probeReady()) return;
       if (Date.now() > deadline) throw new Error(`driver not ready after ${timeoutMs} ms; logs:\n${this.child?.output() ?? this.logs.text()}`);
       await sleep(50);
     }

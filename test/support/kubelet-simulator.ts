@@ -139,6 +139,16 @@ export class KubeletSimulator {
     return this.call(this.identity, method, request);
   }
 
+  /** Probe as livenessprobe does: true when the driver answers ready, false when not (yet) or not listening. */
+  async probeReady(): Promise<boolean> {
+    try {
+      const response = (await this.identityCall('Probe')) as { ready: { value: boolean } | null };
+      return response.ready?.value === true;
+    } catch {
+      return false;
+    }
+  }
+
   close(): void {
     this.node.close();
     this.identity.close();
