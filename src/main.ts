@@ -38,7 +38,10 @@ async function main(): Promise<number> {
   await new Promise<void>((resolve) => {
     const onSignal = (signal: NodeJS.Signals): void => {
       logger.info({ signal }, 'stopping');
-      running.stop().finally(resolve);
+      running
+        .stop()
+        .catch((err: unknown) => logger.error({ err }, 'error while stopping'))
+        .finally(resolve);
     };
     process.once('SIGTERM', onSignal);
     process.once('SIGINT', onSignal);

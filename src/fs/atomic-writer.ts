@@ -164,9 +164,10 @@ export class AtomicWriter {
       // reader that resolved ..data just before the swap may get ENOENT and has
       // to retry; Envoy treats that as a failed load and waits for the next
       // event, which the swap has already delivered (reference/anchors.md §3.1).
-      await fs.rm(path.join(dir, current), { recursive: true, force: true }).catch((err: unknown) => {
-        throw this.failure(`removing the previous version ${current}`, err);
-      });
+      // The new files are live at this point, so a failure here is not a
+      // failed write: the leftover directory goes with the next write's
+      // crash-leftover cleanup.
+      await fs.rm(path.join(dir, current), { recursive: true, force: true }).catch(() => undefined);
     }
     return { changed: true, version };
   }
@@ -224,11 +225,12 @@ export class AtomicWriter {
         entry === VISIBLE_TMP_LINK_NAME ||
         (entry !== current && VERSION_DIR_PATTERN.test(entry));
       if (!stale) continue;
-      try {
-        await fs.rm(path.join(dir, entry), { recursive: true, force: true });
-      } catch (err) {
-        throw this.failure(`removing leftover ${entry}`, err);
-      }
+      // Best effort: garbage that cannot go now (something holds it busy) must
+      // not stop the volume from receiving new versions; the next write retries.
+      // ..data_tmp is the exception, as the swap needs its name.
+      await fs.rm(path.join(dir, entry), { recursive: true, force: true }).catch((err: unknown) => {
+        if (entry === DATA_TMP_LINK_NAME) throw this.failure(`removing leftover ${entry}`, err);
+      });
     }
   }
 

@@ -37,6 +37,12 @@ export class DriverMetrics {
     registers: [this.registry],
   });
 
+  readonly bundleRejected = new Counter({
+    name: 'spire_csi_bundle_rejected_total',
+    help: 'Trust bundles from the SPIRE agent that did not parse; the previous bundle of that trust domain was kept.',
+    registers: [this.registry],
+  });
+
   readonly agentStreamErrors = new Counter({
     name: 'spire_csi_agent_stream_errors_total',
     help: 'SPIRE agent streams that ended with an error, by stream and gRPC code.',

@@ -37,11 +37,14 @@ export interface AgentConnectionOptions {
   logger: Logger;
 }
 
+const SOCKET_EVENT_SETTLE_MS = 50;
+
 /** Events: 'socket-ready' — the admin socket (re)appeared; streams should reconnect now. */
 export class AgentConnection extends EventEmitter {
   private generated: GeneratedDelegatedIdentityClient;
   private watcher: FSWatcher | undefined;
   private closed = false;
+  private settleTimer: NodeJS.Timeout | undefined;
   /** Bumped each time the client is replaced, so streams can tell stale calls. */
   generation = 0;
 
@@ -88,7 +91,11 @@ export class AgentConnection extends EventEmitter {
     // 'add' after a clean stop (the agent removed its socket); 'change' after a
     // crash, when the restarted agent replaces the stale socket file in place.
     const onSocketEvent = (changed: string): void => {
-      if (path.resolve(changed) === path.resolve(this.options.socketPath)) this.onSocketAppeared();
+      if (path.resolve(changed) !== path.resolve(this.options.socketPath)) return;
+      // An agent start produces several events in a row (create, then chmod
+      // 0770): reconnect once, when they have settled.
+      clearTimeout(this.settleTimer);
+      this.settleTimer = setTimeout(() => this.onSocketAppeared(), SOCKET_EVENT_SETTLE_MS);
     };
     watcher.on('add', onSocketEvent);
     watcher.on('change', onSocketEvent);
@@ -100,6 +107,7 @@ export class AgentConnection extends EventEmitter {
 
   async close(): Promise<void> {
     this.closed = true;
+    clearTimeout(this.settleTimer);
     await this.watcher?.close();
     this.generated.close();
   }

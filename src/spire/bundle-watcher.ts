@@ -56,6 +56,10 @@ export class BundleWatcher {
         metrics: this.deps.metrics,
       });
       this.stream.start();
+    } else {
+      // A new volume should not wait out a backoff the stream built up while
+      // the agent refused the driver: the operator may just have fixed that.
+      this.stream.retryNow();
     }
     return () => {
       this.listeners.delete(listener);
@@ -77,7 +81,7 @@ export class BundleWatcher {
         certificates = splitConcatenatedDer(raw);
       } catch (err) {
         // Keep the last good bundle of this trust domain rather than none.
-        this.deps.metrics.svidUpdates.inc({ outcome: 'rejected' });
+        this.deps.metrics.bundleRejected.inc();
         this.deps.logger.error({ trust_domain: trustDomainId, err: errorMessage(err) }, 'rejected a trust bundle from the SPIRE agent; keeping the previous one');
         continue;
       }

@@ -87,6 +87,14 @@ export class ResilientStream<T> {
     this.retryTimer = setTimeout(() => this.open(), delayMs);
   }
 
+  /** Re-opens at once if the stream is waiting out a backoff; no-op otherwise. */
+  retryNow(): void {
+    if (this.closed || this.retryTimer === undefined) return;
+    clearTimeout(this.retryTimer);
+    this.backoff.reset();
+    this.open();
+  }
+
   private reconnectNow(): void {
     if (this.closed) return;
     if (this.retryTimer !== undefined) {

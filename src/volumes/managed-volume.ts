@@ -58,10 +58,6 @@ export class ManagedVolume {
     });
   }
 
-  get filesWritten(): boolean {
-    return this.hasFiles;
-  }
-
   start(): void {
     this.unsubscribeBundles = this.deps.bundles.subscribe((changed) => {
       if (this.trustDomainId !== undefined && changed.has(this.trustDomainId)) this.scheduleSync();
@@ -106,7 +102,10 @@ export class ManagedVolume {
       };
       const check = (): void => {
         if (this.hasFiles) return finish(resolve);
-        const failure = this.currentFailure();
+        // Only this volume's own stream: the shared bundle stream's last failure
+        // may be stale (it clears on its next message), and must not fail a
+        // publish that the agent would now serve.
+        const failure = this.stream?.lastFailure;
         if (failure && isConfigurationFailure(failure)) {
           finish(() => reject(new DriverError(status.UNAVAILABLE, describeStreamFailure(failure, this.deps.connection.socketPath))));
         } else if (this.closed) {
@@ -118,6 +117,7 @@ export class ManagedVolume {
           reject(signal.reason instanceof DriverError ? signal.reason : new DriverError(status.ABORTED, 'NodePublishVolume was cancelled')),
         );
       const timer = setTimeout(() => finish(() => reject(this.timeoutError(timeoutMs))), timeoutMs);
+      if (signal.aborted) return onAbort();
       signal.addEventListener('abort', onAbort);
       this.stateListeners.add(check);
       check();
@@ -147,11 +147,13 @@ export class ManagedVolume {
   private scheduleSync(): void {
     this.dirty = true;
     if (this.draining || this.closed) return;
-    this.draining = this.drain().finally(() => {
-      this.draining = undefined;
-      // An update that arrived while the last write was finishing.
-      if (this.dirty && !this.closed) this.scheduleSync();
-    });
+    this.draining = this.drain()
+      .catch((err: unknown) => this.logger.error({ err: errorMessage(err) }, 'unexpected error while updating the volume files'))
+      .finally(() => {
+        this.draining = undefined;
+        // An update that arrived while the last write was finishing.
+        if (this.dirty && !this.closed) this.scheduleSync();
+      });
   }
 
   private async drain(): Promise<void> {

@@ -107,7 +107,13 @@ export class MetadataStore {
         records.push(record);
       } catch (err) {
         const destination = path.join(this.quarantineDir, `${name}.${new Date().toISOString().replace(/[:.]/g, '-')}`);
-        await fs.rename(file, destination);
+        try {
+          await fs.rename(file, destination);
+        } catch (renameError) {
+          // Never fatal for the other volumes: the file stays, and is skipped again next time.
+          this.logger.error({ file, err: errorMessage(renameError) }, 'could not move a corrupt volume metadata file to quarantine; skipping it');
+          continue;
+        }
         quarantined.push(destination);
         this.logger.error(
           { file, quarantined_to: destination, err: errorMessage(err).slice(0, 500) },

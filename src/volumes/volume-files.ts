@@ -5,6 +5,7 @@
 import type { FileSpec } from '../fs/atomic-writer.js';
 import type { X509SvidWithKey } from '../spire/messages.js';
 import { certificatesToPem, derToPem } from '../x509/pem.js';
+import { trustDomainIdOf } from '../x509/svid-check.js';
 
 export interface SvidChoice {
   spiffeId: string | null;
@@ -46,7 +47,7 @@ export function pickSvid(svids: readonly X509SvidWithKey[], choice: SvidChoice):
   const spiffeId = spiffeIdOf(chosen) as string;
   return {
     spiffeId,
-    trustDomainId: `spiffe://${chosen.x509_svid.id?.trust_domain ?? ''}`,
+    trustDomainId: trustDomainIdOf(spiffeId),
     certChain: chosen.x509_svid.cert_chain,
     keyDer: chosen.x509_svid_key,
     hint: chosen.x509_svid.hint,

@@ -32,7 +32,8 @@ export interface VolumeManagerDeps {
 export class VolumeManager {
   private readonly volumes = new Map<string, ManagedVolume>();
   private readonly locks = new Map<string, Promise<void>>();
-  private readonly publishing = new Map<string, AbortController>();
+  /** Publishes in flight per volume, so an unpublish can cancel every one of them. */
+  private readonly publishing = new Map<string, Set<AbortController>>();
 
   constructor(private readonly deps: VolumeManagerDeps) {}
 
@@ -85,17 +86,22 @@ export class VolumeManager {
   async publish(spec: PublishSpec, callSignal: AbortSignal): Promise<void> {
     const controller = new AbortController();
     const abort = (): void => controller.abort(new DriverError(status.ABORTED, 'kubelet cancelled the NodePublishVolume call'));
+    if (callSignal.aborted) abort();
     callSignal.addEventListener('abort', abort);
-    this.publishing.set(spec.volumeId, controller);
+    const inFlight = this.publishing.get(spec.volumeId) ?? new Set<AbortController>();
+    this.publishing.set(spec.volumeId, inFlight.add(controller));
     try {
       await this.withVolumeLock(spec.volumeId, () => this.publishLocked(spec, controller.signal));
     } finally {
       callSignal.removeEventListener('abort', abort);
-      if (this.publishing.get(spec.volumeId) === controller) this.publishing.delete(spec.volumeId);
+      inFlight.delete(controller);
+      if (inFlight.size === 0 && this.publishing.get(spec.volumeId) === inFlight) this.publishing.delete(spec.volumeId);
     }
   }
 
   private async publishLocked(spec: PublishSpec, signal: AbortSignal): Promise<void> {
+    // Cancelled while it waited for the lock (kubelet gave up, or an unpublish came first).
+    if (signal.aborted) throw signal.reason;
     const existing = this.volumes.get(spec.volumeId);
     if (existing) {
       // DESIGN.md invariant 7: a repeated publish of a live volume is OK and
@@ -111,7 +117,7 @@ export class VolumeManager {
       if (difference) {
         throw new DriverError(status.ALREADY_EXISTS, `volume ${spec.volumeId} is already published with other parameters: ${difference}`);
       }
-      if (!existing.filesWritten) await existing.waitUntilWritten(this.deps.publishTimeoutMs, signal);
+      // Only volumes with files are in the map: published ones, and resumed ones found with files.
       return;
     }
 
@@ -149,7 +155,9 @@ export class VolumeManager {
   }
 
   async unpublish(volumeId: string, targetPath: string): Promise<void> {
-    this.publishing.get(volumeId)?.abort(new DriverError(status.ABORTED, 'the volume was unpublished while it was being published'));
+    for (const controller of this.publishing.get(volumeId) ?? []) {
+      controller.abort(new DriverError(status.ABORTED, 'the volume was unpublished while it was being published'));
+    }
     await this.withVolumeLock(volumeId, async () => {
       const volume = this.volumes.get(volumeId);
       // A record without a live volume: a failed cleanup or resume left it, and
@@ -166,19 +174,22 @@ export class VolumeManager {
         log.warn({ published_at: record.targetPath }, 'unpublish names another target path than the volume has; nothing to do');
         return;
       }
+      // Out of the map as soon as its streams stop: should the removal below
+      // fail, the record stays for the retry, and a publish in between starts
+      // afresh instead of finding a volume that no longer rotates.
       await volume?.close();
-      await this.deps.storage.remove(targetPath);
-      await this.deps.store.remove(volumeId);
       this.volumes.delete(volumeId);
       this.deps.metrics.liveVolumes.set(this.volumes.size);
+      await this.deps.storage.remove(targetPath);
+      await this.deps.store.remove(volumeId);
       log.info('volume unpublished');
     });
   }
 
   /** SIGTERM: stop every stream and leave every volume in place for the next start. */
   async shutdown(): Promise<void> {
-    for (const controller of this.publishing.values()) {
-      controller.abort(new DriverError(status.UNAVAILABLE, 'the driver is shutting down; kubelet will retry'));
+    for (const controllers of this.publishing.values()) {
+      for (const controller of controllers) controller.abort(new DriverError(status.UNAVAILABLE, 'the driver is shutting down; kubelet will retry'));
     }
     await Promise.all([...this.volumes.values()].map((volume) => volume.close()));
     await Promise.allSettled([...this.locks.values()]);
@@ -222,9 +233,16 @@ function recordFor(spec: PublishSpec, tmpfs: boolean): VolumeRecord {
 
 function describeDifference(record: VolumeRecord, spec: PublishSpec): string | undefined {
   const wanted = recordFor(spec, record.tmpfs);
+  // Field by field: a record read back from disk has its keys in schema order,
+  // so comparing serialised objects would see differences that are not there.
   const fields: [string, unknown, unknown][] = [
-    ['pod', JSON.stringify(record.pod), JSON.stringify(wanted.pod)],
-    ['files', JSON.stringify(record.files), JSON.stringify(wanted.files)],
+    ['pod uid', record.pod.uid, wanted.pod.uid],
+    ['pod name', record.pod.name, wanted.pod.name],
+    ['pod namespace', record.pod.namespace, wanted.pod.namespace],
+    ['service account', record.pod.serviceAccount, wanted.pod.serviceAccount],
+    ['cert-file', record.files.cert, wanted.files.cert],
+    ['key-file', record.files.key, wanted.files.key],
+    ['bundle-file', record.files.bundle, wanted.files.bundle],
     ['fsGroup', record.fsGroup, wanted.fsGroup],
     ['spiffe-id', record.spiffeId, wanted.spiffeId],
     ['hint', record.hint, wanted.hint],

@@ -117,6 +117,38 @@ describe('NodePublishVolume failures', () => {
     await assertValidSvidVolume(lateVolume.targetPath, 'spiffe://example.org/late');
   });
 
+  it('an unpublish cancels every publish of the volume, also one still queued behind another', async () => {
+    h = await Harness.start({ publishTimeoutMs: 8000 });
+    const pod = h.kubelet.createPod();
+    const volume = h.kubelet.volumeFor(pod);
+    const first = h.kubelet.publish(pod).then(() => undefined, (err: unknown) => err);
+    await eventually('the first publish to reach the agent', () => h?.agent.receivedSelectorSets().length === 1);
+    const queued = h.kubelet.publish(pod).then(() => undefined, (err: unknown) => err);
+    await sleep(200);
+    const started = Date.now();
+    await h.kubelet.unpublish(volume);
+    for (const outcome of [await first, await queued]) {
+      assert.ok(isServiceError(outcome), 'both publishes failed');
+      assert.equal(outcome.code, grpc.status.ABORTED, outcome.details);
+    }
+    assert.ok(Date.now() - started < 3000, 'the queued publish did not wait out its timeout');
+    assert.equal(h.agent.receivedSelectorSets().length, 1, 'the queued publish never asked the agent');
+    await assertNothingLeft(h, volume);
+  });
+
+  it('once the operator authorizes the driver, the next publish succeeds at once (no stale failure, no backoff)', async () => {
+    h = await Harness.start({ publishTimeoutMs: 8000, agent: { callerAuthorization: 'not-delegate' } });
+    const pod = h.kubelet.createPod();
+    await h.agent.addEntry({ spiffeId: 'spiffe://example.org/fixed', selectors: [`k8s:pod-uid:${pod.uid}`] });
+    await assert.rejects(h.kubelet.publish(pod), expectCode(grpc.status.UNAVAILABLE, 'authorized_delegates'));
+    await sleep(2500); // the shared bundle stream is now backing off
+    h.agent.setCallerAuthorization('authorized');
+    const started = Date.now();
+    const volume = await h.kubelet.publish(pod);
+    assert.ok(Date.now() - started < 2000, `published ${Date.now() - started} ms after the fix`);
+    await assertValidSvidVolume(volume.targetPath, 'spiffe://example.org/fixed');
+  });
+
   it('an unpublish while the publish still waits cancels it and leaves nothing', async () => {
     h = await Harness.start({ publishTimeoutMs: 8000 });
     const pod = h.kubelet.createPod();

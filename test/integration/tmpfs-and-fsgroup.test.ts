@@ -9,9 +9,9 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { findMount, mountsUnder } from '../../src/fs/mountinfo.js';
-import { unmount } from '../../src/fs/tmpfs.js';
-import { Harness, runningAsRoot } from '../support/driver-harness.js';
-import { assertValidSvidVolume, pathExists } from '../support/volume-assertions.js';
+import { mountTmpfs, unmount } from '../../src/fs/tmpfs.js';
+import { Harness, eventually, runningAsRoot } from '../support/driver-harness.js';
+import { assertValidSvidVolume, pathExists, readVolume } from '../support/volume-assertions.js';
 
 const skip = !runningAsRoot() && !process.env['CI'] ? 'needs root to mount tmpfs and chown (CI runs it as root)' : false;
 
@@ -110,9 +110,29 @@ describe('per-volume tmpfs, modes and fsGroup (root)', { skip }, () => {
     assert.equal(await pathExists(volume.targetPath), false);
     assert.equal(await pathExists(path.join(h.config.stateDir, 'volumes', `${volume.volumeId}.json`)), false);
   });
+  it('a failed unpublish leaves no half-dead volume: a publish in between starts afresh, a retried unpublish cleans up', async () => {
+    const pod = h.kubelet.createPod();
+    const entryId = await h.agent.addEntry({ spiffeId: 'spiffe://example.org/stuck', selectors: [`k8s:pod-uid:${pod.uid}`] });
+    const volume = await h.kubelet.publish(pod);
+    const streams = h.agent.openSvidStreams();
+    // A mount that is not ours below the target path makes the driver refuse to delete it.
+    const foreign = path.join(volume.targetPath, await fs.readlink(path.join(volume.targetPath, '..data')), 'foreign');
+    await fs.mkdir(foreign);
+    await mountTmpfs(foreign, { sizeBytes: 65536, source: 'someone-else' });
+    await assert.rejects(h.kubelet.unpublish(volume), /INTERNAL: unmounting .* target is busy/);
+    await h.agent.waitForSvidStreams(streams - 1, 3000);
+    // kubelet publishes again: a live volume with a stream, not an OK for a dead one.
+    await h.kubelet.publish(pod);
+    await h.agent.waitForSvidStreams(streams, 3000);
+    const before = await readVolume(volume.targetPath);
+    await h.agent.rotateSvids(entryId);
+    await eventually('rotation', async () => (await readVolume(volume.targetPath)).leaf.serialNumber !== before.leaf.serialNumber);
+    await unmount(foreign);
+    await h.kubelet.unpublish(volume);
+    assert.equal(await pathExists(volume.targetPath), false);
+  });
 });
 
 async function umountAll(target: string): Promise<void> {
   while ((await mountsUnder(target)).length > 0) await unmount(target);
 }
-
