@@ -50,11 +50,19 @@ export class DriverMetrics {
     registers: [this.registry],
   });
 
-  readonly liveVolumes = new Gauge({
+  private countVolumes: () => number = () => 0;
+
+  /** Read at scrape time from the volume manager, so the gauge can never drift from the truth. */
+  readonly liveVolumes: Gauge = new Gauge({
     name: 'spire_csi_volumes',
     help: 'Volumes currently managed by this driver.',
     registers: [this.registry],
+    collect: (): void => this.liveVolumes.set(this.countVolumes()),
   });
+
+  countVolumesWith(count: () => number): void {
+    this.countVolumes = count;
+  }
 
   constructor(options: { collectProcessMetrics?: boolean } = {}) {
     if (options.collectProcessMetrics) collectDefaultMetrics({ register: this.registry });

@@ -35,7 +35,9 @@ export class VolumeManager {
   /** Publishes in flight per volume, so an unpublish can cancel every one of them. */
   private readonly publishing = new Map<string, Set<AbortController>>();
 
-  constructor(private readonly deps: VolumeManagerDeps) {}
+  constructor(private readonly deps: VolumeManagerDeps) {
+    deps.metrics.countVolumesWith(() => this.volumes.size);
+  }
 
   get volumeCount(): number {
     return this.volumes.size;
@@ -79,7 +81,6 @@ export class VolumeManager {
     }
     const volume = this.createVolume(record, true);
     this.volumes.set(record.volumeId, volume);
-    this.deps.metrics.liveVolumes.set(this.volumes.size);
     volume.start();
   }
 
@@ -139,8 +140,7 @@ export class VolumeManager {
       volume.start();
       await volume.waitUntilWritten(this.deps.publishTimeoutMs, signal);
       this.volumes.set(spec.volumeId, volume);
-      this.deps.metrics.liveVolumes.set(this.volumes.size);
-      log.info('volume published');
+        log.info('volume published');
     } catch (err) {
       await volume?.close();
       try {
@@ -179,8 +179,7 @@ export class VolumeManager {
       // afresh instead of finding a volume that no longer rotates.
       await volume?.close();
       this.volumes.delete(volumeId);
-      this.deps.metrics.liveVolumes.set(this.volumes.size);
-      await this.deps.storage.remove(targetPath);
+        await this.deps.storage.remove(targetPath);
       await this.deps.store.remove(volumeId);
       log.info('volume unpublished');
     });

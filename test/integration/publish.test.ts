@@ -75,12 +75,14 @@ describe('publish, rotate, unpublish through the CSI socket', () => {
     assert.equal(await pathExists(volume.targetPath), false, 'target path removed');
     assert.deepEqual(await fs.readdir(path.join(h.config.stateDir, 'volumes')), [], 'metadata removed');
     assert.equal(h.driver?.volumes.volumeCount, 0);
+    assert.equal((await h.metrics.liveVolumes.get()).values[0]?.value, 0);
   });
 
   it('is idempotent: a second publish of a live volume returns OK and writes nothing', async () => {
     const pod = h.kubelet.createPod();
     await h.agent.addEntry({ spiffeId: 'spiffe://example.org/idem', selectors: [`k8s:pod-uid:${pod.uid}`] });
     const volume = await h.kubelet.publish(pod);
+    assert.equal((await h.metrics.liveVolumes.get()).values[0]?.value, 1, 'the gauge counts the live volume');
     const first = await readVolume(volume.targetPath);
     await h.kubelet.publish(pod);
     const second = await readVolume(volume.targetPath);
