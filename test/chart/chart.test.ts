@@ -78,6 +78,11 @@ interface DaemonSetSpec {
 
 const NAMESPACE = 'spire-csi-driver';
 const NODE_NAME = 'node-a.example';
+/** The chart has no default image.repository (no image is published yet): every render names one. */
+const IMAGE_REPOSITORY = 'registry.example.com/spire-csi-driver';
+const IMAGE_ARGS = ['--set', `image.repository=${IMAGE_REPOSITORY}`] as const;
+/** The SPIRE Helm chart's controller manager class for release "spire" in namespace "spire-server". */
+const SPIRE_CLASS = 'spire-server-spire';
 
 function only(manifests: Manifest[], kind: string): Manifest {
   const found = manifests.filter((m) => m.kind === kind);
@@ -265,7 +270,7 @@ function checkRelease(manifests: Manifest[], expected: Expected): void {
   const chart = readYamlFile(path.join(CHART_DIR, 'Chart.yaml')) as { appVersion: string };
   const packageJson = JSON.parse(fs.readFileSync(path.join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string };
   assert.equal(chart.appVersion, packageJson.version, 'Chart.yaml appVersion equals package.json version');
-  assert.equal(driver.image, `ghcr.io/spire-csi-driver/spire-csi-driver:${chart.appVersion}`);
+  assert.equal(driver.image, `${IMAGE_REPOSITORY}:${chart.appVersion}`);
   assert.equal(registrar.image, 'registry.k8s.io/sig-storage/csi-node-driver-registrar:v2.17.0');
   assert.equal(probe.image, 'registry.k8s.io/sig-storage/livenessprobe:v2.19.0');
 
@@ -304,6 +309,9 @@ function checkRelease(manifests: Manifest[], expected: Expected): void {
       namespaceSelector: { matchLabels: Record<string, string> };
     };
     assert.equal(spec.className, expected.clusterSPIFFEID.className);
+    // The label the SPIRE chart puts on its own ClusterSPIFFEIDs; a controller manager with filterByClassName
+    // watches only ClusterSPIFFEIDs that carry it.
+    assert.equal(id.metadata.labels?.['spire.spiffe.io/class-name'], expected.clusterSPIFFEID.className, 'class-name label equals spec.className');
     assert.equal(spec.spiffeIDTemplate, expected.clusterSPIFFEID.spiffeIDTemplate);
     assert.deepEqual(spec.podSelector.matchLabels, ds.selector.matchLabels, 'selects exactly the driver pods');
     assert.deepEqual(spec.namespaceSelector.matchLabels, { 'kubernetes.io/metadata.name': NAMESPACE });
@@ -344,19 +352,49 @@ describe('Helm chart charts/spire-csi-driver', { skip: location.found ? false : 
     metrics: { enabled: true, port: 9500 },
     livenessprobe: { port: 9900 },
     registrar: { httpPort: 9901 },
-    clusterSPIFFEID: { enabled: true, className: 'spire-server-spire' },
+    clusterSPIFFEID: { enabled: true, className: SPIRE_CLASS },
   };
 
+  let valuesFiles = 0;
+
+  /** helm template with an explicit image repository plus `values` (if any). */
+  function render(values?: unknown, options: { releaseName?: string; chartDir?: string; extraArgs?: string[] } = {}): Manifest[] {
+    return renderChart(helm, {
+      ...options,
+      ...(values === undefined ? {} : { valuesFile: writeValuesFile(scratch, `v${String(++valuesFiles)}`, values) }),
+      extraArgs: [...IMAGE_ARGS, ...(options.extraArgs ?? [])],
+    });
+  }
+
+  /** helm template with an explicit image repository and `values`, expected to fail; returns helm's stderr. */
+  function refusedRender(values: unknown): string {
+    const file = writeValuesFile(scratch, `refused${String(++valuesFiles)}`, values);
+    const result = runHelm(helm, templateArgs({ valuesFile: file, extraArgs: IMAGE_ARGS }));
+    assert.notEqual(result.status, 0, `helm template accepted ${JSON.stringify(values)}`);
+    return result.stderr;
+  }
+
   test('helm lint --strict passes with the default and the non-default values', () => {
+    // Lint mode turns `fail` into an [INFO] line, so the missing image.repository does not fail the lint.
     const lint = runHelm(helm, ['lint', '--strict', CHART_DIR]);
     assert.equal(lint.status, 0, `helm lint --strict failed:\n${lint.stdout}\n${lint.stderr}`);
     const file = writeValuesFile(scratch, 'lint-custom', customValues);
-    const custom = runHelm(helm, ['lint', '--strict', CHART_DIR, '--values', file]);
+    const custom = runHelm(helm, ['lint', '--strict', CHART_DIR, '--values', file, ...IMAGE_ARGS]);
     assert.equal(custom.status, 0, `helm lint --strict with custom values failed:\n${custom.stdout}\n${custom.stderr}`);
   });
 
+  test('no default image: without image.repository the render fails and says how to build and set one', () => {
+    const result = runHelm(helm, templateArgs());
+    assert.notEqual(result.status, 0, 'helm template accepted the chart without image.repository');
+    assert.match(result.stderr, /image\.repository is not set/);
+    assert.match(result.stderr, /docker build -t \S+ \./, 'names the build command');
+    assert.match(result.stderr, /--set image\.repository=/, 'names the value to set');
+    const values = readYamlFile(path.join(CHART_DIR, 'values.yaml')) as { image: { repository: string } };
+    assert.equal(values.image.repository, '', 'no registry path the project does not publish');
+  });
+
   test('default values: the driver, both sidecars and the CSIDriver are wired to kubelet and the SPIRE agent', () => {
-    const manifests = renderChart(helm);
+    const manifests = render();
     assert.deepEqual(manifests.map((m) => m.kind).sort(), ['CSIDriver', 'DaemonSet', 'ServiceAccount']);
     checkRelease(manifests, DEFAULTS);
     const driver = container(daemonSetSpec(manifests).template.spec, 'driver');
@@ -364,7 +402,7 @@ describe('Helm chart charts/spire-csi-driver', { skip: location.found ? false : 
   });
 
   test('non-default kubelet root, driver name, admin socket, state dir, ports, metrics and ClusterSPIFFEID', () => {
-    const manifests = renderChart(helm, { valuesFile: writeValuesFile(scratch, 'custom', customValues) });
+    const manifests = render(customValues);
     checkRelease(manifests, {
       ...DEFAULTS,
       kubeletRootDir: customValues.kubeletRootDir,
@@ -373,7 +411,7 @@ describe('Helm chart charts/spire-csi-driver', { skip: location.found ? false : 
       stateDir: customValues.driver.stateDir,
       metricsPort: 9500,
       clusterSPIFFEID: {
-        className: 'spire-server-spire',
+        className: SPIRE_CLASS,
         spiffeIDTemplate: 'spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}',
       },
     });
@@ -385,21 +423,88 @@ describe('Helm chart charts/spire-csi-driver', { skip: location.found ? false : 
   });
 
   test('metrics alone, and a ClusterSPIFFEID with a fixed SPIFFE ID and no class', () => {
-    const metricsOnly = renderChart(helm, { valuesFile: writeValuesFile(scratch, 'metrics', { metrics: { enabled: true } }) });
+    const metricsOnly = render({ metrics: { enabled: true } });
     checkRelease(metricsOnly, { ...DEFAULTS, metricsPort: 9402 });
     const fixed = 'spiffe://{{ .TrustDomain }}/spire-csi-driver';
-    const withId = renderChart(helm, {
-      releaseName: 'identity',
-      valuesFile: writeValuesFile(scratch, 'id', { clusterSPIFFEID: { enabled: true, spiffeIDTemplate: fixed } }),
-    });
+    const withId = render({ clusterSPIFFEID: { enabled: true, spiffeIDTemplate: fixed } }, { releaseName: 'identity' });
     checkRelease(withId, { ...DEFAULTS, releaseName: 'identity', clusterSPIFFEID: { spiffeIDTemplate: fixed } });
+    const id = only(withId, 'ClusterSPIFFEID');
+    assert.ok(!Object.keys(id.metadata.labels ?? {}).includes('spire.spiffe.io/class-name'), 'no class-name label without a class');
+  });
+
+  test('the ClusterSPIFFEID carries the class in spec.className and in the label spire.spiffe.io/class-name', () => {
+    const id = only(render({ clusterSPIFFEID: { enabled: true, className: SPIRE_CLASS } }), 'ClusterSPIFFEID');
+    assert.equal((id.spec as { className?: string }).className, SPIRE_CLASS);
+    assert.equal(id.metadata.labels?.['spire.spiffe.io/class-name'], SPIRE_CLASS);
+  });
+
+  test('driver.tmpfs: YAML booleans and the driver\'s words all render as --tmpfs=true|false|auto', () => {
+    for (const [value, flagValue, useTmpfs] of [
+      [true, 'true', true],
+      [false, 'false', false],
+      ['true', 'true', true],
+      ['false', 'false', false],
+      ['auto', 'auto', true],
+    ] as const) {
+      const driver = container(daemonSetSpec(render({ driver: { tmpfs: value } })).template.spec, 'driver');
+      assert.equal(flag(driver.args ?? [], 'tmpfs'), flagValue, `tmpfs: ${JSON.stringify(value)}`);
+      assert.equal(driverConfig(driver).useTmpfs, useTmpfs, `tmpfs: ${JSON.stringify(value)}`);
+    }
+    // --set driver.tmpfs=false gives helm a boolean too.
+    const driver = container(daemonSetSpec(render(undefined, { extraArgs: ['--set', 'driver.tmpfs=false'] })).template.spec, 'driver');
+    assert.equal(flag(driver.args ?? [], 'tmpfs'), 'false');
+  });
+
+  test('driver.publishTimeout: the chart accepts exactly the durations the driver accepts (above 0, below 2m)', () => {
+    const durations: (string | number)[] = [
+      '60s', '1m30s', '500ms', '1m59s', '119999ms', '1m59.5s', '0.5m', '90', '1.5', 90, 1.5, '30s1m', '0.6ms',
+      '2m', '120s', '1m60s', '2m0s', '120000ms', '1h', '0s', '0', 0, 120, '119.9999999s1ms', '119999.6ms', '0.4ms',
+      '1d', '-5s', '5 s', '1m30', '', '30sec', '1e2s',
+    ];
+    for (const value of durations) {
+      const what = `publishTimeout: ${JSON.stringify(value)}`;
+      const driverArgs = [`--publish-timeout=${String(value)}`];
+      let driverMs: number | undefined;
+      try {
+        const parsed = parseCommandLine(driverArgs, { NODE_NAME }, { runningAsRoot: true });
+        driverMs = parsed.kind === 'run' ? parsed.config.publishTimeoutMs : undefined;
+      } catch {
+        driverMs = undefined;
+      }
+      const file = writeValuesFile(scratch, `timeout${String(++valuesFiles)}`, { driver: { publishTimeout: value } });
+      const result = runHelm(helm, templateArgs({ valuesFile: file, extraArgs: IMAGE_ARGS }));
+      if (driverMs === undefined) {
+        assert.notEqual(result.status, 0, `${what}: the chart accepts what the driver refuses`);
+        assert.match(result.stderr, /publishTimeout/, what);
+      } else {
+        assert.equal(result.status, 0, `${what}: the chart refuses what the driver accepts (${String(driverMs)} ms):\n${result.stderr}`);
+        const driver = container(daemonSetSpec(render({ driver: { publishTimeout: value } })).template.spec, 'driver');
+        assert.equal(driverConfig(driver).publishTimeoutMs, driverMs, what);
+      }
+    }
+    // The chart's own message, not only the schema's.
+    assert.match(refusedRender({ driver: { publishTimeout: '2m' } }), /driver\.publishTimeout must be a duration above 0 and below 2m/);
+    assert.match(refusedRender({ driver: { publishTimeout: '0s' } }), /driver\.publishTimeout must be a duration above 0 and below 2m/);
+  });
+
+  test('updateStrategy.rollingUpdate.maxSurge: only 0 is accepted (two drivers on a node break each other)', () => {
+    for (const maxSurge of [0, '0%']) {
+      const ds = only(render({ updateStrategy: { rollingUpdate: { maxUnavailable: '10%', maxSurge } } }), 'DaemonSet');
+      assert.deepEqual((ds.spec as { updateStrategy: unknown }).updateStrategy, {
+        type: 'RollingUpdate',
+        rollingUpdate: { maxUnavailable: '10%', maxSurge },
+      });
+    }
+    for (const maxSurge of [1, '10%', '100%']) {
+      const stderr = refusedRender({ updateStrategy: { rollingUpdate: { maxUnavailable: 0, maxSurge } } });
+      assert.match(stderr, /updateStrategy\.rollingUpdate\.maxSurge must be 0/, `maxSurge ${JSON.stringify(maxSurge)}`);
+    }
+    const ds = only(render(), 'DaemonSet');
+    assert.deepEqual((ds.spec as { updateStrategy: unknown }).updateStrategy, { type: 'RollingUpdate', rollingUpdate: { maxUnavailable: 1 } });
   });
 
   test('a trailing slash on kubeletRootDir is refused by the schema', () => {
-    const file = writeValuesFile(scratch, 'slash', { kubeletRootDir: '/var/lib/kubelet/' });
-    const result = runHelm(helm, templateArgs({ valuesFile: file }));
-    assert.notEqual(result.status, 0);
-    assert.match(result.stderr, /kubeletRootDir/);
+    assert.match(refusedRender({ kubeletRootDir: '/var/lib/kubelet/' }), /kubeletRootDir/);
   });
 
   const refused: [string, unknown, RegExp][] = [
@@ -407,7 +512,10 @@ describe('Helm chart charts/spire-csi-driver', { skip: location.found ? false : 
     ['a state dir under /var/tmp', { driver: { stateDir: '/var/tmp/spire-csi' } }, /stateDir/],
     ['a relative admin socket', { driver: { adminSocket: 'admin.sock' } }, /adminSocket/],
     ['an admin socket directly in /', { driver: { adminSocket: '/admin.sock' } }, /adminSocket/],
-    ['an unquoted boolean for driver.tmpfs', { driver: { tmpfs: true } }, /tmpfs/],
+    ['a driver.tmpfs the driver does not know', { driver: { tmpfs: 'yes' } }, /tmpfs/],
+    ['a driver.tmpfs in capitals', { driver: { tmpfs: 'True' } }, /tmpfs/],
+    ['an unknown rollingUpdate field', { updateStrategy: { rollingUpdate: { partition: 1 } } }, /partition/],
+    ['a className that is no label value', { clusterSPIFFEID: { enabled: true, className: 'spire server/spire' } }, /className/],
     ['a driver name CSI does not allow', { driver: { name: 'csi.spire.io-' } }, /name/],
     ['an unknown value', { driver: { nodeName: 'x' } }, /nodeName/],
     ['an unknown top-level value', { kubeletDir: '/x' }, /kubeletDir/],
@@ -417,15 +525,12 @@ describe('Helm chart charts/spire-csi-driver', { skip: location.found ? false : 
   ];
   for (const [what, values, message] of refused) {
     test(`refused at render time: ${what}`, () => {
-      const file = writeValuesFile(scratch, what.replace(/\W+/g, '-'), values);
-      const result = runHelm(helm, templateArgs({ valuesFile: file }));
-      assert.notEqual(result.status, 0, `helm template accepted ${JSON.stringify(values)}`);
-      assert.match(result.stderr, message);
+      assert.match(refusedRender(values), message);
     });
   }
 
   test('Kubernetes older than 1.26 (no fsGroup delegation to the driver) is refused', () => {
-    const result = runHelm(helm, [...templateArgs(), '--kube-version', '1.25.0']);
+    const result = runHelm(helm, [...templateArgs({ extraArgs: IMAGE_ARGS }), '--kube-version', '1.25.0']);
     assert.notEqual(result.status, 0);
     assert.match(result.stderr, /kubeVersion/);
   });
@@ -440,7 +545,7 @@ describe('Helm chart charts/spire-csi-driver', { skip: location.found ? false : 
       'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: {{ tpl (.Files.Get "notes.txt") . | toJson }}\n',
     );
     const values = writeValuesFile(scratch, 'notes', { global: { spire: { trustDomain: 'example.org' } }, clusterSPIFFEID: { enabled: true } });
-    const manifests = renderChart(helm, { chartDir: copy, valuesFile: values, releaseName: 'csi' });
+    const manifests = renderChart(helm, { chartDir: copy, valuesFile: values, releaseName: 'csi', extraArgs: IMAGE_ARGS });
     const notes = (only(manifests, 'ConfigMap')['data'] as { notes: string }).notes;
     const pod = daemonSetSpec(manifests).template.spec;
     const spec = only(manifests, 'ClusterSPIFFEID').spec as { spiffeIDTemplate: string };

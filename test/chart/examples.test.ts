@@ -13,6 +13,11 @@ import { parseAllDocuments, parseDocument, type YamlValue } from './yaml.js';
 
 const EXAMPLES = path.join(REPO_ROOT, 'examples');
 const TRUST_DOMAIN = 'example.org';
+/**
+ * The SPIRE Helm chart's controller manager class for release "spire" in namespace "spire-server", the install
+ * docs/kubernetes.md gives: "<release namespace>-<release name>".
+ */
+const SPIRE_CLASS = 'spire-server-spire';
 
 interface Pod {
   kind: 'Pod';
@@ -26,7 +31,9 @@ interface Pod {
 }
 interface ClusterSPIFFEID {
   kind: 'ClusterSPIFFEID';
+  metadata: { name: string; labels?: Record<string, string> };
   spec: {
+    className?: string;
     spiffeIDTemplate: string;
     podSelector: { matchLabels: Record<string, string> };
     namespaceSelector: { matchLabels: Record<string, string> };
@@ -69,7 +76,22 @@ function svidMountPath(pod: Pod): string {
   return (mounts[0] as { mountPath: string }).mountPath;
 }
 
+/**
+ * Every ClusterSPIFFEID names the SPIRE chart's class, in spec.className (without it the chart's controller
+ * manager ignores the resource and the pod gets the chart's fallback ID) and in the spire.spiffe.io/class-name
+ * label (without it a controller manager with filterByClassName never sees the resource).
+ */
+function checkClassNames(all: Manifest[]): void {
+  const ids = all.filter((m): m is ClusterSPIFFEID => m.kind === 'ClusterSPIFFEID');
+  assert.ok(ids.length > 0, 'no ClusterSPIFFEID');
+  for (const id of ids) {
+    assert.equal(id.spec.className, SPIRE_CLASS, `ClusterSPIFFEID ${id.metadata.name}: spec.className`);
+    assert.equal(id.metadata.labels?.['spire.spiffe.io/class-name'], SPIRE_CLASS, `ClusterSPIFFEID ${id.metadata.name}: class-name label`);
+  }
+}
+
 function checkSvidVolumes(all: Manifest[]): void {
+  checkClassNames(all);
   for (const pod of pods(all)) {
     for (const volume of pod.spec.volumes.filter((v) => v.csi !== undefined)) {
       assert.equal(volume.csi?.driver, 'csi.spire.io');
