@@ -65,7 +65,7 @@ global:
     trustDomain: $TRUST_DOMAIN
 spire-server:
   controllerManager:
-    # The example ClusterSPIFFEIDs carry no className.
+    # The example ClusterSPIFFEIDs name the class of a release "spire" in namespace "spire-server".
     watchClassless: true
 spire-agent:
   sockets:
