@@ -120,6 +120,53 @@ async function exists(file: string): Promise<boolean> {
   );
 }
 
+/** Plays kubelet on the registration socket for body, then hangs up. */
+async function asKubelet<T>(regSocket: string, body: (kubelet: grpc.Client) => Promise<T>): Promise<T> {
+  const kubelet = kubeletClient(regSocket);
+  try {
+    return await body(kubelet);
+  } finally {
+    kubelet.close();
+  }
+}
+
+interface FakeDriver {
+  /** A scratch directory for the describe block. */
+  readonly dir: string;
+  /** Serving on <dir>/csi/csi.sock. */
+  readonly identity: FakeIdentity;
+}
+
+/**
+ * For the describe block it is called in: a FakeIdentity in a fresh scratch
+ * directory from before() to after(); started runs once it serves, stopping
+ * before it stops.
+ */
+function fakeDriverPerSuite(hooks: { started?: (driver: FakeDriver) => Promise<void>; stopping?: () => Promise<void> } = {}): FakeDriver {
+  let dir: string;
+  let identity: FakeIdentity;
+  const driver: FakeDriver = {
+    get dir() {
+      return dir;
+    },
+    get identity() {
+      return identity;
+    },
+  };
+  before(async () => {
+    dir = await makeScratchDir('standins');
+    identity = new FakeIdentity(path.join(dir, 'csi', 'csi.sock'));
+    await identity.start();
+    await hooks.started?.(driver);
+  });
+  after(async () => {
+    await hooks.stopping?.();
+    await identity.stop();
+    await removeScratchDir(dir);
+  });
+  return driver;
+}
+
 describe('command lines', () => {
   test('the registrar accepts exactly what the chart passes, and defaults the rest as v2.17.0 does', () => {
     const parsed = parseRegistrarCommandLine([
@@ -206,25 +253,14 @@ describe('command lines', () => {
 });
 
 describe('node-driver-registrar stand-in', () => {
-  let dir: string;
-  let identity: FakeIdentity;
+  const driver = fakeDriverPerSuite();
   let registrationDir: string;
 
-  before(async () => {
-    dir = await makeScratchDir('standins');
-    identity = new FakeIdentity(path.join(dir, 'csi', 'csi.sock'));
-    await identity.start();
-  });
-  after(async () => {
-    await identity.stop();
-    await removeScratchDir(dir);
-  });
-
-  async function start(lines: Lines, overrides: Partial<RegistrarOptions> = {}): Promise<RunningRegistrar> {
-    registrationDir = await fs.mkdtemp(path.join(dir, 'registration-'));
+  /** Starts a registrar in the registrationDir the last start() made. */
+  function startIn(lines: Lines, overrides: Partial<RegistrarOptions> = {}): Promise<RunningRegistrar> {
     return startRegistrar(
       {
-        csiAddress: identity.socketPath,
+        csiAddress: driver.identity.socketPath,
         kubeletRegistrationPath: HOST_CSI_SOCKET,
         pluginRegistrationPath: registrationDir,
         httpEndpoint: { host: '127.0.0.1', port: 0 },
@@ -236,6 +272,12 @@ describe('node-driver-registrar stand-in', () => {
     );
   }
 
+  /** Starts a registrar in a new registrationDir. */
+  async function start(lines: Lines, overrides: Partial<RegistrarOptions> = {}): Promise<RunningRegistrar> {
+    registrationDir = await fs.mkdtemp(path.join(driver.dir, 'registration-'));
+    return startIn(lines, overrides);
+  }
+
   test('kubelet registers the driver; /healthz follows the registration socket; SIGTERM path removes it', async () => {
     const lines = new Lines();
     const registrar = await start(lines, { httpEndpoint: parseListenAddress('http-endpoint', ':0') });
@@ -244,14 +286,11 @@ describe('node-driver-registrar stand-in', () => {
     assert.equal(registrar.httpAddress?.host, '127.0.0.1', '":0" listens on loopback');
     assert.equal((await fs.stat(regSocket)).mode & 0o777, 0o700);
 
-    const kubelet = kubeletClient(regSocket);
-    try {
+    await asKubelet(regSocket, async (kubelet) => {
       const info = (await call(kubelet, 'GetInfo', {})) as PluginInfo;
       assert.deepEqual(info, { type: 'CSIPlugin', name: DRIVER_NAME, endpoint: HOST_CSI_SOCKET, supported_versions: ['1.0.0'] });
       assert.deepEqual(await call(kubelet, 'NotifyRegistrationStatus', { plugin_registered: true, error: '' }), {});
-    } finally {
-      kubelet.close();
-    }
+    });
 
     const address = registrar.httpAddress;
     assert.ok(address);
@@ -294,12 +333,7 @@ describe('node-driver-registrar stand-in', () => {
   test('kubelet reporting a failed registration makes it exit 1 without answering', async () => {
     const lines = new Lines();
     const registrar = await start(lines);
-    const kubelet = kubeletClient(registrar.socketPath);
-    try {
-      await assert.rejects(call(kubelet, 'NotifyRegistrationStatus', { plugin_registered: false, error: 'x' }));
-    } finally {
-      kubelet.close();
-    }
+    await asKubelet(registrar.socketPath, (kubelet) => assert.rejects(call(kubelet, 'NotifyRegistrationStatus', { plugin_registered: false, error: 'x' })));
     assert.equal(await registrar.exited, 1);
     assert.match(lines.text(), / E node-driver-registrar: Registration process failed with error, restarting registration container err="x"/);
   });
@@ -310,39 +344,29 @@ describe('node-driver-registrar stand-in', () => {
     await first.stop();
     // What a SIGKILLed registrar leaves: a socket file nobody listens on.
     await leaveDeadSocket(regSocket);
-    const second = await startRegistrar(
-      { csiAddress: identity.socketPath, kubeletRegistrationPath: HOST_CSI_SOCKET, pluginRegistrationPath: registrationDir, httpEndpoint: undefined, timeoutMs: 1000, verbosity: 0 },
-      { log: new Lines().log('node-driver-registrar') },
-    );
-    const kubelet = kubeletClient(regSocket);
+    const restart = (): Promise<RunningRegistrar> => startIn(new Lines(), { httpEndpoint: undefined, verbosity: 0 });
+    const second = await restart();
     try {
-      assert.equal(((await call(kubelet, 'GetInfo', {})) as PluginInfo).name, DRIVER_NAME);
+      await asKubelet(regSocket, async (kubelet) => assert.equal(((await call(kubelet, 'GetInfo', {})) as PluginInfo).name, DRIVER_NAME));
     } finally {
-      kubelet.close();
       await second.stop();
     }
 
     await fs.writeFile(regSocket, '');
-    await assert.rejects(
-      startRegistrar(
-        { csiAddress: identity.socketPath, kubeletRegistrationPath: HOST_CSI_SOCKET, pluginRegistrationPath: registrationDir, httpEndpoint: undefined, timeoutMs: 1000, verbosity: 0 },
-        { log: new Lines().log('node-driver-registrar') },
-      ),
-      /not a socket/,
-    );
+    await assert.rejects(restart(), /not a socket/);
   });
 
   test('an empty driver name is an error, as csirpc.GetDriverName makes it', async () => {
-    identity.name = '';
+    driver.identity.name = '';
     try {
       await assert.rejects(start(new Lines()), /driver name is empty/);
     } finally {
-      identity.name = DRIVER_NAME;
+      driver.identity.name = DRIVER_NAME;
     }
   });
 
   test('it waits for the CSI socket to appear', async () => {
-    const late = new FakeIdentity(path.join(dir, 'late', 'csi.sock'));
+    const late = new FakeIdentity(path.join(driver.dir, 'late', 'csi.sock'));
     const lines = new Lines();
     const starting = start(lines, { csiAddress: late.socketPath, httpEndpoint: undefined });
     await new Promise((resolve) => setTimeout(resolve, 300));
@@ -358,24 +382,16 @@ describe('node-driver-registrar stand-in', () => {
 });
 
 describe('livenessprobe stand-in', () => {
-  let dir: string;
-  let identity: FakeIdentity;
   let probe: RunningLivenessProbe;
   const lines = new Lines();
-
-  before(async () => {
-    dir = await makeScratchDir('standins');
-    identity = new FakeIdentity(path.join(dir, 'csi', 'csi.sock'));
-    await identity.start();
-    probe = await startLivenessProbe(
-      { csiAddress: identity.socketPath, httpEndpoint: parseListenAddress('http-endpoint', ':0'), probeTimeoutMs: 300, verbosity: 5 },
-      { log: lines.log('livenessprobe') },
-    );
-  });
-  after(async () => {
-    await probe.close();
-    await identity.stop();
-    await removeScratchDir(dir);
+  const driver = fakeDriverPerSuite({
+    started: async ({ identity }) => {
+      probe = await startLivenessProbe(
+        { csiAddress: identity.socketPath, httpEndpoint: parseListenAddress('http-endpoint', ':0'), probeTimeoutMs: 300, verbosity: 5 },
+        { log: lines.log('livenessprobe') },
+      );
+    },
+    stopping: () => probe.close(),
   });
 
   test('it learned the driver name at start and listens on loopback', () => {
@@ -384,19 +400,19 @@ describe('livenessprobe stand-in', () => {
   });
 
   test('200 "ok" when Probe says ready, or leaves ready unset', async () => {
-    identity.probe = 'ready';
+    driver.identity.probe = 'ready';
     assert.deepEqual(await get(probe.httpAddress), { status: 200, body: 'ok' });
-    identity.probe = 'unset';
+    driver.identity.probe = 'unset';
     assert.deepEqual(await get(probe.httpAddress), { status: 200, body: 'ok' });
   });
 
   test('500 when the driver is not ready', async () => {
-    identity.probe = 'not-ready';
+    driver.identity.probe = 'not-ready';
     assert.deepEqual(await get(probe.httpAddress), { status: 500, body: 'driver responded but is not ready' });
   });
 
   test('500 when Probe does not answer within --probe-timeout', async () => {
-    identity.probe = 'hang';
+    driver.identity.probe = 'hang';
     const started = Date.now();
     const answer = await get(probe.httpAddress);
     assert.equal(answer.status, 500);
@@ -405,33 +421,30 @@ describe('livenessprobe stand-in', () => {
   });
 
   test('500 while the socket is gone, 200 again once the driver is back (a new connection per probe)', async () => {
-    identity.probe = 'ready';
-    await identity.stop();
+    driver.identity.probe = 'ready';
+    await driver.identity.stop();
     const gone = await get(probe.httpAddress);
     assert.equal(gone.status, 500);
     assert.match(gone.body, /failed to connect to unix:/);
-    await identity.start();
+    await driver.identity.start();
     assert.deepEqual(await get(probe.httpAddress), { status: 200, body: 'ok' });
     assert.match(lines.text(), / E livenessprobe: Failed to establish connection to CSI driver/);
   });
 });
 
+/** A compiled CLI started as a child process. */
+interface CliRun {
+  child: ChildProcess;
+  /** stdout and stderr so far. */
+  output: () => string;
+  exit: Promise<number | null>;
+}
+
 /** The compiled CLIs, as the cluster runs them. */
 describe('CLI entry points', () => {
-  let dir: string;
-  let identity: FakeIdentity;
+  const driver = fakeDriverPerSuite();
 
-  before(async () => {
-    dir = await makeScratchDir('standins');
-    identity = new FakeIdentity(path.join(dir, 'csi', 'csi.sock'));
-    await identity.start();
-  });
-  after(async () => {
-    await identity.stop();
-    await removeScratchDir(dir);
-  });
-
-  function run(script: string, args: string[]): { child: ChildProcess; output: () => string; exit: Promise<number | null> } {
+  function run(script: string, args: string[]): CliRun {
     const child = spawn(process.execPath, [path.join(STANDINS_DIR, script), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     const chunks: string[] = [];
     child.stdout?.on('data', (chunk: Buffer) => chunks.push(chunk.toString()));
@@ -440,8 +453,18 @@ describe('CLI entry points', () => {
     return { child, output: () => chunks.join(''), exit };
   }
 
-  function registrarArgs(registration: string): string[] {
-    return [`--csi-address=${identity.socketPath}`, `--kubelet-registration-path=${HOST_CSI_SOCKET}`, `--plugin-registration-path=${registration}`, '--http-endpoint=:0', '--v=2'];
+  /** Runs the registrar CLI in a new registration directory until it has registered, then body; kills it afterwards. */
+  async function withRegistrarCli(body: (registrar: CliRun, regSocket: string) => Promise<void>): Promise<void> {
+    const registration = await fs.mkdtemp(path.join(driver.dir, 'registration-'));
+    const args = [`--csi-address=${driver.identity.socketPath}`, `--kubelet-registration-path=${HOST_CSI_SOCKET}`, `--plugin-registration-path=${registration}`, '--http-endpoint=:0', '--v=2'];
+    const registrar = run('node-driver-registrar.js', args);
+    const regSocket = path.join(registration, `${DRIVER_NAME}-reg.sock`);
+    try {
+      await eventually('the registration socket', () => exists(regSocket));
+      await body(registrar, regSocket);
+    } finally {
+      registrar.child.kill('SIGKILL');
+    }
   }
 
   test('an unknown flag exits 2 with a message', async () => {
@@ -453,38 +476,23 @@ describe('CLI entry points', () => {
     assert.match(probe.output(), /livenessprobe stand-in: unknown flag "--health-port=9808"/);
   });
 
-  test('registrar: says it is a stand-in, exits 1 when kubelet reports failure', async () => {
-    const registration = await fs.mkdtemp(path.join(dir, 'registration-'));
-    const registrar = run('node-driver-registrar.js', registrarArgs(registration));
-    const regSocket = path.join(registration, `${DRIVER_NAME}-reg.sock`);
-    try {
-      await eventually('the registration socket', () => exists(regSocket));
+  test('registrar: says it is a stand-in, exits 1 when kubelet reports failure', () =>
+    withRegistrarCli(async (registrar, regSocket) => {
       assert.match(registrar.output().split('\n')[0] ?? '', /stand-in/);
-      const kubelet = kubeletClient(regSocket);
-      await assert.rejects(call(kubelet, 'NotifyRegistrationStatus', { plugin_registered: false, error: 'x' })).finally(() => kubelet.close());
+      await asKubelet(regSocket, (kubelet) => assert.rejects(call(kubelet, 'NotifyRegistrationStatus', { plugin_registered: false, error: 'x' })));
       assert.equal(await registrar.exit, 1);
       assert.match(registrar.output(), /Registration process failed.*err="x"/);
-    } finally {
-      registrar.child.kill('SIGKILL');
-    }
-  });
+    }));
 
-  test('registrar: SIGTERM removes the registration socket and exits 0', async () => {
-    const registration = await fs.mkdtemp(path.join(dir, 'registration-'));
-    const registrar = run('node-driver-registrar.js', registrarArgs(registration));
-    const regSocket = path.join(registration, `${DRIVER_NAME}-reg.sock`);
-    try {
-      await eventually('the registration socket', () => exists(regSocket));
+  test('registrar: SIGTERM removes the registration socket and exits 0', () =>
+    withRegistrarCli(async (registrar, regSocket) => {
       registrar.child.kill('SIGTERM');
       assert.equal(await registrar.exit, 0);
       assert.equal(await exists(regSocket), false);
-    } finally {
-      registrar.child.kill('SIGKILL');
-    }
-  });
+    }));
 
   test('livenessprobe: SIGTERM exits 0', async () => {
-    const probe = run('livenessprobe.js', [`--csi-address=${identity.socketPath}`, '--http-endpoint=:0', '--v=2']);
+    const probe = run('livenessprobe.js', [`--csi-address=${driver.identity.socketPath}`, '--http-endpoint=:0', '--v=2']);
     try {
       await eventually('the stand-in to listen', () => /ServeMux listening/.test(probe.output()));
       assert.match(probe.output().split('\n')[0] ?? '', /stand-in/);

@@ -1,8 +1,9 @@
 /**
  * What the two sidecar stand-ins (node-driver-registrar.ts, livenessprobe.ts)
  * share: Go-style flag and duration parsing, listen addresses, one-line logs,
- * and waiting for / calling a gRPC server on a Unix socket the way
- * kubernetes-csi's csi-lib-utils v0.24.0 (used by both real sidecars) does.
+ * waiting for / calling a gRPC server on a Unix socket the way
+ * kubernetes-csi's csi-lib-utils v0.24.0 (used by both real sidecars) does,
+ * /healthz serving, and the CLI around it all (runStandinCli).
  *
  * Nothing here is part of the driver; it only runs in our test cluster.
  */
@@ -56,6 +57,19 @@ export function parseGoFlags<K extends string>(argv: readonly string[], specs: R
     values[name as K] = value;
   }
   return { kind: 'run', values };
+}
+
+/** What a stand-in's command line parses to. */
+export type StandinCommandLine<O> = { kind: 'help' } | { kind: 'run'; options: O };
+
+/** parseGoFlags, then toOptions (which throws UsageError for bad values) unless help was asked for. */
+export function parseStandinCommandLine<K extends string, O>(
+  argv: readonly string[],
+  specs: Record<K, FlagSpec>,
+  toOptions: (flags: Record<K, string>) => O,
+): StandinCommandLine<O> {
+  const parsed = parseGoFlags(argv, specs);
+  return parsed.kind === 'help' ? parsed : { kind: 'run', options: toOptions(parsed.values) };
 }
 
 export function usageText(program: string, specs: Record<string, FlagSpec>): string {
@@ -301,6 +315,17 @@ export function reply(response: http.ServerResponse, status: number, body: strin
   response.writeHead(status, { 'Content-Type': 'text/plain; charset=utf-8' }).end(body);
 }
 
+/** An HTTP handler serving GET /healthz with check's answer, and 404 for every other path, as Go's ServeMux does. */
+export function healthzHandler(check: () => Promise<HealthAnswer>): (request: http.IncomingMessage, response: http.ServerResponse) => void {
+  return (request, response) => {
+    if (new URL(request.url ?? '/', 'http://localhost').pathname !== '/healthz') {
+      reply(response, 404, '404 page not found\n');
+      return;
+    }
+    void check().then(({ status, body }) => reply(response, status, body));
+  };
+}
+
 /** True when the file at metaUrl is the script node was started with (the CLI entry), not an import. */
 export function isMainModule(metaUrl: string): boolean {
   const entry = process.argv[1];
@@ -310,4 +335,90 @@ export function isMainModule(metaUrl: string): boolean {
   } catch {
     return false;
   }
+}
+
+/** What a stand-in's start function gets besides its options. */
+export interface StandinDependencies {
+  log: StandinLog;
+  /** Aborts the wait for the CSI socket (the CLI aborts it on SIGTERM). */
+  signal?: AbortSignal;
+}
+
+/** A started stand-in, as far as the CLI is concerned. */
+export interface RunningStandin {
+  /** The exit code, once the stand-in would exit. */
+  readonly exited: Promise<number>;
+  /** What SIGTERM/SIGINT does once started; exited resolves afterwards. */
+  stop(): Promise<void>;
+}
+
+/** One sidecar stand-in's CLI, for runStandinCli. */
+export interface StandinCli<O extends { verbosity: number }> {
+  program: string;
+  /** Throws UsageError for a command line the real sidecar refuses. */
+  parse(argv: readonly string[]): StandinCommandLine<O>;
+  /** The flags --help lists. */
+  usageFlags: Record<string, FlagSpec>;
+  /** The first log line: what this stand-in is, and the options worth seeing. */
+  describe(options: O): { message: string; fields: LogFields };
+  start(options: O, deps: Required<StandinDependencies>): Promise<RunningStandin>;
+  /** The message of the error line when start fails (its error as err=...); without one, the error itself is the message. */
+  startFailureMessage?: string;
+}
+
+/** A stand-in's CLI: parse flags, log what it is, run until it exits or is signalled; resolves with the exit code. */
+export async function runStandinCli<O extends { verbosity: number }>(cli: StandinCli<O>, argv: readonly string[]): Promise<number> {
+  let commandLine: StandinCommandLine<O>;
+  try {
+    commandLine = cli.parse(argv);
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err;
+    process.stderr.write(`${cli.program} stand-in: ${err.message}\n`);
+    return err.exitCode;
+  }
+  if (commandLine.kind === 'help') {
+    process.stdout.write(usageText(cli.program, cli.usageFlags));
+    return 0;
+  }
+  const { options } = commandLine;
+  const log = new StandinLog(cli.program, options.verbosity);
+  const { message, fields } = cli.describe(options);
+  log.info(message, fields);
+  return runUntilExit(cli, options, log);
+}
+
+async function runUntilExit<O extends { verbosity: number }>(cli: StandinCli<O>, options: O, log: StandinLog): Promise<number> {
+  const abort = new AbortController();
+  let running: RunningStandin | undefined;
+  const onSignal = (signal: NodeJS.Signals): void => {
+    log.info('Received signal, stopping', { signal });
+    if (running) void running.stop();
+    else abort.abort();
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  try {
+    running = await cli.start(options, { log, signal: abort.signal });
+    // The signal came after the wait for the driver, while starting: honour it now.
+    if (abort.signal.aborted) await running.stop();
+  } catch (err) {
+    // A signal while still waiting for the driver: nothing started, nothing to clean up.
+    if (abort.signal.aborted) return 0;
+    if (cli.startFailureMessage === undefined) log.error(errorText(err));
+    else log.error(cli.startFailureMessage, { err: errorText(err) });
+    return 1;
+  }
+  return running.exited;
+}
+
+/** The CLI entry: runStandinCli on process.argv, then exit with its code. */
+export function standinMain<O extends { verbosity: number }>(cli: StandinCli<O>): void {
+  runStandinCli(cli, process.argv.slice(2)).then(
+    // process.exit, not exitCode: open gRPC/HTTP handles must not keep a failed stand-in alive.
+    (code) => process.exit(code),
+    (err: unknown) => {
+      process.stderr.write(`${cli.program} stand-in: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+      process.exit(1);
+    },
+  );
 }

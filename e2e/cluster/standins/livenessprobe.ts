@@ -36,7 +36,6 @@
  * --metrics-address, --metrics-path); --health-port; klog's other flags. Those
  * are refused as unknown flags, since our chart does not pass them.
  */
-import type http from 'node:http';
 import * as grpc from '@grpc/grpc-js';
 import {
   callUnary,
@@ -44,21 +43,23 @@ import {
   errorText,
   getDriverName,
   grpcErrorText,
+  healthzHandler,
   isMainModule,
   listenHttp,
-  parseGoFlags,
   parseListenAddress,
+  parseStandinCommandLine,
   positiveDurationFlag,
-  reply,
   socketPathFlag,
-  StandinLog,
-  usageText,
-  UsageError,
+  standinMain,
   verbosityFlag,
   waitForConnection,
   waitForReady,
   type HealthAnswer,
   type ListenAddress,
+  type StandinCli,
+  type StandinCommandLine,
+  type StandinDependencies,
+  type StandinLog,
 } from './common.js';
 
 const PROGRAM = 'livenessprobe';
@@ -79,21 +80,15 @@ export interface LivenessProbeOptions {
   verbosity: number;
 }
 
-export type LivenessProbeCommandLine = { kind: 'help' } | { kind: 'run'; options: LivenessProbeOptions };
+export type LivenessProbeCommandLine = StandinCommandLine<LivenessProbeOptions>;
 
 export function parseLivenessProbeCommandLine(argv: readonly string[]): LivenessProbeCommandLine {
-  const parsed = parseGoFlags(argv, LIVENESSPROBE_FLAGS);
-  if (parsed.kind === 'help') return parsed;
-  const flags = parsed.values;
-  return {
-    kind: 'run',
-    options: {
-      csiAddress: socketPathFlag('csi-address', flags['csi-address']),
-      httpEndpoint: parseListenAddress('http-endpoint', flags['http-endpoint']),
-      probeTimeoutMs: positiveDurationFlag('probe-timeout', flags['probe-timeout']),
-      verbosity: verbosityFlag(flags.v),
-    },
-  };
+  return parseStandinCommandLine(argv, LIVENESSPROBE_FLAGS, (flags) => ({
+    csiAddress: socketPathFlag('csi-address', flags['csi-address']),
+    httpEndpoint: parseListenAddress('http-endpoint', flags['http-endpoint']),
+    probeTimeoutMs: positiveDurationFlag('probe-timeout', flags['probe-timeout']),
+    verbosity: verbosityFlag(flags.v),
+  }));
 }
 
 export interface RunningLivenessProbe {
@@ -105,11 +100,7 @@ export interface RunningLivenessProbe {
   close(): Promise<void>;
 }
 
-export interface LivenessProbeDependencies {
-  log: StandinLog;
-  /** Aborts the wait for the CSI socket (the CLI aborts it on SIGTERM). */
-  signal?: AbortSignal;
-}
+export type LivenessProbeDependencies = StandinDependencies;
 
 export async function startLivenessProbe(options: LivenessProbeOptions, deps: LivenessProbeDependencies): Promise<RunningLivenessProbe> {
   const { log } = deps;
@@ -118,13 +109,7 @@ export async function startLivenessProbe(options: LivenessProbeOptions, deps: Li
   const exited = new Promise<number>((resolve) => {
     failed = resolve;
   });
-  const handler = (request: http.IncomingMessage, response: http.ServerResponse): void => {
-    if (new URL(request.url ?? '/', 'http://localhost').pathname !== '/healthz') {
-      reply(response, 404, '404 page not found\n');
-      return;
-    }
-    void checkProbe(options.csiAddress, options.probeTimeoutMs, driverName, log).then(({ status, body }) => reply(response, status, body));
-  };
+  const handler = healthzHandler(() => checkProbe(options.csiAddress, options.probeTimeoutMs, driverName, log));
   log.info('ServeMux listening', { address: `${options.httpEndpoint.host}:${options.httpEndpoint.port}` });
   const server = await listenHttp(options.httpEndpoint, handler, (err) => {
     log.error('Failed to start http server', { err: err.message });
@@ -197,55 +182,19 @@ export function isReady(response: unknown): boolean {
   return ready === undefined || ready === null || ready.value === true;
 }
 
-async function main(argv: readonly string[]): Promise<number> {
-  let commandLine: LivenessProbeCommandLine;
-  try {
-    commandLine = parseLivenessProbeCommandLine(argv);
-  } catch (err) {
-    if (!(err instanceof UsageError)) throw err;
-    process.stderr.write(`${PROGRAM} stand-in: ${err.message}\n`);
-    return err.exitCode;
-  }
-  if (commandLine.kind === 'help') {
-    process.stdout.write(usageText(PROGRAM, LIVENESSPROBE_FLAGS));
-    return 0;
-  }
-  const { options } = commandLine;
-  const log = new StandinLog(PROGRAM, options.verbosity);
-  log.info('TypeScript stand-in for livenessprobe, following v2.19.0 (spire-csi-driver test clusters only)', {
-    csiAddress: options.csiAddress,
-    probeTimeoutMs: options.probeTimeoutMs,
-  });
-  return runUntilExit(options, log);
-}
+const LIVENESSPROBE_CLI: StandinCli<LivenessProbeOptions> = {
+  program: PROGRAM,
+  parse: parseLivenessProbeCommandLine,
+  usageFlags: LIVENESSPROBE_FLAGS,
+  describe: (options) => ({
+    message: 'TypeScript stand-in for livenessprobe, following v2.19.0 (spire-csi-driver test clusters only)',
+    fields: { csiAddress: options.csiAddress, probeTimeoutMs: options.probeTimeoutMs },
+  }),
+  start: async (options, deps) => {
+    const probe = await startLivenessProbe(options, deps);
+    return { exited: probe.exited, stop: () => probe.close() };
+  },
+  startFailureMessage: 'Failed to start',
+};
 
-async function runUntilExit(options: LivenessProbeOptions, log: StandinLog): Promise<number> {
-  const abort = new AbortController();
-  let running: RunningLivenessProbe | undefined;
-  const onSignal = (signal: NodeJS.Signals): void => {
-    log.info('Received signal, stopping', { signal });
-    if (running) void running.close();
-    else abort.abort();
-  };
-  process.on('SIGTERM', onSignal);
-  process.on('SIGINT', onSignal);
-  try {
-    running = await startLivenessProbe(options, { log, signal: abort.signal });
-    if (abort.signal.aborted) await running.close();
-  } catch (err) {
-    if (abort.signal.aborted) return 0;
-    log.error('Failed to start', { err: errorText(err) });
-    return 1;
-  }
-  return running.exited;
-}
-
-if (isMainModule(import.meta.url)) {
-  main(process.argv.slice(2)).then(
-    (code) => process.exit(code),
-    (err: unknown) => {
-      process.stderr.write(`${PROGRAM} stand-in: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-      process.exit(1);
-    },
-  );
-}
+if (isMainModule(import.meta.url)) standinMain(LIVENESSPROBE_CLI);

@@ -43,7 +43,6 @@
  * as unknown flags, since our chart does not pass them.
  */
 import fs from 'node:fs/promises';
-import type http from 'node:http';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { loadProtoPackage, lookupService } from '../../../src/proto-loading.js';
@@ -54,15 +53,14 @@ import {
   errorText,
   getDriverName,
   grpcErrorText,
+  healthzHandler,
   isMainModule,
   listenHttp,
-  parseGoFlags,
   parseListenAddress,
+  parseStandinCommandLine,
   positiveDurationFlag,
-  reply,
   socketPathFlag,
-  StandinLog,
-  usageText,
+  standinMain,
   UsageError,
   verbosityFlag,
   waitForConnection,
@@ -70,6 +68,10 @@ import {
   type HealthAnswer,
   type HttpServer,
   type ListenAddress,
+  type StandinCli,
+  type StandinCommandLine,
+  type StandinDependencies,
+  type StandinLog,
 } from './common.js';
 
 const PROGRAM = 'node-driver-registrar';
@@ -99,27 +101,23 @@ export interface RegistrarOptions {
   verbosity: number;
 }
 
-export type RegistrarCommandLine = { kind: 'help' } | { kind: 'run'; options: RegistrarOptions };
+export type RegistrarCommandLine = StandinCommandLine<RegistrarOptions>;
 
 export function parseRegistrarCommandLine(argv: readonly string[]): RegistrarCommandLine {
-  const parsed = parseGoFlags(argv, REGISTRAR_FLAGS);
-  if (parsed.kind === 'help') return parsed;
-  const flags = parsed.values;
-  if (flags['kubelet-registration-path'] === '') {
-    // Exit code 1, as the real one (a log line and exit, not a flag error).
-    throw new UsageError('kubelet-registration-path is a required parameter', 1);
-  }
-  return {
-    kind: 'run',
-    options: {
+  return parseStandinCommandLine(argv, REGISTRAR_FLAGS, (flags) => {
+    if (flags['kubelet-registration-path'] === '') {
+      // Exit code 1, as the real one (a log line and exit, not a flag error).
+      throw new UsageError('kubelet-registration-path is a required parameter', 1);
+    }
+    return {
       csiAddress: socketPathFlag('csi-address', flags['csi-address']),
       kubeletRegistrationPath: flags['kubelet-registration-path'],
       pluginRegistrationPath: flags['plugin-registration-path'],
       httpEndpoint: flags['http-endpoint'] === '' ? undefined : parseListenAddress('http-endpoint', flags['http-endpoint']),
       timeoutMs: positiveDurationFlag('timeout', flags.timeout),
       verbosity: verbosityFlag(flags.v),
-    },
-  };
+    };
+  });
 }
 
 let registrationPackage: grpc.GrpcObject | undefined;
@@ -159,11 +157,7 @@ export interface RunningRegistrar {
   stop(): Promise<void>;
 }
 
-export interface RegistrarDependencies {
-  log: StandinLog;
-  /** Aborts the wait for the CSI socket (the CLI aborts it on SIGTERM). */
-  signal?: AbortSignal;
-}
+export type RegistrarDependencies = StandinDependencies;
 
 /** Registers the driver behind options.csiAddress with kubelet, as the real registrar's main() does. */
 export async function startRegistrar(options: RegistrarOptions, deps: RegistrarDependencies): Promise<RunningRegistrar> {
@@ -325,13 +319,7 @@ async function startHealthServer(
     return undefined;
   }
   log.info('Starting HTTP server', { endpoint: `${options.httpEndpoint.host}:${options.httpEndpoint.port}` });
-  const handler = (request: http.IncomingMessage, response: http.ServerResponse): void => {
-    if (new URL(request.url ?? '/', 'http://localhost').pathname !== '/healthz') {
-      reply(response, 404, '404 page not found\n');
-      return;
-    }
-    void healthz(driverName, socketPath, options.timeoutMs, log).then(({ status, body }) => reply(response, status, body));
-  };
+  const handler = healthzHandler(() => healthz(driverName, socketPath, options.timeoutMs, log));
   return listenHttp(options.httpEndpoint, handler, onError);
 }
 
@@ -378,59 +366,19 @@ async function checkLiveRegistrationSocket(driverName: string, socketPath: strin
 }
 
 /** The CLI: parse flags, register, exit with the code the real registrar would. */
-async function main(argv: readonly string[]): Promise<number> {
-  let commandLine: RegistrarCommandLine;
-  try {
-    commandLine = parseRegistrarCommandLine(argv);
-  } catch (err) {
-    if (!(err instanceof UsageError)) throw err;
-    process.stderr.write(`${PROGRAM} stand-in: ${err.message}\n`);
-    return err.exitCode;
-  }
-  if (commandLine.kind === 'help') {
-    process.stdout.write(usageText(PROGRAM, REGISTRAR_FLAGS));
-    return 0;
-  }
-  const { options } = commandLine;
-  const log = new StandinLog(PROGRAM, options.verbosity);
-  log.info('TypeScript stand-in for csi-node-driver-registrar, following v2.17.0 (spire-csi-driver test clusters only)', {
-    csiAddress: options.csiAddress,
-    kubeletRegistrationPath: options.kubeletRegistrationPath,
-    pluginRegistrationPath: options.pluginRegistrationPath,
-  });
-  return runUntilExit(options, log);
-}
-
-async function runUntilExit(options: RegistrarOptions, log: StandinLog): Promise<number> {
-  const abort = new AbortController();
-  let running: RunningRegistrar | undefined;
-  const onSignal = (signal: NodeJS.Signals): void => {
-    log.info('Received signal, stopping', { signal });
-    if (running) void running.stop();
-    else abort.abort();
-  };
-  process.on('SIGTERM', onSignal);
-  process.on('SIGINT', onSignal);
-  try {
-    running = await startRegistrar(options, { log, signal: abort.signal });
-    // The signal came after the wait for the driver, while registering: honour it now.
-    if (abort.signal.aborted) await running.stop();
-  } catch (err) {
-    // A signal while still waiting for the driver: nothing registered, nothing to clean up.
-    if (abort.signal.aborted) return 0;
-    log.error(errorText(err));
-    return 1;
-  }
-  return running.exited;
-}
-
-if (isMainModule(import.meta.url)) {
-  main(process.argv.slice(2)).then(
-    // process.exit, not exitCode: open gRPC/HTTP handles must not keep a failed registrar alive.
-    (code) => process.exit(code),
-    (err: unknown) => {
-      process.stderr.write(`${PROGRAM} stand-in: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-      process.exit(1);
+const REGISTRAR_CLI: StandinCli<RegistrarOptions> = {
+  program: PROGRAM,
+  parse: parseRegistrarCommandLine,
+  usageFlags: REGISTRAR_FLAGS,
+  describe: (options) => ({
+    message: 'TypeScript stand-in for csi-node-driver-registrar, following v2.17.0 (spire-csi-driver test clusters only)',
+    fields: {
+      csiAddress: options.csiAddress,
+      kubeletRegistrationPath: options.kubeletRegistrationPath,
+      pluginRegistrationPath: options.pluginRegistrationPath,
     },
-  );
-}
+  }),
+  start: startRegistrar,
+};
+
+if (isMainModule(import.meta.url)) standinMain(REGISTRAR_CLI);
