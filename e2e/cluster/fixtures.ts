@@ -4,6 +4,7 @@
  * metadata records) that only the host sees.
  */
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { X509Certificate, createPrivateKey, createPublicKey } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
@@ -20,6 +21,19 @@ export const KUBELET_ROOT = '/var/lib/kubelet';
 export const DRIVER_STATE_DIR = '/var/lib/spire-csi-driver';
 export const WORKLOAD_IMAGE = process.env['IMAGE_WORKLOAD'] ?? 'localhost/spire-csi-workload:e2e';
 export const MOUNT_PATH = '/run/svid';
+export const REPO = path.resolve(import.meta.dirname, '../../..');
+export const CLUSTER_DIR = process.env['CLUSTER_DIR'] ?? '/tmp/spire-csi-cluster';
+
+/**
+ * Runs the ```sh block of docs/kubernetes.md that follows the line containing `anchor`, as written, with the test
+ * cluster's helm/kubectl wrappers (e2e/cluster/install --block), and returns its standard output.
+ */
+export function runDocsBlock(anchor: string): string {
+  return execFileSync('bash', [path.join(REPO, 'e2e/cluster/install'), path.join(CLUSTER_DIR, 'images'), '--block', anchor], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+}
 
 export interface WorkloadPodOptions {
   namespace: string;

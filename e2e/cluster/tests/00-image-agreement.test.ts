@@ -9,9 +9,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
+import { CLUSTER_DIR, REPO } from '../fixtures.js';
 
-const repo = path.resolve(import.meta.dirname, '../../../..');
-const archive = path.join(process.env['CLUSTER_DIR'] ?? '/tmp/spire-csi-cluster', 'images', 'spire-csi-driver.tar');
+const repo = REPO;
+const archive = path.join(CLUSTER_DIR, 'images', 'spire-csi-driver.tar');
 
 interface RuntimeStage {
   workdir: string;
