@@ -8,7 +8,7 @@ import { execFileSync } from 'node:child_process';
 import { X509Certificate, createPrivateKey, createPublicKey } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { apply, exec, kubectl, kubectlOk, waitFor } from './kube.js';
+import { apply, exec, getJson, kubectl, kubectlOk, waitFor } from './kube.js';
 
 export const TRUST_DOMAIN = 'example.org';
 export const SPIRE_NAMESPACE = 'spire-server';
@@ -32,6 +32,8 @@ export function runDocsBlock(anchor: string): string {
   return execFileSync('bash', [path.join(REPO, 'e2e/cluster/install'), path.join(CLUSTER_DIR, 'images'), '--block', anchor], {
     encoding: 'utf8',
     stdio: ['ignore', 'pipe', 'inherit'],
+    // Synchronous: the test runner's timeout cannot interrupt it, so it carries its own.
+    timeout: 300_000,
   });
 }
 
@@ -127,6 +129,29 @@ export function clusterSpiffeId(o: ClusterSpiffeIdOptions): string {
   });
 }
 
+/** Runs the pinned helm (HELM_BIN, set by e2e/cluster/test) and returns its standard output. */
+export function helm(args: readonly string[]): string {
+  return execFileSync(process.env['HELM_BIN'] ?? 'helm', [...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 300_000 });
+}
+
+/**
+ * `helm upgrade --reuse-values` of the installed SPIRE release with `--set` values (not a docs command: the tests use
+ * it to put SPIRE into a state), rendered through the test cluster's post-renderer like every install.
+ */
+export function upgradeSpireReusingValues(sets: readonly string[]): void {
+  helm([
+    'upgrade',
+    'spire',
+    path.join(CLUSTER_DIR, 'charts', 'spire'),
+    '--namespace',
+    SPIRE_NAMESPACE,
+    '--reuse-values',
+    ...sets.flatMap((set) => ['--set', set]),
+    '--post-renderer',
+    path.join(REPO, 'e2e/cluster/loopback-post-renderer'),
+  ]);
+}
+
 /** A namespace with a service account, created if missing. */
 export async function ensureNamespace(namespace: string, serviceAccounts: readonly string[]): Promise<void> {
   await apply(JSON.stringify({ apiVersion: 'v1', kind: 'Namespace', metadata: { name: namespace } }));
@@ -185,14 +210,18 @@ export function podVolumeDir(podUid: string, volumeName = 'svid'): string {
   return path.join(KUBELET_ROOT, 'pods', podUid, 'volumes', 'kubernetes.io~csi', volumeName);
 }
 
-/** Mount points under a pod's directory, from the host's mount table. */
-export async function mountsUnderPod(podUid: string): Promise<string[]> {
-  const prefix = path.join(KUBELET_ROOT, 'pods', podUid) + '/';
+/** Mount points of the host under a directory (e.g. kubelet's pods directory), from its mount table. */
+export async function mountsUnder(dir: string): Promise<string[]> {
   const mountinfo = await fs.readFile('/proc/self/mountinfo', 'utf8');
   return mountinfo
     .split('\n')
     .map((line) => line.split(' ')[4] ?? '')
-    .filter((mountPoint) => mountPoint.startsWith(prefix));
+    .filter((mountPoint) => mountPoint.startsWith(`${dir}/`));
+}
+
+/** Mount points under a pod's directory. */
+export async function mountsUnderPod(podUid: string): Promise<string[]> {
+  return mountsUnder(path.join(KUBELET_ROOT, 'pods', podUid));
 }
 
 interface VolumeRecordJson {
@@ -274,16 +303,49 @@ export async function ensureNamespaceEntry(namespace: string, serviceAccount: st
   return spiffeId;
 }
 
-/** Waits until the DaemonSet of `name` has a Ready pod on the node (rolled out after a delete or restart). */
+/**
+ * Waits until the DaemonSet `name` is rolled out: its controller has seen the latest spec, and every pod it wants
+ * is updated and Ready.
+ */
 export async function waitDaemonSetReady(namespace: string, name: string, timeoutMs = 120_000): Promise<void> {
   await waitFor(
     `daemonset ${namespace}/${name} to have its pod Ready`,
     timeoutMs,
     async () => {
-      const out = await kubectl(['-n', namespace, 'get', 'daemonset', name, '-o', 'jsonpath={.status.numberReady}/{.status.desiredNumberScheduled}/{.status.updatedNumberScheduled}']);
-      const [ready, desired] = out.stdout.split('/');
-      return out.code === 0 && ready === desired && desired !== '0' ? true : undefined;
+      const ds = await getJson<{
+        metadata: { generation: number };
+        status: { observedGeneration?: number; desiredNumberScheduled?: number; numberReady?: number; updatedNumberScheduled?: number };
+      }>(['-n', namespace, 'get', 'daemonset', name]);
+      const { observedGeneration = 0, desiredNumberScheduled = 0, numberReady = 0, updatedNumberScheduled = 0 } = ds.status;
+      const rolledOut =
+        observedGeneration >= ds.metadata.generation &&
+        desiredNumberScheduled > 0 &&
+        numberReady === desiredNumberScheduled &&
+        updatedNumberScheduled === desiredNumberScheduled;
+      return rolledOut ? true : undefined;
     },
     async () => (await kubectl(['-n', namespace, 'get', 'pods', '-o', 'wide'])).stdout,
   );
+}
+
+/** UIDs of the pods with a label (e.g. a DaemonSet's), to tell a replacement from the pod it replaced. */
+export async function podUids(namespace: string, labelSelector: string): Promise<string[]> {
+  const out = await kubectlOk(['-n', namespace, 'get', 'pods', '-l', labelSelector, '-o', 'jsonpath={.items[*].metadata.uid}']);
+  return out.split(' ').filter((uid) => uid !== '');
+}
+
+/**
+ * Deletes the pods of a DaemonSet and waits for a replacement: new pod UIDs, rolled out and Ready. Returns the UIDs
+ * of the replacements.
+ */
+export async function replaceDaemonSetPods(namespace: string, daemonSet: string, labelSelector: string): Promise<string[]> {
+  const before = await podUids(namespace, labelSelector);
+  assert.ok(before.length > 0, `${namespace}/${daemonSet} has a pod to delete`);
+  await kubectlOk(['-n', namespace, 'delete', 'pod', '-l', labelSelector, '--wait=true', '--timeout=120s']);
+  const after = await waitFor(`a new pod of ${namespace}/${daemonSet}`, 120_000, async () => {
+    const uids = await podUids(namespace, labelSelector);
+    return uids.length > 0 && uids.every((uid) => !before.includes(uid)) ? uids : undefined;
+  });
+  await waitDaemonSetReady(namespace, daemonSet);
+  return after;
 }

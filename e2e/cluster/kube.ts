@@ -17,18 +17,28 @@ export interface KubectlOptions {
   timeoutMs?: number;
 }
 
-/** Runs kubectl; never throws for a non-zero exit (see `kubectlOk`). */
+/** kubectl's own `--timeout=<n>s|m` among the arguments, in milliseconds. */
+function kubectlTimeoutMs(args: readonly string[]): number | undefined {
+  const flag = args.map((a) => /^--timeout=(\d+)(s|m)$/.exec(a)).find((m) => m !== null);
+  return flag ? Number(flag[1]) * (flag[2] === 'm' ? 60_000 : 1000) : undefined;
+}
+
+/**
+ * Runs kubectl; never throws for a non-zero exit (see `kubectlOk`). The process is killed after `timeoutMs`, by
+ * default 60 s or 20 s more than a `--timeout=` the command gives kubectl itself.
+ */
 export function kubectl(args: readonly string[], options: KubectlOptions = {}): Promise<KubectlResult> {
+  const own = kubectlTimeoutMs(args);
+  const timeout = options.timeoutMs ?? (own === undefined ? 60_000 : own + 20_000);
   return new Promise((resolve) => {
-    const child = execFile(
-      'kubectl',
-      [...args],
-      { timeout: options.timeoutMs ?? 60_000, maxBuffer: 64 * 1024 * 1024, encoding: 'utf8' },
-      (err, stdout, stderr) => {
-        const code = err === null ? 0 : typeof err.code === 'number' ? err.code : 1;
-        resolve({ code, stdout, stderr: err !== null && stderr === '' ? String(err.message) : stderr });
-      },
-    );
+    const child = execFile('kubectl', [...args], { timeout, maxBuffer: 64 * 1024 * 1024, encoding: 'utf8' }, (err, stdout, stderr) => {
+      if (err === null) {
+        resolve({ code: 0, stdout, stderr });
+        return;
+      }
+      const killed = err.signal ? `killed by ${err.signal}${err.killed ? ` after ${timeout / 1000}s` : ''}; ` : '';
+      resolve({ code: typeof err.code === 'number' ? err.code : 1, stdout, stderr: `${killed}${stderr || err.message}` });
+    });
     if (options.input !== undefined) child.stdin?.end(options.input);
   });
 }

@@ -6,7 +6,7 @@
  * is the start of the clock (the same clock: containers share the host kernel). `kubectl wait` would only give
  * whole seconds.
  *
- * Three batches of 20 pods, applied at once:
+ * Batches of 20 pods applied at once, each kind in several interleaved rounds:
  *   - without the volume (the baseline);
  *   - with the volume, an entry that already exists (k8s:ns + k8s:sa, created before the pods; the agent has the
  *     SVID signed already);
@@ -15,12 +15,9 @@
  *   - the same after `helm upgrade --reuse-values` of SPIRE with the agent's sync interval at 1 s
  *     (spire-agent.experimental.syncInterval), the setting docs/kubernetes.md suggests for faster pod starts.
  */
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs/promises';
-import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { apply, kubectl, kubectlOk, waitFor } from './kube.js';
-import { CLUSTER_DIR, REPO, clusterSpiffeId, ensureNamespace, ensureNamespaceEntry, workloadPod } from './fixtures.js';
+import { apply, kubectl, kubectlOk, waitFor, waitPodReady } from './kube.js';
+import { clusterSpiffeId, deletePod, ensureNamespace, ensureNamespaceEntry, upgradeSpireReusingValues, workloadPod } from './fixtures.js';
 
 const PODS = Number(process.env['POD_START_PODS'] ?? 20);
 const ROUNDS = Number(process.env['POD_START_ROUNDS'] ?? 3);
@@ -42,6 +39,13 @@ function row(label: string, rounds: number[][]): string {
   const all = rounds.flat().sort((a, b) => a - b);
   const perRound = rounds.map((ms) => fixed(percentile(ms, 50))).join(', ');
   return `| ${label} | ${all.length} | ${fixed(percentile(all, 50))} | ${fixed(percentile(all, 95))} | ${fixed(all[0])}–${fixed(all[all.length - 1])} | ${perRound} |`;
+}
+
+/** Starts one pod with the volume and removes it: the agent and the driver serve that namespace. */
+async function probePod(namespace: string): Promise<void> {
+  await apply(workloadPod({ namespace, name: 'probe', serviceAccount: 'bench', labels: { app: 'pod-start' } }));
+  await waitPodReady(namespace, 'probe', 180_000);
+  await deletePod(namespace, 'probe');
 }
 
 interface Batch {
@@ -90,7 +94,8 @@ async function main(): Promise<void> {
       spiffeIdTemplate: 'spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/pod/{{ .PodMeta.Name }}',
     }),
   );
-  await sleep(6000); // let the agent's sync pick up the ns/sa entry, as "already exists" means
+  // "Already exists" means the agent has the entry: one pod served through it proves that.
+  await probePod(EXISTING_NS);
 
   const batches: Batch[] = [
     { label: 'no volume (baseline)', namespace: PER_POD_NS, withVolume: false },
@@ -105,16 +110,9 @@ async function main(): Promise<void> {
   }
   const rows = batches.map((batch, i) => row(batch.label, results[i] ?? []));
   // The agent's entry sync at 1 s: an upgrade of the installed release, keeping its values.
-  const chart = path.join(CLUSTER_DIR, 'charts', 'spire');
-  const postRenderer = path.join(REPO, 'e2e/cluster/loopback-post-renderer');
-  execFileSync(
-    process.env['HELM_BIN'] ?? 'helm',
-    ['upgrade', 'spire', chart, '--namespace', 'spire-server', '--reuse-values', '--set', 'spire-agent.experimental.enabled=true',
-      '--set', 'spire-agent.experimental.syncInterval=1s', '--post-renderer', postRenderer],
-    { stdio: ['ignore', 'ignore', 'inherit'] },
-  );
+  upgradeSpireReusingValues(['spire-agent.experimental.enabled=true', 'spire-agent.experimental.syncInterval=1s']);
   await kubectlOk(['-n', 'spire-server', 'rollout', 'status', 'daemonset/spire-agent', '--timeout=180s']);
-  await sleep(10_000); // the restarted agent attests and syncs before the clock starts
+  await probePod(PER_POD_NS); // the restarted agent serves again before the clock starts
   const label = 'csi.spire.io, per-pod ClusterSPIFFEID entry, spire-agent.experimental.syncInterval=1s';
   const fast: number[][] = [];
   for (let r = 0; r < ROUNDS; r++) fast.push(await runBatch({ label, namespace: PER_POD_NS, withVolume: true }, round++));

@@ -96,9 +96,13 @@ function ownerOf(inode: string, daemonPids: Set<string>): { pid: string; command
         continue;
       }
       if (link !== `socket:[${inode}]`) continue;
-      const command = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' ').trim();
-      const cgroup = readFileSync(`/proc/${pid}/cgroup`, 'utf8');
-      return { pid, command, cluster: daemonPids.has(pid) || cgroup.includes('kubepods') };
+      try {
+        const command = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' ').trim();
+        const cgroup = readFileSync(`/proc/${pid}/cgroup`, 'utf8');
+        return { pid, command, cluster: daemonPids.has(pid) || cgroup.includes('kubepods') };
+      } catch {
+        return undefined; // the process exited meanwhile: its socket is gone with it
+      }
     }
   }
   return undefined;
@@ -144,7 +148,13 @@ test("install: Pod Security — the driver's pod is refused where baseline is en
     }),
   });
   // Pod admission looks the service account up before Pod Security decides.
-  await kubectlOk(['-n', 'psa-baseline', 'create', 'serviceaccount', daemonSet.spec.template.spec.serviceAccountName]);
+  await kubectlOk(['apply', '-f', '-'], {
+    input: JSON.stringify({
+      apiVersion: 'v1',
+      kind: 'ServiceAccount',
+      metadata: { name: daemonSet.spec.template.spec.serviceAccountName, namespace: 'psa-baseline' },
+    }),
+  });
   // Server-side dry runs: admission decides, nothing is created.
   const refused = await kubectl(['create', '--dry-run=server', '-f', '-'], { input: podIn('psa-baseline') });
   assert.notEqual(refused.code, 0, 'baseline refuses the driver pod');

@@ -37,8 +37,13 @@ async function failedMountEvent(namespace: string, pod: string, pattern: RegExp,
 async function assertNotStarted(namespace: string, pod: string): Promise<void> {
   const status = await getPod(namespace, pod);
   assert.equal(status?.status.phase, 'Pending', `${namespace}/${pod} must not start`);
-  const waiting = status?.status.containerStatuses?.[0]?.state?.['waiting'] as { reason?: string } | undefined;
-  assert.equal(waiting?.reason ?? 'ContainerCreating', 'ContainerCreating');
+  // Until the volume is mounted kubelet creates no container; if it reports one, it must still be waiting.
+  const container = status?.status.containerStatuses?.[0];
+  if (container !== undefined) {
+    const waiting = container.state?.['waiting'] as { reason?: string } | undefined;
+    assert.equal(waiting?.reason, 'ContainerCreating', `${namespace}/${pod}: ${JSON.stringify(container)}`);
+  }
+  assert.notEqual(status?.status.conditions?.find((c) => c.type === 'Ready')?.status, 'True');
 }
 
 test('errors: a pod without a registration entry stays ContainerCreating; the event names the selectors and the fix; a new entry lets kubelet retry succeed', async () => {

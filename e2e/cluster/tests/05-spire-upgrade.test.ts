@@ -5,29 +5,24 @@
  * version and its values, the agent rolls by itself (no manual restart), and pods get SVIDs again.
  */
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
-import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { apply, kubectlOk, waitFor, waitPodReady } from '../kube.js';
 import {
-  CLUSTER_DIR,
-  REPO,
   SPIRE_NAMESPACE,
   clusterSpiffeId,
   deletePod,
   ensureNamespace,
+  helm,
+  podUids,
   runDocsBlock,
+  upgradeSpireReusingValues,
   waitDaemonSetReady,
   workloadPod,
 } from '../fixtures.js';
 
 const ADMIN_SOCKET = '/run/spire/agent/sockets/csi.spiffe.io/admin/admin.sock';
 const NS = 'upgrade';
-
-function helm(args: string[]): string {
-  return execFileSync(process.env['HELM_BIN'] ?? 'helm', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-}
 
 interface ReleaseJson {
   name: string;
@@ -45,12 +40,13 @@ function spireValues(): { global?: { spire?: { trustDomain?: string; clusterName
   return JSON.parse(helm(['-n', SPIRE_NAMESPACE, 'get', 'values', 'spire', '--output', 'json'])) as ReturnType<typeof spireValues>;
 }
 
-async function agentPodUid(): Promise<string> {
-  return kubectlOk(['-n', SPIRE_NAMESPACE, 'get', 'pods', '-l', 'app.kubernetes.io/name=agent', '-o', 'jsonpath={.items[*].metadata.uid}']);
-}
+const agentPodUids = () => podUids(SPIRE_NAMESPACE, 'app.kubernetes.io/name=agent');
 
-async function waitAgentRolled(previousUid: string, why: string): Promise<void> {
-  await waitFor(`the agent DaemonSet to roll by itself ${why}`, 120_000, async () => ((await agentPodUid()) !== previousUid ? true : undefined));
+async function waitAgentRolled(previous: string[], why: string): Promise<void> {
+  await waitFor(`the agent DaemonSet to roll by itself ${why}`, 120_000, async () => {
+    const uids = await agentPodUids();
+    return uids.length > 0 && uids.every((uid) => !previous.includes(uid)) ? true : undefined;
+  });
   await waitDaemonSetReady(SPIRE_NAMESPACE, 'spire-agent');
 }
 
@@ -77,20 +73,19 @@ test("upgrade: the docs' commands for an existing SPIRE release add the driver's
   assert.equal(valuesBefore.global?.spire?.trustDomain, 'example.org');
 
   // An existing SPIRE without the admin socket or delegates: what a user has before reading step 1.
-  let agentUid = await agentPodUid();
-  helm([
-    'upgrade', 'spire', path.join(CLUSTER_DIR, 'charts', 'spire'), '--namespace', SPIRE_NAMESPACE, '--reuse-values',
-    '--set', 'spire-agent.sockets.admin.enabled=false', '--set', 'spire-agent.sockets.admin.mountOnHost=false',
-    '--set', 'spire-agent.authorizedDelegates=null',
-    '--post-renderer', path.join(REPO, 'e2e/cluster/loopback-post-renderer'),
+  let agentUids = await agentPodUids();
+  upgradeSpireReusingValues([
+    'spire-agent.sockets.admin.enabled=false',
+    'spire-agent.sockets.admin.mountOnHost=false',
+    'spire-agent.authorizedDelegates=null',
   ]);
-  await waitAgentRolled(agentUid, 'after the admin socket was switched off');
+  await waitAgentRolled(agentUids, 'after the admin socket was switched off');
   await waitFor('the admin socket to disappear from the host', 60_000, async () => (fs.existsSync(ADMIN_SOCKET) ? undefined : true));
 
   // The docs' command without the values file at hand: --reuse-values plus the three keys, the installed version.
-  agentUid = await agentPodUid();
+  agentUids = await agentPodUids();
   runDocsBlock('or, without that file at hand, keep the release');
-  await waitAgentRolled(agentUid, 'after the docs\' --reuse-values upgrade (checksum/config)');
+  await waitAgentRolled(agentUids, 'after the docs\' --reuse-values upgrade (checksum/config)');
   const afterReuse = spireRelease();
   assert.equal(afterReuse.chart, installed.chart, 'the chart version stays the one installed');
   const values = spireValues();
