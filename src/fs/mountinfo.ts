@@ -99,23 +99,38 @@ export async function readMountInfo(): Promise<MountEntry[]> {
 }
 
 /**
- * Paths are compared as written after making them absolute and normal
- * (`path.resolve`); symlinks are not followed, so callers pass the real path
- * (kubelet's target paths are).
+ * The path mountinfo would list for `target`. The kernel records mount points
+ * with every symlink resolved, so a target below a symlink (a kubelet root
+ * directory moved to another disk and linked back) is compared on its real
+ * path, or our own tmpfs there would never be found again. Only the parent is
+ * resolved: mount(8) follows a symlink at its target, so a symlink is never a
+ * mount point itself, and resolving it would make whatever it points to look
+ * like the mount to unmount or refuse to delete. (Nor is the target itself
+ * stat()ed, which could hang on a dead mount.)
  */
-function normalise(target: string): string {
-  return path.resolve(target);
+async function mountPathOf(target: string): Promise<string> {
+  const absolute = path.resolve(target);
+  const parent = path.dirname(absolute);
+  if (parent === absolute) return absolute;
+  try {
+    return path.join(await fs.realpath(parent), path.basename(absolute));
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    // No parent directory, no mount below it: the path as written will do.
+    if (code === 'ENOENT' || code === 'ENOTDIR') return absolute;
+    throw new Error(`resolving the parent directory of ${absolute} failed: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+  }
 }
 
 /** True when something is mounted exactly at `target`. */
 export async function isMountPoint(target: string): Promise<boolean> {
-  const wanted = normalise(target);
+  const wanted = await mountPathOf(target);
   return (await readMountInfo()).some((entry) => entry.mountPoint === wanted);
 }
 
 /** The mounts at `target` and anywhere below it, in mountinfo order. */
 export async function mountsUnder(target: string): Promise<MountEntry[]> {
-  const wanted = normalise(target);
+  const wanted = await mountPathOf(target);
   const prefix = wanted === '/' ? '/' : `${wanted}/`;
   return (await readMountInfo()).filter((entry) => entry.mountPoint === wanted || entry.mountPoint.startsWith(prefix));
 }
@@ -125,7 +140,7 @@ export async function mountsUnder(target: string): Promise<MountEntry[]> {
  * one no other mount at the same path sits on. Falls back to the last listed.
  */
 export async function findMount(target: string): Promise<MountEntry | undefined> {
-  const wanted = normalise(target);
+  const wanted = await mountPathOf(target);
   return topmostMount((await readMountInfo()).filter((entry) => entry.mountPoint === wanted));
 }
 

@@ -4,6 +4,7 @@
  * driver restart, unlike a shared tmpfs bind-mounted into pods, csi-lib#74), or
  * on hosts where the driver cannot mount, the target directory itself.
  */
+import { constants as fsConstants, type Stats } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { status } from '@grpc/grpc-js';
@@ -24,6 +25,15 @@ export interface VolumeStorageOptions {
 /** kubelet stacks nothing at an inline volume's target path, but a crash can leave our own mounts stacked. */
 const MAX_STACKED_MOUNTS = 16;
 
+/**
+ * The volume root, tmpfs or plain directory: owned by the driver, which alone
+ * writes there, and enterable by every user, because the container user is
+ * not root and, without an fsGroup, in no group of ours. It holds only links,
+ * version directories (0755) and the files, whose own modes guard the key
+ * (0600, or 0640 group-owned with an fsGroup; volume-files.ts).
+ */
+export const VOLUME_ROOT_MODE = 0o755;
+
 export class VolumeStorage {
   constructor(private readonly options: VolumeStorageOptions) {}
 
@@ -31,18 +41,18 @@ export class VolumeStorage {
     return this.options.useTmpfs;
   }
 
-  /** Creates target_path (the SP's job since Kubernetes 1.20) and mounts the tmpfs unless one of ours is there already. */
+  /**
+   * Creates target_path (the SP's job since Kubernetes 1.20), makes sure it is
+   * a real directory, and mounts the tmpfs unless one of ours is there already;
+   * without a tmpfs, gives the directory the ownership and mode a tmpfs root has.
+   */
   async prepare(targetPath: string, useTmpfs: boolean): Promise<void> {
-    try {
-      await fs.mkdir(targetPath, { mode: 0o750 });
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT') {
-        throw new DriverError(status.FAILED_PRECONDITION, `the parent directory of target_path ${targetPath} does not exist; kubelet creates it before NodePublishVolume`);
-      }
-      if (code !== 'EEXIST') throw new DriverError(status.INTERNAL, `creating target_path ${targetPath} failed: ${errorMessage(err)}`);
+    await createTargetDir(targetPath);
+    await refuseAnythingButADirectory(targetPath);
+    if (!useTmpfs) {
+      await makeVolumeRoot(targetPath);
+      return;
     }
-    if (!useTmpfs) return;
     const mounted = await findMount(targetPath);
     if (mounted && isOurTmpfs(mounted, this.options.mountSource)) return;
     if (mounted) {
@@ -52,7 +62,7 @@ export class VolumeStorage {
       );
     }
     try {
-      await mountTmpfs(targetPath, { sizeBytes: this.options.tmpfsSizeBytes, source: this.options.mountSource });
+      await mountTmpfs(targetPath, { sizeBytes: this.options.tmpfsSizeBytes, source: this.options.mountSource, mode: VOLUME_ROOT_MODE });
     } catch (err) {
       throw new DriverError(
         status.INTERNAL,
@@ -67,6 +77,7 @@ export class VolumeStorage {
    * recursive delete can never reach into somebody else's filesystem.
    */
   async remove(targetPath: string): Promise<void> {
+    if (await removeIfSymlink(targetPath)) return;
     for (let i = 0; i < MAX_STACKED_MOUNTS; i++) {
       const mounted = await findMount(targetPath);
       if (mounted === undefined || !isOurTmpfs(mounted, this.options.mountSource)) break;
@@ -104,5 +115,90 @@ export class VolumeStorage {
         this.options.logger.warn({ target_path: targetPath, err: errorMessage(err) }, 'could not remove the target path of an unknown volume');
       }
     }
+  }
+}
+
+async function createTargetDir(targetPath: string): Promise<void> {
+  try {
+    // mkdir's mode is filtered by the umask; makeVolumeRoot sets the real one.
+    await fs.mkdir(targetPath, { mode: VOLUME_ROOT_MODE });
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') {
+      throw new DriverError(status.FAILED_PRECONDITION, `the parent directory of target_path ${targetPath} does not exist; kubelet creates it before NodePublishVolume`);
+    }
+    if (code !== 'EEXIST') throw new DriverError(status.INTERNAL, `creating target_path ${targetPath} failed: ${errorMessage(err)}`);
+  }
+}
+
+/**
+ * mkdir succeeds with EEXIST on anything already at the path, and both mount(8)
+ * and the file writes follow a symlink: a link at target_path would put the
+ * tmpfs or the key wherever it points, out of reach of unpublish. Only a real
+ * directory (which an earlier, interrupted publish of ours may have left) is
+ * used. FAILED_PRECONDITION, not INTERNAL: the driver works as designed, the
+ * node's state at target_path is wrong and must be looked at, as with a
+ * foreign mount there. The failed publish then removes what is there, a link
+ * itself and never what it points to, so kubelet's retry starts afresh.
+ */
+async function refuseAnythingButADirectory(targetPath: string): Promise<void> {
+  let stat: Stats;
+  try {
+    stat = await fs.lstat(targetPath);
+  } catch (err) {
+    throw new DriverError(status.INTERNAL, `checking target_path ${targetPath} failed: ${errorMessage(err)}`);
+  }
+  if (stat.isDirectory()) return;
+  throw new DriverError(
+    status.FAILED_PRECONDITION,
+    `target_path ${targetPath} is ${await describeNonDirectory(targetPath, stat)}, not a directory; the driver never mounts or writes through it. ` +
+      'Only kubelet and this driver should create anything there: find what put it there',
+  );
+}
+
+async function describeNonDirectory(targetPath: string, stat: Stats): Promise<string> {
+  if (stat.isSymbolicLink()) {
+    const destination = await fs.readlink(targetPath).catch(() => '?');
+    return `a symbolic link (to ${destination})`;
+  }
+  if (stat.isFile()) return 'a regular file';
+  if (stat.isSocket()) return 'a socket';
+  if (stat.isFIFO()) return 'a named pipe';
+  if (stat.isBlockDevice() || stat.isCharacterDevice()) return 'a device node';
+  return 'not a regular file or directory';
+}
+
+/**
+ * Without a tmpfs the directory itself is the volume root: give it the owner
+ * and mode a tmpfs root gets. Through a handle opened without following a
+ * symlink, so the directory checked is the one changed; chown before chmod, as
+ * chown may clear bits.
+ */
+async function makeVolumeRoot(targetPath: string): Promise<void> {
+  let handle: fs.FileHandle | undefined;
+  try {
+    handle = await fs.open(targetPath, fsConstants.O_RDONLY | fsConstants.O_DIRECTORY | fsConstants.O_NOFOLLOW);
+    await handle.chown(process.geteuid?.() ?? -1, process.getegid?.() ?? -1);
+    await handle.chmod(VOLUME_ROOT_MODE);
+  } catch (err) {
+    throw new DriverError(status.INTERNAL, `setting the owner and mode ${VOLUME_ROOT_MODE.toString(8)} of target_path ${targetPath} failed: ${errorMessage(err)}`);
+  } finally {
+    await handle?.close();
+  }
+}
+
+/**
+ * A symlink at target_path is never our volume (prepare refuses them), and no
+ * mount is ever at a symlink: remove the link itself, never what it points to.
+ * False when there is no symlink, and remove carries on.
+ */
+async function removeIfSymlink(targetPath: string): Promise<boolean> {
+  try {
+    if (!(await fs.lstat(targetPath)).isSymbolicLink()) return false;
+    await fs.unlink(targetPath);
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw new DriverError(status.INTERNAL, `removing the symbolic link at target_path ${targetPath} failed: ${errorMessage(err)}`);
   }
 }

@@ -5,14 +5,18 @@
  * Needs root; CI runs as root and fails rather than skip.
  */
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import fs from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import { findMount, mountsUnder } from '../../src/fs/mountinfo.js';
 import { mountTmpfs, unmount } from '../../src/fs/tmpfs.js';
 import { Harness, eventually, runningAsRoot } from '../support/driver-harness.js';
 import { assertValidSvidVolume, pathExists, readVolume } from '../support/volume-assertions.js';
 
+const execFileAsync = promisify(execFile);
 const skip = !runningAsRoot() && !process.env['CI'] ? 'needs root to mount tmpfs and chown (CI runs it as root)' : false;
 
 describe('per-volume tmpfs, modes and fsGroup (root)', { skip }, () => {
@@ -135,4 +139,89 @@ describe('per-volume tmpfs, modes and fsGroup (root)', { skip }, () => {
 
 async function umountAll(target: string): Promise<void> {
   while ((await mountsUnder(target)).length > 0) await unmount(target);
+}
+
+/**
+ * What a container user sees, in both storage modes: the volume root must be
+ * enterable by any user (as a tmpfs root is, 0755), and the key's own mode and
+ * group decide who reads it. The driver runs with umask 077 here, so a mode
+ * that only mkdir(2) applied would not survive.
+ */
+for (const useTmpfs of [true, false]) {
+  const mode = useTmpfs ? 'per-volume tmpfs' : 'plain directory (--tmpfs=false)';
+  describe(`a non-root container user reads the volume: ${mode} (root)`, { skip }, () => {
+    const USER = 4321;
+    const FS_GROUP = 2345;
+    let h: Harness;
+    let views: string;
+    let umask: number;
+    before(async () => {
+      assert.ok(runningAsRoot(), 'these tests must run as root in CI');
+      umask = process.umask(0o077);
+      h = await Harness.start({ useTmpfs });
+      // Outside the scratch directory, whose ancestors (a home directory) a
+      // non-root user may not traverse; a container sees the volume through a
+      // bind mount at a path of its own in just the same way.
+      views = await fs.mkdtemp(path.join(os.tmpdir(), 'spire-csi-views-'));
+      await fs.chmod(views, 0o755);
+    });
+    after(async () => {
+      for (const mount of (await mountsUnder(views)).reverse()) await unmount(mount.mountPoint);
+      await fs.rm(views, { recursive: true, force: true });
+      await h.close();
+      process.umask(umask);
+    });
+
+    /** Bind-mounts the target path as the container runtime does, runs `fn`, then unmounts. */
+    async function asContainer(targetPath: string, fn: (view: string) => Promise<void>): Promise<void> {
+      const view = await fs.mkdtemp(path.join(views, 'pod-'));
+      await execFileAsync('mount', ['--bind', targetPath, view]);
+      try {
+        await fn(view);
+      } finally {
+        await unmount(view);
+      }
+    }
+
+    it('the volume root is 0755 and owned by the driver, like a tmpfs root', async () => {
+      const pod = h.kubelet.createPod();
+      await h.agent.addEntry({ spiffeId: 'spiffe://example.org/root-mode', selectors: [`k8s:pod-uid:${pod.uid}`] });
+      const volume = await h.kubelet.publish(pod, { fsGroup: FS_GROUP });
+      const stat = await fs.stat(volume.targetPath);
+      assert.deepEqual({ mode: stat.mode & 0o7777, uid: stat.uid, gid: stat.gid }, { mode: 0o755, uid: process.geteuid?.(), gid: process.getegid?.() });
+      await h.kubelet.unpublish(volume);
+    });
+
+    it('a user in the fsGroup reads the key, the certificate and the bundle', async () => {
+      const pod = h.kubelet.createPod();
+      await h.agent.addEntry({ spiffeId: 'spiffe://example.org/fsgroup-reader', selectors: [`k8s:pod-uid:${pod.uid}`] });
+      const volume = await h.kubelet.publish(pod, { fsGroup: FS_GROUP });
+      await asContainer(volume.targetPath, async (view) => {
+        const user = { uid: USER, gid: FS_GROUP };
+        assert.match(await readAs(user, path.join(view, 'svid_key.pem')), /^-----BEGIN PRIVATE KEY-----/);
+        assert.match(await readAs(user, path.join(view, 'svid.pem')), /^-----BEGIN CERTIFICATE-----/);
+        assert.match(await readAs(user, path.join(view, 'svid_bundle.pem')), /^-----BEGIN CERTIFICATE-----/);
+      });
+      await h.kubelet.unpublish(volume);
+    });
+
+    it('without an fsGroup a non-root user reads the certificate and the bundle but not the key', async () => {
+      const pod = h.kubelet.createPod();
+      await h.agent.addEntry({ spiffeId: 'spiffe://example.org/no-fsgroup-reader', selectors: [`k8s:pod-uid:${pod.uid}`] });
+      const volume = await h.kubelet.publish(pod);
+      await asContainer(volume.targetPath, async (view) => {
+        const user = { uid: USER, gid: USER };
+        assert.match(await readAs(user, path.join(view, 'svid.pem')), /^-----BEGIN CERTIFICATE-----/);
+        assert.match(await readAs(user, path.join(view, 'svid_bundle.pem')), /^-----BEGIN CERTIFICATE-----/);
+        await assert.rejects(readAs(user, path.join(view, 'svid_key.pem')), /svid_key\.pem: Permission denied/);
+      });
+      await h.kubelet.unpublish(volume);
+    });
+  });
+}
+
+/** cat(1) as another user; Node drops root's supplementary groups when it sets uid and gid. */
+async function readAs(user: { uid: number; gid: number }, file: string): Promise<string> {
+  const { stdout } = await execFileAsync('cat', [file], { uid: user.uid, gid: user.gid, encoding: 'utf8' });
+  return stdout;
 }

@@ -122,3 +122,23 @@ test('findMount and mountsUnder on the real table', async () => {
   const everything = await mountsUnder('/');
   assert.equal(everything.length, (await readMountInfo()).length);
 });
+
+test('a symlink above the target is resolved as mountinfo shows it; a symlink at the target is never followed', async () => {
+  // A kubelet root directory moved to another disk and linked back looks like this.
+  const linkedRoot = path.join(scratch, 'root-link');
+  await fs.symlink('/', linkedRoot);
+  const procViaLink = path.join(linkedRoot, 'proc');
+  assert.equal(await isMountPoint(procViaLink), true);
+  assert.equal((await findMount(procViaLink))?.fsType, 'proc');
+  assert.ok((await mountsUnder(procViaLink)).some((e) => e.mountPoint === '/proc'));
+
+  // mount(8) resolves a link at its target, so a link is never itself a mount
+  // point; treating it as the mount it points to would unmount or delete that.
+  const procAlias = path.join(scratch, 'proc-alias');
+  await fs.symlink('/proc', procAlias);
+  assert.equal(await isMountPoint(procAlias), false);
+  assert.equal(await findMount(procAlias), undefined);
+  assert.deepEqual(await mountsUnder(procAlias), []);
+
+  assert.equal(await isMountPoint(path.join(scratch, 'missing', 'mount')), false, 'a missing parent holds no mounts');
+});
