@@ -255,7 +255,7 @@ export function sleep(ms: number): Promise<void> {
 export async function waitFor<T>(
   what: string,
   condition: () => Promise<T | undefined | false> | T | undefined | false,
-  options: { timeoutMs: number; intervalMs?: number; diagnostics?: () => string },
+  options: { timeoutMs: number; intervalMs?: number; diagnostics?: () => string | Promise<string> },
 ): Promise<T> {
   const deadline = Date.now() + options.timeoutMs;
   let lastError: unknown;
@@ -268,7 +268,7 @@ export async function waitFor<T>(
     }
     if (Date.now() > deadline) {
       const detail = lastError === undefined ? '' : ` (last error: ${(lastError as Error).message ?? String(lastError)})`;
-      const diagnostics = options.diagnostics ? `\n${options.diagnostics()}` : '';
+      const diagnostics = options.diagnostics ? `\n${await Promise.resolve(options.diagnostics()).catch((e: unknown) => String(e))}` : '';
       throw new Error(`timed out after ${options.timeoutMs} ms waiting for ${what}${detail}${diagnostics}`);
     }
     await sleep(options.intervalMs ?? 100);

@@ -8,6 +8,7 @@ import { execFileSync } from 'node:child_process';
 import { X509Certificate, createPrivateKey, createPublicKey } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { splitPem } from '../spire-testbed.js';
 import { apply, exec, getJson, kubectl, kubectlOk, waitFor } from './kube.js';
 
 export const TRUST_DOMAIN = 'example.org';
@@ -170,10 +171,6 @@ export interface VolumeView {
   keyPem: string;
   bundlePem: string;
   leaf: X509Certificate;
-}
-
-export function splitPem(pem: string): string[] {
-  return pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
 }
 
 /**

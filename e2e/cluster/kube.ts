@@ -4,7 +4,7 @@
  * what was last seen.
  */
 import { execFile } from 'node:child_process';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { waitFor as pollUntil } from '../spire-testbed.js';
 
 export interface KubectlResult {
   code: number;
@@ -61,31 +61,18 @@ export async function getJson<T>(args: readonly string[]): Promise<T> {
 }
 
 /**
- * Polls `probe` until it returns a value other than undefined. On timeout the error names what was awaited and the
- * last thing `describe` reported, so a failed wait explains itself.
+ * Polls `probe` until it returns a value other than undefined (the e2e suite's waitFor, with kubectl-friendly
+ * arguments). On timeout the error names what was awaited and what `describe` reports, so a failed wait explains
+ * itself.
  */
-export async function waitFor<T>(
+export function waitFor<T>(
   what: string,
   timeoutMs: number,
   probe: () => Promise<T | undefined>,
   describe?: () => Promise<string>,
   intervalMs = 250,
 ): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let lastError = '';
-  for (;;) {
-    try {
-      const value = await probe();
-      if (value !== undefined) return value;
-    } catch (err) {
-      lastError = err instanceof Error ? err.message : String(err);
-    }
-    if (Date.now() >= deadline) {
-      const seen = describe === undefined ? '' : `\n${await describe().catch((e: unknown) => String(e))}`;
-      throw new Error(`timed out after ${timeoutMs / 1000}s waiting for ${what}${lastError ? ` (last error: ${lastError})` : ''}${seen}`);
-    }
-    await sleep(intervalMs);
-  }
+  return pollUntil(what, probe, { timeoutMs, intervalMs, ...(describe ? { diagnostics: describe } : {}) });
 }
 
 interface PodStatusJson {
