@@ -23,7 +23,28 @@ export interface Config {
   /** host:port for Prometheus metrics, or undefined when disabled. */
   metricsAddress: { host: string; port: number } | undefined;
   maxReceiveMessageBytes: number;
+  /**
+   * Most volumes this node serves at once (--max-volumes). parseCommandLine
+   * always sets it; a Config built by hand (the test harnesses) may leave it
+   * out, which means DEFAULT_MAX_VOLUMES.
+   */
+  maxVolumes?: number;
 }
+
+/**
+ * Default of --max-volumes. Every volume costs the driver memory for as long as
+ * it lives (an SVID stream, its share of the bundle fan-out, a writer): RSS is
+ * ~85 MiB settled with 500 volumes (README, Benchmarks; ~70 MiB of it is
+ * Node.js, gRPC and protobuf alone), 153 MiB right after publishing those 500,
+ * and 140 MiB with 2,000 volumes and still rising. The chart's memory limit is
+ * 256Mi (values.yaml driver.resources.limits.memory). At 1,000 volumes those
+ * figures put the driver near 105 MiB settled, leaving room for publishing or
+ * rotating them all in a burst; without a limit one tenant's thousands of
+ * inline volumes get the driver OOM-killed, which stops rotation for every pod
+ * on the node. kubelet's default maxPods is 110, so 1,000 still allows about 9
+ * volumes per pod.
+ */
+export const DEFAULT_MAX_VOLUMES = 1000;
 
 interface OptionSpec {
   flag: string;
@@ -105,6 +126,12 @@ export const OPTIONS = {
     env: 'SPIRE_CSI_MAX_MESSAGE_SIZE',
     default: '32Mi',
     help: 'Largest message accepted from the SPIRE agent (large federated bundles exceed gRPC\'s 4 MiB default, spiffe/spire#3965).',
+  },
+  maxVolumes: {
+    flag: 'max-volumes',
+    env: 'SPIRE_CSI_MAX_VOLUMES',
+    default: String(DEFAULT_MAX_VOLUMES),
+    help: 'Most volumes this node serves at once, at least 1; reported to kubelet as max_volumes_per_node. NodePublishVolume beyond it (live volumes plus those being published) fails with RESOURCE_EXHAUSTED until one is unpublished. Each volume costs memory: raise the memory limit with it.',
   },
 } as const satisfies Record<string, OptionSpec>;
 
@@ -226,6 +253,18 @@ const rawSchema = z.object({
     }
     return bytes;
   }),
+  maxVolumes: z.string().transform((value, ctx) => {
+    const trimmed = value.trim();
+    const count = /^\d+$/.test(trimmed) ? Number(trimmed) : NaN;
+    if (!Number.isSafeInteger(count) || count < 1) {
+      ctx.addIssue({
+        code: 'custom',
+        message: withSource('maxVolumes', `must be a whole number of volumes, at least 1 (e.g. ${DEFAULT_MAX_VOLUMES}), got "${value}"`),
+      });
+      return z.NEVER;
+    }
+    return count;
+  }),
 });
 
 export function parseCommandLine(
@@ -276,6 +315,7 @@ export function parseCommandLine(
       logLevel: value.logLevel,
       metricsAddress: value.metricsAddress,
       maxReceiveMessageBytes: value.maxMessageSize,
+      maxVolumes: value.maxVolumes,
     },
   };
 }

@@ -4,7 +4,7 @@
  * socket accepts calls, so kubelet never sees a half-started driver.
  */
 import type http from 'node:http';
-import type { Config } from './config.js';
+import { DEFAULT_MAX_VOLUMES, type Config } from './config.js';
 import { identityService } from './csi/identity-service.js';
 import { nodeService } from './csi/node-service.js';
 import { startCsiServer, type CsiServer } from './csi/grpc-server.js';
@@ -45,7 +45,9 @@ export async function startDriver(config: Config, options: { logger: Logger; met
   });
   const volumes = new VolumeManager({
     nodeName: config.nodeName,
+    driverName: config.driverName,
     publishTimeoutMs: config.publishTimeoutMs,
+    maxVolumes: config.maxVolumes ?? DEFAULT_MAX_VOLUMES,
     connection,
     bundles,
     store,
@@ -82,6 +84,7 @@ export async function startDriver(config: Config, options: { logger: Logger; met
       agent_admin_socket: config.agentAdminSocketPath,
       tmpfs: config.useTmpfs,
       volumes: volumes.volumeCount,
+      max_volumes: volumes.maxVolumes,
     },
     'spire-csi-driver started',
   );

@@ -23,7 +23,15 @@ export function nodeService(options: NodeServiceOptions): grpc.UntypedServiceImp
   const { logger, metrics, volumes } = options;
   const codeName = (code: grpc.status): string => grpc.status[code] ?? String(code);
   return {
-    NodeGetInfo: unaryHandler('NodeGetInfo', logger, async () => ({ node_id: options.nodeName, max_volumes_per_node: 0 })),
+    // CSI spec, NodeGetInfoResponse.max_volumes_per_node: "Maximum number of
+    // volumes that controller can publish to the node. If value is not set or
+    // zero CO SHALL decide how many volumes of this type can be published by
+    // the controller to the node." kubelet copies it into the CSINode object
+    // (allocatable.count), where the scheduler counts it against the node's
+    // attachable volumes, those that come from PVCs. Inline ephemeral volumes
+    // (pod.spec.volumes[].csi) are counted by neither the scheduler nor kubelet,
+    // so the VolumeManager enforces the same number itself in NodePublishVolume.
+    NodeGetInfo: unaryHandler('NodeGetInfo', logger, async () => ({ node_id: options.nodeName, max_volumes_per_node: volumes.maxVolumes })),
 
     // VOLUME_MOUNT_GROUP: kubelet hands us the pod's fsGroup instead of
     // chowning the read-only volume itself, which it would not do anyway.

@@ -3,6 +3,7 @@
  * SVID, clean up completely on failure), unpublish, and resume after a driver
  * restart. Calls for one volume are serialised; an unpublish cancels a publish
  * of the same volume that is still waiting (the CSI spec's "negation" call).
+ * At most maxVolumes volumes are live or being published at once.
  */
 import fs from 'node:fs/promises';
 import { status } from '@grpc/grpc-js';
@@ -20,7 +21,11 @@ import type { VolumeStorage } from './volume-storage.js';
 
 export interface VolumeManagerDeps {
   nodeName: string;
+  /** The CSI driver name, for messages. */
+  driverName: string;
   publishTimeoutMs: number;
+  /** --max-volumes: at least 1. */
+  maxVolumes: number;
   connection: AgentConnection;
   bundles: BundleWatcher;
   store: MetadataStore;
@@ -34,6 +39,11 @@ export class VolumeManager {
   private readonly locks = new Map<string, Promise<void>>();
   /** Publishes in flight per volume, so an unpublish can cancel every one of them. */
   private readonly publishing = new Map<string, Set<AbortController>>();
+  /**
+   * New volumes past the limit check and not yet in `volumes` (waiting for
+   * their first SVID): each holds one of the maxVolumes places.
+   */
+  private readonly reserved = new Set<string>();
 
   constructor(private readonly deps: VolumeManagerDeps) {
     deps.metrics.countVolumesWith(() => this.volumes.size);
@@ -41,6 +51,10 @@ export class VolumeManager {
 
   get volumeCount(): number {
     return this.volumes.size;
+  }
+
+  get maxVolumes(): number {
+    return this.deps.maxVolumes;
   }
 
   /**
@@ -79,6 +93,9 @@ export class VolumeManager {
       await this.deps.store.remove(record.volumeId);
       return;
     }
+    // Not limited: these volumes are in use by running pods, even when a lowered
+    // --max-volumes leaves fewer places than that; new publishes wait until
+    // enough are unpublished.
     const volume = this.createVolume(record, true);
     this.volumes.set(record.volumeId, volume);
     volume.start();
@@ -122,6 +139,44 @@ export class VolumeManager {
       return;
     }
 
+    // The check and the reservation run without an await in between, so two
+    // publishes of different volumes racing for the last place cannot both get
+    // it (the per-volume lock does not serialise them).
+    this.reservePlaceFor(spec);
+    try {
+      await this.publishNew(spec, signal);
+    } finally {
+      this.reserved.delete(spec.volumeId);
+    }
+  }
+
+  /**
+   * Takes one of the node's maxVolumes places for a new volume, or refuses it.
+   * kubelet enforces no limit on inline ephemeral volumes (see NodeGetInfo in
+   * csi/node-service.ts), so this is the only one. RESOURCE_EXHAUSTED is the
+   * code CSI gives "max volumes attached" (ControllerPublishVolume). kubelet
+   * retries a failed mount with backoff while the pod stays ContainerCreating,
+   * so the pod starts once a place frees up; it treats this code as not final
+   * (the mount is "uncertain", so it sends NodeUnpublishVolume if the pod goes
+   * first, which is OK for a volume the driver never had).
+   */
+  private reservePlaceFor(spec: PublishSpec): void {
+    const live = this.volumes.size;
+    const publishing = this.reserved.size;
+    if (live + publishing >= this.deps.maxVolumes) {
+      throw new DriverError(
+        status.RESOURCE_EXHAUSTED,
+        `cannot publish volume ${spec.volumeId} of pod ${spec.pod.namespace}/${spec.pod.name}: ` +
+          `this node already serves ${live + publishing} ${this.deps.driverName} volumes (${live} published, ${publishing} being published), ` +
+          `the limit set by the driver's --max-volumes=${this.deps.maxVolumes} (chart value driver.maxVolumes): ` +
+          "raise it (with the driver's memory limit: every volume costs memory) or spread the pods over more nodes. " +
+          'kubelet retries; the pod starts once a volume on this node is unpublished',
+      );
+    }
+    this.reserved.add(spec.volumeId);
+  }
+
+  private async publishNew(spec: PublishSpec, signal: AbortSignal): Promise<void> {
     const record = recordFor(spec, this.deps.storage.usesTmpfs);
     const log = this.deps.logger.child({
       volume_id: spec.volumeId,

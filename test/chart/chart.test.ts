@@ -399,6 +399,8 @@ describe('Helm chart charts/spire-csi-driver', { skip: location.found ? false : 
     checkRelease(manifests, DEFAULTS);
     const driver = container(daemonSetSpec(manifests).template.spec, 'driver');
     assert.equal(driverConfig(driver).publishTimeoutMs, 60_000);
+    assert.equal(flag(driver.args ?? [], 'max-volumes'), '1000');
+    assert.equal(driverConfig(driver).maxVolumes, 1000);
   });
 
   test('non-default kubelet root, driver name, admin socket, state dir, ports, metrics and ClusterSPIFFEID', () => {
@@ -487,6 +489,19 @@ describe('Helm chart charts/spire-csi-driver', { skip: location.found ? false : 
     assert.match(refusedRender({ driver: { publishTimeout: '0s' } }), /driver\.publishTimeout must be a duration above 0 and below 2m/);
   });
 
+  test('driver.maxVolumes renders as --max-volumes, read by the driver as the same whole number', () => {
+    // 1000000 as a YAML number reaches the template as float64, which prints as 1e+06 unless converted.
+    for (const value of [1, 3, 250, 1_000_000]) {
+      const driver = container(daemonSetSpec(render({ driver: { maxVolumes: value } })).template.spec, 'driver');
+      assert.equal(flag(driver.args ?? [], 'max-volumes'), String(value), `maxVolumes: ${value}`);
+      assert.equal(driverConfig(driver).maxVolumes, value, `maxVolumes: ${value}`);
+    }
+    // --set gives helm an int64 rather than a float64.
+    const driver = container(daemonSetSpec(render(undefined, { extraArgs: ['--set', 'driver.maxVolumes=5'] })).template.spec, 'driver');
+    assert.equal(flag(driver.args ?? [], 'max-volumes'), '5');
+    assert.equal(driverConfig(driver).maxVolumes, 5);
+  });
+
   test('updateStrategy.rollingUpdate.maxSurge: only 0 is accepted (two drivers on a node break each other)', () => {
     for (const maxSurge of [0, '0%']) {
       const ds = only(render({ updateStrategy: { rollingUpdate: { maxUnavailable: '10%', maxSurge } } }), 'DaemonSet');
@@ -517,6 +532,11 @@ describe('Helm chart charts/spire-csi-driver', { skip: location.found ? false : 
     ['an unknown rollingUpdate field', { updateStrategy: { rollingUpdate: { partition: 1 } } }, /partition/],
     ['a className that is no label value', { clusterSPIFFEID: { enabled: true, className: 'spire server/spire' } }, /className/],
     ['a driver name CSI does not allow', { driver: { name: 'csi.spire.io-' } }, /name/],
+    ['driver.maxVolumes 0', { driver: { maxVolumes: 0 } }, /maxVolumes/],
+    ['a negative driver.maxVolumes', { driver: { maxVolumes: -1 } }, /maxVolumes/],
+    ['a fractional driver.maxVolumes', { driver: { maxVolumes: 2.5 } }, /maxVolumes/],
+    ['driver.maxVolumes as a string', { driver: { maxVolumes: '100' } }, /maxVolumes/],
+    ['driver.maxVolumes null', { driver: { maxVolumes: null } }, /maxVolumes/],
     ['an unknown value', { driver: { nodeName: 'x' } }, /nodeName/],
     ['an unknown top-level value', { kubeletDir: '/x' }, /kubeletDir/],
     ['a state dir inside the pods dir', { driver: { stateDir: '/var/lib/kubelet/pods/state' } }, /overlap/],

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { DEFAULT_MAX_VOLUMES } from '../../src/config.js';
 import { Harness, eventually } from '../support/driver-harness.js';
 import { isServiceError } from '../support/kubelet-simulator.js';
 import { assertValidSvidVolume, pathExists, readVolume } from '../support/volume-assertions.js';
@@ -22,8 +23,10 @@ describe('publish, rotate, unpublish through the CSI socket', () => {
     assert.match(info.vendor_version, /^\d+\.\d+\.\d+/);
     assert.deepEqual(await h.kubelet.identityCall('GetPluginCapabilities'), { capabilities: [] });
     assert.deepEqual(await h.kubelet.identityCall('Probe'), { ready: { value: true } });
-    const nodeInfo = (await h.kubelet.nodeCall('NodeGetInfo', {})) as { node_id: string };
+    const nodeInfo = (await h.kubelet.nodeCall('NodeGetInfo', {})) as { node_id: string; max_volumes_per_node: number };
     assert.equal(nodeInfo.node_id, 'node-a');
+    // The harness's Config sets no maxVolumes: the driver applies the default.
+    assert.equal(nodeInfo.max_volumes_per_node, DEFAULT_MAX_VOLUMES);
     const caps = (await h.kubelet.nodeCall('NodeGetCapabilities', {})) as { capabilities: { rpc: { type: string } }[] };
     assert.deepEqual(caps.capabilities.map((c) => c.rpc.type), ['VOLUME_MOUNT_GROUP']);
   });

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { ConfigError, helpText, OPTIONS, parseCommandLine, parseDuration, parseSize, type Config } from '../../src/config.js';
+import { ConfigError, DEFAULT_MAX_VOLUMES, helpText, OPTIONS, parseCommandLine, parseDuration, parseSize, type Config } from '../../src/config.js';
 
 const BASE_ENV: NodeJS.ProcessEnv = { NODE_NAME: 'node-1' };
 
@@ -38,6 +38,7 @@ describe('defaults', () => {
       logLevel: 'info',
       metricsAddress: undefined,
       maxReceiveMessageBytes: 32 * 1024 * 1024,
+      maxVolumes: 1000,
     } satisfies Config);
   });
 
@@ -46,6 +47,7 @@ describe('defaults', () => {
     assert.equal(OPTIONS.publishTimeout.default, '60s');
     assert.equal(OPTIONS.nodeName.default, undefined);
     assert.equal(OPTIONS.metricsAddress.default, '');
+    assert.equal(OPTIONS.maxVolumes.default, String(DEFAULT_MAX_VOLUMES));
   });
 });
 
@@ -64,6 +66,7 @@ describe('flags and environment', () => {
       SPIRE_CSI_LOG_LEVEL: 'debug',
       SPIRE_CSI_METRICS_ADDRESS: ':9402',
       SPIRE_CSI_MAX_MESSAGE_SIZE: '64Mi',
+      SPIRE_CSI_MAX_VOLUMES: '250',
     });
     assert.deepEqual(config, {
       csiSocketPath: '/plugins/csi.spire.io/csi.sock',
@@ -78,6 +81,7 @@ describe('flags and environment', () => {
       logLevel: 'debug',
       metricsAddress: { host: '0.0.0.0', port: 9402 },
       maxReceiveMessageBytes: 64 * 1024 * 1024,
+      maxVolumes: 250,
     } satisfies Config);
   });
 
@@ -300,6 +304,38 @@ describe('metrics address', () => {
       }
     },
   );
+});
+
+describe('max volumes', () => {
+  test('the default is DEFAULT_MAX_VOLUMES, 1000', () => {
+    assert.equal(DEFAULT_MAX_VOLUMES, 1000);
+    assert.equal(run([]).maxVolumes, 1000);
+  });
+
+  test('whole numbers from 1 up are accepted, from the flag or the environment', () => {
+    assert.equal(run(['--max-volumes=1']).maxVolumes, 1);
+    assert.equal(run(['--max-volumes=3']).maxVolumes, 3);
+    assert.equal(run(['--max-volumes', '20000']).maxVolumes, 20_000);
+    assert.equal(run(['--max-volumes= 42 ']).maxVolumes, 42);
+    assert.equal(run([], { NODE_NAME: 'n', SPIRE_CSI_MAX_VOLUMES: '7' }).maxVolumes, 7);
+    assert.equal(run(['--max-volumes=8'], { NODE_NAME: 'n', SPIRE_CSI_MAX_VOLUMES: '7' }).maxVolumes, 8, 'the flag wins');
+  });
+
+  test('zero, negative, fractional and malformed counts are refused, naming the flag, the value and the minimum', () => {
+    for (const value of ['0', '00', '-1', '1.5', '1e3', '1k', '+5', '0x10', 'unlimited', '', ' ', '9007199254740993']) {
+      const message = configError([`--max-volumes=${value}`]);
+      assert.match(message, /--max-volumes \(env SPIRE_CSI_MAX_VOLUMES\): must be a whole number of volumes, at least 1 \(e\.g\. 1000\)/, value);
+      assert.ok(message.includes(`got "${value}"`), value);
+    }
+    assert.match(configError([], { NODE_NAME: 'n', SPIRE_CSI_MAX_VOLUMES: '0' }), /--max-volumes \(env SPIRE_CSI_MAX_VOLUMES\): must be a whole number/);
+  });
+
+  test('--help shows the flag, its default and that the limit is reported to kubelet', () => {
+    const text = helpText('1.0.0');
+    assert.ok(text.includes('--max-volumes=VALUE\n      env SPIRE_CSI_MAX_VOLUMES; default: 1000'), text);
+    assert.match(text, /max_volumes_per_node/);
+    assert.match(text, /RESOURCE_EXHAUSTED/);
+  });
 });
 
 describe('CSI endpoint', () => {
