@@ -1,3 +1,4 @@
+import type { Dirent } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { describeFileNameProblem } from './file-names.js';
@@ -314,6 +315,37 @@ function validatePayload(files: readonly FileSpec[], options: WriteOptions): Val
     throw new Error(`gid ${String(gid)} is not a group id between 0 and ${MAX_GID}`);
   }
   return { files: copies, gid };
+}
+
+/**
+ * True when `dir` holds a volume this writer made and nothing else: `..data`
+ * or a version directory, and otherwise only the writer's own links and
+ * version directories. Lets a caller that lost its records recognise a volume
+ * of its own before deleting it, and leave anything else alone.
+ */
+export async function holdsOnlyWriterFiles(dir: string): Promise<boolean> {
+  let entries: Dirent[];
+  try {
+    entries = await fs.readdir(dir, { withFileTypes: true });
+  } catch {
+    return false;
+  }
+  let sawVersion = false;
+  for (const entry of entries) {
+    if (entry.isDirectory() && VERSION_DIR_PATTERN.test(entry.name)) {
+      sawVersion = true;
+      continue;
+    }
+    if (!entry.isSymbolicLink()) return false;
+    const target = await fs.readlink(path.join(dir, entry.name)).catch(() => '');
+    if (entry.name === DATA_LINK_NAME || entry.name === DATA_TMP_LINK_NAME || entry.name === VISIBLE_TMP_LINK_NAME) {
+      if (!VERSION_DIR_PATTERN.test(target) && !target.startsWith(`${DATA_LINK_NAME}/`)) return false;
+      sawVersion ||= entry.name === DATA_LINK_NAME;
+      continue;
+    }
+    if (!target.startsWith(`${DATA_LINK_NAME}/`)) return false;
+  }
+  return sawVersion;
 }
 
 /**

@@ -6,6 +6,16 @@
  * error log instead of stopping the driver — cert-manager/csi-lib fails the
  * whole node on one bad file (reference/anchors.md §1.1). No secret is ever
  * stored here: not the key, not the service-account tokens.
+ *
+ * Compatibility between driver versions (a rollback runs an older driver on
+ * records a newer one wrote): a newer version only ever adds fields and keeps
+ * `version: 1`; readers ignore fields they do not know. `version` changes only
+ * when an older driver must not act on a record: such a record is left where
+ * it is, unresumed, for the newer driver to take back after a roll-forward.
+ *
+ * A quarantined record leaves a tombstone (tombstones/<volumeId>): the proof
+ * that the volume was ours, so NodeUnpublishVolume still removes its mount and
+ * key, although nothing else about it can be read any more.
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
@@ -17,37 +27,51 @@ import type { Logger } from '../observability/logger.js';
 /** kubelet's inline volume ids; anything else never names a file of ours. */
 const VOLUME_ID = /^csi-[0-9a-f]{64}$/;
 
-const volumeRecordSchema = z
-  .object({
-    version: z.literal(1),
-    volumeId: z.string().regex(VOLUME_ID),
-    targetPath: z.string().startsWith('/'),
-    volumeName: z.string().min(1),
-    pod: z.object({
-      uid: z.string().min(1),
-      name: z.string().min(1),
-      namespace: z.string().min(1),
-      serviceAccount: z.string().min(1),
-    }),
-    files: z.object({ cert: z.string().min(1), key: z.string().min(1), bundle: z.string().min(1) }),
-    fsGroup: z.number().int().nonnegative().nullable(),
-    spiffeId: z.string().nullable(),
-    hint: z.string().nullable(),
-    tmpfs: z.boolean(),
-    createdAt: z.string(),
-  })
-  .strict();
+/** The only record version this driver writes and resumes. */
+const RECORD_VERSION = 1;
+
+const volumeRecordFields = {
+  version: z.literal(RECORD_VERSION),
+  volumeId: z.string().regex(VOLUME_ID),
+  targetPath: z.string().startsWith('/'),
+  volumeName: z.string().min(1),
+  pod: z.object({
+    uid: z.string().min(1),
+    name: z.string().min(1),
+    namespace: z.string().min(1),
+    serviceAccount: z.string().min(1),
+  }),
+  files: z.object({ cert: z.string().min(1), key: z.string().min(1), bundle: z.string().min(1) }),
+  fsGroup: z.number().int().nonnegative().nullable(),
+  spiffeId: z.string().nullable(),
+  hint: z.string().nullable(),
+  tmpfs: z.boolean(),
+  createdAt: z.string(),
+};
+
+/** What this version writes: exactly its own fields, so nothing else (a secret) can ever reach the disk. */
+const volumeRecordSchema = z.object(volumeRecordFields).strict();
+/** What it reads: its own fields; those a newer version added are dropped (zod strips unknown keys). */
+const readableRecordSchema = z.object(volumeRecordFields);
+/** Just enough of a record to tell a newer, incompatible version from a corrupt file. */
+const versionOnlySchema = z.object({ version: z.number().int() });
 
 export type VolumeRecord = z.infer<typeof volumeRecordSchema>;
 
 export interface LoadedRecords {
   records: VolumeRecord[];
+  /** Where the files that did not parse were moved; each left a tombstone. */
   quarantined: string[];
+  /** Volume ids of records with a newer, incompatible version, left in place. */
+  unsupported: string[];
 }
+
+type ParsedRecord = { kind: 'record'; record: VolumeRecord } | { kind: 'unsupported'; version: number };
 
 export class MetadataStore {
   readonly volumesDir: string;
   readonly quarantineDir: string;
+  readonly tombstonesDir: string;
 
   constructor(
     stateDir: string,
@@ -55,11 +79,13 @@ export class MetadataStore {
   ) {
     this.volumesDir = path.join(stateDir, 'volumes');
     this.quarantineDir = path.join(stateDir, 'quarantine');
+    this.tombstonesDir = path.join(stateDir, 'tombstones');
   }
 
   async init(): Promise<void> {
     await fs.mkdir(this.volumesDir, { recursive: true, mode: 0o700 });
     await fs.mkdir(this.quarantineDir, { recursive: true, mode: 0o700 });
+    await fs.mkdir(this.tombstonesDir, { recursive: true, mode: 0o700 });
   }
 
   /** Refuses ids that are not kubelet's, so a crafted volume_id can never name a path outside volumes/. */
@@ -75,25 +101,49 @@ export class MetadataStore {
     });
   }
 
+  /** Forgets a volume: its record, and the tombstone a quarantined record left. */
   async remove(volumeId: string): Promise<void> {
     if (!VOLUME_ID.test(volumeId)) return;
     await fs.rm(this.pathOf(volumeId), { force: true });
+    await fs.rm(path.join(this.tombstonesDir, volumeId), { force: true });
   }
 
-  /** The record of one volume, or undefined when there is none or it does not parse. */
+  /** The record of one volume, or undefined when there is none or this version cannot use it. */
   async read(volumeId: string): Promise<VolumeRecord | undefined> {
     if (!VOLUME_ID.test(volumeId)) return undefined;
     try {
-      const record = volumeRecordSchema.parse(JSON.parse(await fs.readFile(this.pathOf(volumeId), 'utf8')));
-      return record.volumeId === volumeId ? record : undefined;
+      const parsed = parseRecord(await fs.readFile(this.pathOf(volumeId), 'utf8'));
+      return parsed.kind === 'record' && parsed.record.volumeId === volumeId ? parsed.record : undefined;
     } catch {
       return undefined;
     }
   }
 
+  /**
+   * True when the state directory says the volume was published by this
+   * driver, even if its record cannot be used: a record file of any content,
+   * or the tombstone of a quarantined one.
+   */
+  async knows(volumeId: string): Promise<boolean> {
+    if (!VOLUME_ID.test(volumeId)) return false;
+    for (const file of [this.pathOf(volumeId), path.join(this.tombstonesDir, volumeId)]) {
+      try {
+        await fs.lstat(file);
+        return true;
+      } catch {
+        // Not there (or unreadable): look at the next one.
+      }
+    }
+    return false;
+  }
+
+  /** Volume ids with a tombstone. */
+  async tombstones(): Promise<string[]> {
+    return (await fs.readdir(this.tombstonesDir)).filter((name) => VOLUME_ID.test(name));
+  }
+
   async loadAll(): Promise<LoadedRecords> {
-    const records: VolumeRecord[] = [];
-    const quarantined: string[] = [];
+    const loaded: LoadedRecords = { records: [], quarantined: [], unsupported: [] };
     for (const name of await fs.readdir(this.volumesDir)) {
       // write-file-atomic's temp files ("<name>.json.<hash>") from a crash mid-write.
       if (!name.endsWith('.json')) {
@@ -102,25 +152,58 @@ export class MetadataStore {
       }
       const file = path.join(this.volumesDir, name);
       try {
-        const record = volumeRecordSchema.parse(JSON.parse(await fs.readFile(file, 'utf8')));
-        if (`${record.volumeId}.json` !== name) throw new Error(`file name does not match volumeId ${record.volumeId}`);
-        records.push(record);
-      } catch (err) {
-        const destination = path.join(this.quarantineDir, `${name}.${new Date().toISOString().replace(/[:.]/g, '-')}`);
-        try {
-          await fs.rename(file, destination);
-        } catch (renameError) {
-          // Never fatal for the other volumes: the file stays, and is skipped again next time.
-          this.logger.error({ file, err: errorMessage(renameError) }, 'could not move a corrupt volume metadata file to quarantine; skipping it');
+        const parsed = parseRecord(await fs.readFile(file, 'utf8'));
+        if (parsed.kind === 'unsupported') {
+          loaded.unsupported.push(name.slice(0, -'.json'.length));
+          this.logger.error(
+            { file, record_version: parsed.version, supported_version: RECORD_VERSION },
+            'volume metadata file was written by a newer driver version in a format this version cannot use; leaving it in place ' +
+              'for that version. Its volume is not resumed (no rotation) until the newer driver runs again; NodeUnpublishVolume still removes it',
+          );
           continue;
         }
-        quarantined.push(destination);
-        this.logger.error(
-          { file, quarantined_to: destination, err: errorMessage(err).slice(0, 500) },
-          'volume metadata file is corrupt; moved it to quarantine. That volume will not be resumed: if its pod still runs, delete the pod so kubelet publishes it again',
-        );
+        if (`${parsed.record.volumeId}.json` !== name) throw new Error(`file name does not match volumeId ${parsed.record.volumeId}`);
+        loaded.records.push(parsed.record);
+      } catch (err) {
+        const destination = await this.quarantine(name, err);
+        if (destination !== undefined) loaded.quarantined.push(destination);
       }
     }
-    return { records, quarantined };
+    return loaded;
   }
+
+  /** Moves a record that does not parse out of the way, leaving a tombstone when its name is a volume id. */
+  private async quarantine(name: string, why: unknown): Promise<string | undefined> {
+    const file = path.join(this.volumesDir, name);
+    const destination = path.join(this.quarantineDir, `${name}.${new Date().toISOString().replace(/[:.]/g, '-')}`);
+    const volumeId = name.slice(0, -'.json'.length);
+    try {
+      // Tombstone first: should the driver die in between, the record is still
+      // in volumes/ and is quarantined again on the next start.
+      if (VOLUME_ID.test(volumeId)) {
+        await writeFileAtomic(path.join(this.tombstonesDir, volumeId), `${JSON.stringify({ volumeId, quarantinedTo: destination })}\n`, {
+          mode: 0o600,
+          fsync: true,
+        });
+      }
+      await fs.rename(file, destination);
+    } catch (err) {
+      // Never fatal for the other volumes: the file stays, and is skipped again next time.
+      this.logger.error({ file, err: errorMessage(err) }, 'could not move a corrupt volume metadata file to quarantine; skipping it');
+      return undefined;
+    }
+    this.logger.error(
+      { file, quarantined_to: destination, err: errorMessage(why).slice(0, 500) },
+      'volume metadata file is corrupt; moved it to quarantine. That volume will not be resumed (no rotation): if its pod still runs, ' +
+        'delete the pod so kubelet publishes it again. NodeUnpublishVolume still removes its mount and files',
+    );
+    return destination;
+  }
+}
+
+function parseRecord(text: string): ParsedRecord {
+  const json: unknown = JSON.parse(text);
+  const version = versionOnlySchema.safeParse(json);
+  if (version.success && version.data.version > RECORD_VERSION) return { kind: 'unsupported', version: version.data.version };
+  return { kind: 'record', record: readableRecordSchema.parse(json) };
 }

@@ -69,6 +69,21 @@ export function expectedTargetPath(kubeletRootDir: string, podUid: string, volum
 }
 
 /**
+ * The pod UID and volume name of a target path in kubelet's layout for inline
+ * CSI volumes, or undefined for any other path.
+ */
+export function kubeletVolumeAt(kubeletRootDir: string, targetPath: string): { podUid: string; volumeName: string } | undefined {
+  if (path.normalize(targetPath) !== targetPath) return undefined;
+  const podsDir = path.join(kubeletRootDir, 'pods') + '/';
+  if (!targetPath.startsWith(podsDir)) return undefined;
+  const [podUid, volumes, plugin, volumeName, mount, ...rest] = targetPath.slice(podsDir.length).split('/');
+  if (podUid === undefined || volumeName === undefined || rest.length > 0) return undefined;
+  if (volumes !== 'volumes' || plugin !== 'kubernetes.io~csi' || mount !== 'mount') return undefined;
+  if (!POD_UID.test(podUid) || !DNS1123_LABEL.test(volumeName)) return undefined;
+  return { podUid, volumeName };
+}
+
+/**
  * Checks target_path and volume_id against the pod UID and returns the volume's
  * name (pod.spec.volumes[].name) read from the path.
  */

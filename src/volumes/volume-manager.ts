@@ -63,7 +63,10 @@ export class VolumeManager {
    * re-opened and the first response rewrites a file only if it differs.
    */
   async resume(): Promise<void> {
-    const { records, quarantined } = await this.deps.store.loadAll();
+    const { records, quarantined, unsupported } = await this.deps.store.loadAll();
+    await this.forgetTombstonesOfGonePods().catch((err: unknown) =>
+      this.deps.logger.warn({ err: errorMessage(err) }, 'could not check the tombstones of quarantined volumes; trying again on the next start'),
+    );
     const results = await Promise.allSettled(records.map((record) => this.resumeOne(record)));
     results.forEach((result, index) => {
       if (result.status === 'rejected') {
@@ -73,7 +76,10 @@ export class VolumeManager {
         );
       }
     });
-    this.deps.logger.info({ volumes: this.volumes.size, quarantined: quarantined.length }, 'resumed volumes from the state directory');
+    this.deps.logger.info(
+      { volumes: this.volumes.size, quarantined: quarantined.length, newer_format: unsupported.length },
+      'resumed volumes from the state directory',
+    );
   }
 
   private async resumeOne(record: VolumeRecord): Promise<void> {
@@ -195,7 +201,7 @@ export class VolumeManager {
       volume.start();
       await volume.waitUntilWritten(this.deps.publishTimeoutMs, signal);
       this.volumes.set(spec.volumeId, volume);
-        log.info('volume published');
+      log.info('volume published');
     } catch (err) {
       await volume?.close();
       try {
@@ -219,9 +225,7 @@ export class VolumeManager {
       // its mount and files must go now.
       const record = volume?.record ?? (await this.deps.store.read(volumeId));
       if (!record) {
-        // DESIGN.md invariant 7: kubelet retries every error forever (a pod
-        // stuck Terminating), so an unknown volume or path is simply OK.
-        await this.deps.storage.removeIfEmptyKubeletDir(targetPath);
+        await this.unpublishUnrecorded(volumeId, targetPath);
         return;
       }
       const log = this.deps.logger.child({ volume_id: volumeId, target_path: targetPath });
@@ -234,10 +238,43 @@ export class VolumeManager {
       // afresh instead of finding a volume that no longer rotates.
       await volume?.close();
       this.volumes.delete(volumeId);
-        await this.deps.storage.remove(targetPath);
+      await this.deps.storage.remove(targetPath);
       await this.deps.store.remove(volumeId);
       log.info('volume unpublished');
     });
+  }
+
+  /**
+   * A volume without a usable record: quarantined, in a newer version's
+   * format, or its state directory wiped. Ours if what is on disk says so, and
+   * then removed completely: answering OK while our tmpfs and key stay on the
+   * node would leave them there for good, since kubelet then forgets the
+   * volume. Otherwise OK with nothing done (DESIGN.md invariant 7: kubelet
+   * retries every error forever, a pod stuck Terminating).
+   */
+  private async unpublishUnrecorded(volumeId: string, targetPath: string): Promise<void> {
+    const knownAsOurs = await this.deps.store.knows(volumeId);
+    const outcome = await this.deps.storage.removeUnrecordedVolume(volumeId, targetPath, knownAsOurs);
+    if (outcome === 'not-ours') return;
+    await this.deps.store.remove(volumeId);
+    if (outcome === 'removed') {
+      this.deps.logger.warn(
+        { volume_id: volumeId, target_path: targetPath, known_in_state_dir: knownAsOurs },
+        'unpublished a volume that had no usable metadata record (quarantined, newer format, or state directory lost): removed its mount and files',
+      );
+    }
+  }
+
+  /**
+   * Tombstones of quarantined records whose pod is gone from kubelet's pods
+   * directory: no unpublish will come for them any more.
+   */
+  private async forgetTombstonesOfGonePods(): Promise<void> {
+    for (const volumeId of await this.deps.store.tombstones()) {
+      if ((await this.deps.storage.findKubeletTargetPath(volumeId)) !== undefined) continue;
+      await this.deps.store.remove(volumeId);
+      this.deps.logger.info({ volume_id: volumeId }, 'forgot the tombstone of a quarantined volume whose pod is gone');
+    }
   }
 
   /** SIGTERM: stop every stream and leave every volume in place for the next start. */

@@ -9,9 +9,11 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { DriverError, errorMessage } from '../errors.js';
+import { holdsOnlyWriterFiles } from '../fs/atomic-writer.js';
 import { findMount, mountsUnder } from '../fs/mountinfo.js';
 import { isOurTmpfs, mountTmpfs, unmount } from '../fs/tmpfs.js';
 import type { Logger } from '../observability/logger.js';
+import { inlineVolumeId, kubeletVolumeAt } from './pod-binding.js';
 
 export interface VolumeStorageOptions {
   useTmpfs: boolean;
@@ -33,6 +35,9 @@ const MAX_STACKED_MOUNTS = 16;
  * (0600, or 0640 group-owned with an fsGroup; volume-files.ts).
  */
 export const VOLUME_ROOT_MODE = 0o755;
+
+/** What unpublish of a volume without a record found: it removed our volume, found nothing, or left what is there. */
+export type UnrecordedRemoval = 'removed' | 'absent' | 'not-ours';
 
 export class VolumeStorage {
   constructor(private readonly options: VolumeStorageOptions) {}
@@ -95,6 +100,60 @@ export class VolumeStorage {
       );
     }
     await fs.rm(targetPath, { recursive: true, force: true });
+  }
+
+  /**
+   * Unpublish of a volume without a usable record (quarantined as corrupt,
+   * written by a newer driver version, or the state directory lost): the
+   * volume is recognised from what is on disk and removed like any other.
+   * kubelet's word alone is not enough, as an error here would be retried
+   * forever and a wrong guess deletes somebody's files: target_path must be
+   * in kubelet's pod layout with volume_id = kubelet's id for that pod and
+   * volume, and it must hold our tmpfs or our writer's files and nothing else
+   * — or the state directory still knows the id (`knownAsOurs`: a tombstone
+   * or a record in a newer format). Anything else is left as
+   * removeIfEmptyKubeletDir leaves it.
+   */
+  async removeUnrecordedVolume(volumeId: string, targetPath: string, knownAsOurs: boolean): Promise<UnrecordedRemoval> {
+    const binding = kubeletVolumeAt(this.options.kubeletRootDir, targetPath);
+    if (binding === undefined || inlineVolumeId(binding.podUid, binding.volumeName) !== volumeId) {
+      await this.removeIfEmptyKubeletDir(targetPath);
+      return 'not-ours';
+    }
+    try {
+      await fs.lstat(targetPath);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 'absent';
+      throw new DriverError(status.INTERNAL, `checking target_path ${targetPath} failed: ${errorMessage(err)}`);
+    }
+    if (!knownAsOurs && !(await this.holdsOurVolume(targetPath))) {
+      await this.removeIfEmptyKubeletDir(targetPath);
+      return 'not-ours';
+    }
+    await this.remove(targetPath);
+    return 'removed';
+  }
+
+  private async holdsOurVolume(targetPath: string): Promise<boolean> {
+    const mounted = await findMount(targetPath);
+    if (mounted) return isOurTmpfs(mounted, this.options.mountSource);
+    return holdsOnlyWriterFiles(targetPath);
+  }
+
+  /**
+   * The target path kubelet would use for an inline volume id, found by
+   * scanning its pods directory, or undefined when no pod has that volume
+   * any more. Only for tombstones, whose records no longer say where they were.
+   */
+  async findKubeletTargetPath(volumeId: string): Promise<string | undefined> {
+    const podsDir = path.join(this.options.kubeletRootDir, 'pods');
+    for (const podUid of await readdirOrEmpty(podsDir)) {
+      const pluginDir = path.join(podsDir, podUid, 'volumes', 'kubernetes.io~csi');
+      for (const volumeName of await readdirOrEmpty(pluginDir)) {
+        if (inlineVolumeId(podUid, volumeName) === volumeId) return path.join(pluginDir, volumeName, 'mount');
+      }
+    }
+    return undefined;
   }
 
   /**
@@ -200,5 +259,13 @@ async function removeIfSymlink(targetPath: string): Promise<boolean> {
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
     throw new DriverError(status.INTERNAL, `removing the symbolic link at target_path ${targetPath} failed: ${errorMessage(err)}`);
+  }
+}
+
+async function readdirOrEmpty(dir: string): Promise<string[]> {
+  try {
+    return await fs.readdir(dir);
+  } catch {
+    return [];
   }
 }

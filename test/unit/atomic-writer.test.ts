@@ -4,7 +4,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { AtomicWriter, type FileSpec, type WriteResult } from '../../src/fs/atomic-writer.js';
+import { AtomicWriter, holdsOnlyWriterFiles, type FileSpec, type WriteResult } from '../../src/fs/atomic-writer.js';
 import { makeScratchDir, removeScratchDir } from '../support/scratch.js';
 
 const VERSION_DIR = /^\.\.\d{4}_\d{2}_\d{2}_\d{2}_\d{2}_\d{2}\.[A-Za-z0-9]+$/;
@@ -296,4 +296,37 @@ test('a missing target directory is a clear error', async () => {
   const writer = new AtomicWriter(path.join(scratch, 'does-not-exist'));
   await assert.rejects(writer.write(svidFiles(1)), /checking the volume directory failed: .*ENOENT/);
   assert.throws(() => new AtomicWriter('relative/dir'), /absolute/);
+});
+
+test('holdsOnlyWriterFiles recognises a volume this writer made, and nothing else', async () => {
+  const written = await freshVolume();
+  await new AtomicWriter(written).write(svidFiles(1));
+  assert.equal(await holdsOnlyWriterFiles(written), true, 'a written volume');
+
+  // A crash before the first ..data rename leaves only a version directory.
+  const halfWritten = await freshVolume();
+  await fs.mkdir(path.join(halfWritten, '..2026_01_01_00_00_00.123'));
+  assert.equal(await holdsOnlyWriterFiles(halfWritten), true, 'a half-written first version');
+
+  const empty = await freshVolume();
+  assert.equal(await holdsOnlyWriterFiles(empty), false, 'an empty directory holds no volume');
+  assert.equal(await holdsOnlyWriterFiles(path.join(scratch, 'missing')), false, 'nor does a missing one');
+
+  const extraFile = await freshVolume();
+  await new AtomicWriter(extraFile).write(svidFiles(1));
+  await fs.writeFile(path.join(extraFile, 'notes.txt'), 'not ours');
+  assert.equal(await holdsOnlyWriterFiles(extraFile), false, 'a file the writer never makes');
+
+  const strayLink = await freshVolume();
+  await new AtomicWriter(strayLink).write(svidFiles(1));
+  await fs.symlink('/etc/passwd', path.join(strayLink, 'passwd'));
+  assert.equal(await holdsOnlyWriterFiles(strayLink), false, 'a link that does not point into ..data');
+
+  const foreignData = await freshVolume();
+  await fs.symlink('/etc', path.join(foreignData, '..data'));
+  assert.equal(await holdsOnlyWriterFiles(foreignData), false, 'a ..data link to somewhere else');
+
+  const otherDir = await freshVolume();
+  await fs.mkdir(path.join(otherDir, 'subdir'));
+  assert.equal(await holdsOnlyWriterFiles(otherDir), false, 'a directory that is not a version');
 });

@@ -55,10 +55,11 @@ function byVolumeId(records: VolumeRecord[]): VolumeRecord[] {
 }
 
 describe('layout', () => {
-  test('init creates volumes/ and quarantine/ readable only by the driver', async () => {
+  test('init creates volumes/, quarantine/ and tombstones/ readable only by the driver', async () => {
     assert.equal(store.volumesDir, path.join(stateDir, 'volumes'));
     assert.equal(store.quarantineDir, path.join(stateDir, 'quarantine'));
-    for (const dir of [store.volumesDir, store.quarantineDir]) {
+    assert.equal(store.tombstonesDir, path.join(stateDir, 'tombstones'));
+    for (const dir of [store.volumesDir, store.quarantineDir, store.tombstonesDir]) {
       const stat = await fs.stat(dir);
       assert.ok(stat.isDirectory());
       assert.equal(stat.mode & 0o077, 0, `${dir} is ${(stat.mode & 0o777).toString(8)}`);
@@ -131,7 +132,7 @@ describe('write and read back', () => {
   });
 
   test('loadAll of an empty state directory', async () => {
-    assert.deepEqual(await store.loadAll(), { records: [], quarantined: [] });
+    assert.deepEqual(await store.loadAll(), { records: [], quarantined: [], unsupported: [] });
   });
 });
 
@@ -204,7 +205,7 @@ describe('nothing invalid or secret is written', () => {
       await assert.rejects(store.write(record(UID_A, { volumeId })), Error, JSON.stringify(volumeId));
     }
     assert.deepEqual(await fs.readdir(store.volumesDir), []);
-    assert.deepEqual(await fs.readdir(stateDir).then((names) => names.sort()), ['quarantine', 'volumes']);
+    assert.deepEqual(await fs.readdir(stateDir).then((names) => names.sort()), ['quarantine', 'tombstones', 'volumes']);
   });
 
   test('other schema violations are refused', async () => {
@@ -272,14 +273,51 @@ describe('loadAll quarantines bad files, never failing the others (invariant 6)'
     assert.equal(again.records.length, 2);
   });
 
-  test('a record with an extra (possibly secret) field is quarantined', async () => {
-    const id = volumeIdFor(UID_C, 'svid');
-    await fs.writeFile(store.pathOf(id), JSON.stringify({ ...record(UID_C), keyDer: 'MIGHAgEAMBMG' }));
+  test('fields added by a newer version are ignored: the record loads, the unknown values are neither kept nor logged', async () => {
+    const c = record(UID_C);
+    await fs.writeFile(
+      store.pathOf(c.volumeId),
+      JSON.stringify({ ...c, keyDer: 'MIGHAgEAMBMG', pod: { ...c.pod, ip: '10.1.2.3' }, files: { ...c.files, jwt: 'token' } }),
+    );
+    const loaded = await store.loadAll();
+    assert.deepEqual(loaded.records, [c]);
+    assert.deepEqual(loaded.quarantined, []);
+    assert.deepEqual(await store.read(c.volumeId), c);
+    assert.doesNotMatch(logLines.join('\n'), /MIGHAgEAMBMG|10\.1\.2\.3/);
+  });
+
+  test('a record of a newer, incompatible version stays in place, unresumed and not quarantined, and still counts as ours', async () => {
+    const c = record(UID_C);
+    const text = JSON.stringify({ ...c, version: 2, somethingNew: true });
+    await fs.writeFile(store.pathOf(c.volumeId), text);
     const loaded = await store.loadAll();
     assert.deepEqual(loaded.records, []);
-    assert.equal(loaded.quarantined.length, 1);
-    // The log must not echo the file's content.
-    assert.doesNotMatch(logLines.join('\n'), /MIGHAgEAMBMG/);
+    assert.deepEqual(loaded.quarantined, []);
+    assert.deepEqual(loaded.unsupported, [c.volumeId]);
+    assert.equal(await fs.readFile(store.pathOf(c.volumeId), 'utf8'), text, 'left exactly as the newer version wrote it');
+    assert.equal(await store.read(c.volumeId), undefined);
+    assert.equal(await store.knows(c.volumeId), true);
+    assert.match(logLines.join('\n'), /written by a newer driver version/);
+    await store.remove(c.volumeId);
+    assert.equal(await store.knows(c.volumeId), false);
+  });
+
+  test('a quarantined record leaves a tombstone that remove() clears; a misnamed file leaves none', async () => {
+    const id = volumeIdFor(UID_C, 'svid');
+    await fs.writeFile(store.pathOf(id), '{"version": 1, "volu');
+    await fs.writeFile(path.join(store.volumesDir, 'not-a-volume-id.json'), 'garbage');
+    const loaded = await store.loadAll();
+    assert.equal(loaded.quarantined.length, 2);
+    assert.deepEqual(await store.tombstones(), [id]);
+    assert.equal(await store.knows(id), true);
+    assert.equal(await store.read(id), undefined);
+    const tombstone = JSON.parse(await fs.readFile(path.join(store.tombstonesDir, id), 'utf8')) as Record<string, unknown>;
+    assert.equal(tombstone['volumeId'], id);
+    assert.ok(loaded.quarantined.includes(String(tombstone['quarantinedTo'])));
+    await store.remove(id);
+    assert.deepEqual(await store.tombstones(), []);
+    assert.equal(await store.knows(id), false);
+    assert.equal(await store.knows('../../etc/passwd'), false);
   });
 
   test('an empty file and a JSON array are quarantined', async () => {

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { describe, test } from 'node:test';
-import { checkPodBinding, expectedTargetPath, inlineVolumeId, POD_INFO_KEYS, readPodInfo } from '../../src/volumes/pod-binding.js';
+import { checkPodBinding, expectedTargetPath, inlineVolumeId, kubeletVolumeAt, POD_INFO_KEYS, readPodInfo } from '../../src/volumes/pod-binding.js';
 import { expectInvalidArgument } from '../support/invalid-argument.js';
 
 const ROOT = '/var/lib/kubelet';
@@ -194,6 +194,29 @@ describe('checkPodBinding refuses requests that are not bound to the pod (invari
 
   test('an empty target path', () => {
     expectInvalid(() => bind('', id), /does not belong to pod/);
+  });
+});
+
+describe('kubeletVolumeAt', () => {
+  const root = '/var/lib/kubelet';
+  const uid = '0f5e8d6a-3c2b-4e1f-9a7d-5b6c8e9f0a1b';
+  test('reads pod uid and volume name from kubelet\'s inline volume layout', () => {
+    assert.deepEqual(kubeletVolumeAt(root, `${root}/pods/${uid}/volumes/kubernetes.io~csi/spiffe/mount`), { podUid: uid, volumeName: 'spiffe' });
+  });
+  test('anything else is not a kubelet volume path', () => {
+    for (const target of [
+      `${root}/pods/${uid}/volumes/kubernetes.io~csi/spiffe`,
+      `${root}/pods/${uid}/volumes/kubernetes.io~csi/spiffe/mount/x`,
+      `${root}/pods/${uid}/volumes/kubernetes.io~empty-dir/spiffe/mount`,
+      `${root}/pods/${uid}/volumes/kubernetes.io~csi/../csi/mount`,
+      `${root}/pods/../pods/${uid}/volumes/kubernetes.io~csi/spiffe/mount`,
+      `${root}/pods/${uid}/volumes/kubernetes.io~csi/Spiffe/mount`,
+      `${root}/pods/UPPER/volumes/kubernetes.io~csi/spiffe/mount`,
+      `/var/lib/other/pods/${uid}/volumes/kubernetes.io~csi/spiffe/mount`,
+      `${root}/pods//volumes/kubernetes.io~csi/spiffe/mount`,
+    ]) {
+      assert.equal(kubeletVolumeAt(root, target), undefined, target);
+    }
   });
 });
 
