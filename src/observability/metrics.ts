@@ -50,6 +50,33 @@ export class DriverMetrics {
     registers: [this.registry],
   });
 
+  readonly volumeWriteFailures = new Counter({
+    name: 'spire_csi_volume_write_failures_total',
+    help: 'Attempts to write a volume\'s SVID files that failed, by errno (ENOSPC, EIO, EMFILE, ENFILE, EROFS, EACCES, EPERM, EDQUOT, ENOENT, else other). Each failure is retried with capped backoff; the previous files stay until a write succeeds.',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
+
+  /**
+   * The volumes whose last write failed. A set of the volumes themselves
+   * rather than inc/dec: marking twice or clearing a volume that never failed
+   * changes nothing, so the gauge cannot drift.
+   */
+  private readonly failingWriters = new Set<object>();
+
+  readonly volumesWriteFailing: Gauge = new Gauge({
+    name: 'spire_csi_volumes_write_failing',
+    help: 'Volumes whose newest SVID could not be written yet (their last write failed and is being retried with backoff); they still hold their previous files, which may be nearing expiry.',
+    registers: [this.registry],
+    collect: (): void => this.volumesWriteFailing.set(this.failingWriters.size),
+  });
+
+  /** Counts `volume` in spire_csi_volumes_write_failing while `failing`; a volume must clear itself when it closes. */
+  setWriteFailing(volume: object, failing: boolean): void {
+    if (failing) this.failingWriters.add(volume);
+    else this.failingWriters.delete(volume);
+  }
+
   private countVolumes: () => number = () => 0;
 
   /** Read at scrape time from the volume manager, so the gauge can never drift from the truth. */

@@ -5,9 +5,11 @@
  * newest state into files, so writes never overlap and a burst of updates
  * becomes one swap (DESIGN.md invariant 4). Identical content writes nothing;
  * an empty or invalid response keeps the previous files (invariants 5, 6).
+ * A write that fails is retried with the newest material on a capped, jittered
+ * backoff until it lands (write-retry.ts), without waiting for the agent.
  */
 import { status } from '@grpc/grpc-js';
-import { AtomicWriter } from '../fs/atomic-writer.js';
+import { AtomicWriter, type FileSpec, type WriteOptions, type WriteResult } from '../fs/atomic-writer.js';
 import { DriverError, errorMessage } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { DriverMetrics } from '../observability/metrics.js';
@@ -17,19 +19,36 @@ import type { BundleWatcher } from '../spire/bundle-watcher.js';
 import type { Selector, SubscribeToX509SvidsResponse } from '../spire/messages.js';
 import { ResilientStream } from '../spire/resilient-stream.js';
 import { formatSelectors } from '../spire/selectors.js';
-import { checkSvid } from '../x509/svid-check.js';
+import { checkSvid, type CheckedSvid } from '../x509/svid-check.js';
 import type { VolumeRecord } from './metadata-store.js';
 import { buildVolumeFiles, pickSvid } from './volume-files.js';
+import { WriteRetry, errnoCodeOf, writeFailureReason, type WriteRetryOptions } from './write-retry.js';
+
+/** What a volume needs from the writer of its directory (AtomicWriter in production). */
+export interface VolumeWriter {
+  write(files: readonly FileSpec[], options?: WriteOptions): Promise<WriteResult>;
+}
 
 export interface ManagedVolumeDeps {
   connection: AgentConnection;
   bundles: BundleWatcher;
   logger: Logger;
   metrics: DriverMetrics;
+  /** Default: an AtomicWriter on the target path. Tests inject one that fails on demand. */
+  createWriter?: (targetPath: string) => VolumeWriter;
+  /** Default: 1 s to 30 s on real timers. Tests inject the random source and the schedule. */
+  writeRetry?: WriteRetryOptions;
+}
+
+/** SVID material that passed every check, ready to become the volume's files. */
+interface PreparedWrite {
+  files: FileSpec[];
+  svid: CheckedSvid;
 }
 
 export class ManagedVolume {
-  private readonly writer: AtomicWriter;
+  private readonly writer: VolumeWriter;
+  private readonly retry: WriteRetry;
   private readonly logger: Logger;
   private stream: ResilientStream<SubscribeToX509SvidsResponse> | undefined;
   private unsubscribeBundles: (() => void) | undefined;
@@ -50,7 +69,8 @@ export class ManagedVolume {
     private readonly deps: ManagedVolumeDeps,
     options: { filesPresent: boolean },
   ) {
-    this.writer = new AtomicWriter(record.targetPath);
+    this.writer = deps.createWriter?.(record.targetPath) ?? new AtomicWriter(record.targetPath);
+    this.retry = new WriteRetry(deps.writeRetry);
     this.hasFiles = options.filesPresent;
     this.logger = deps.logger.child({
       volume_id: record.volumeId,
@@ -77,11 +97,14 @@ export class ManagedVolume {
     this.stream.start();
   }
 
-  /** Stops the streams and waits for a write in progress, leaving the files as they are. */
+  /** Stops the streams and any retry, and waits for a write in progress, leaving the files as they are. */
   async close(): Promise<void> {
     this.closed = true;
     this.stream?.close();
     this.unsubscribeBundles?.();
+    // A write still in progress cannot schedule another: writeFailed checks `closed`.
+    this.retry.reset();
+    this.deps.metrics.setWriteFailing(this, false);
     await this.draining;
     this.notifyStateListeners();
   }
@@ -167,27 +190,40 @@ export class ManagedVolume {
   }
 
   private async sync(): Promise<void> {
+    // This attempt uses the newest material, so a retry still waiting is moot;
+    // should this one fail too, it schedules the next.
+    this.retry.supersede();
+    const prepared = this.prepareWrite();
+    if (prepared === undefined) {
+      this.stopRetrying();
+      return;
+    }
+    await this.writeFiles(prepared);
+  }
+
+  /** The files for the newest SVID material, or undefined (with `problem` set) when there is nothing to write. */
+  private prepareWrite(): PreparedWrite | undefined {
     const latest = this.latest;
-    if (latest === undefined) return;
+    if (latest === undefined) return undefined;
     if (latest.x509_svids.length === 0) {
       this.problem =
         `no registration entry matches selectors ${formatSelectors(this.selectors)} yet. ` +
         'Create one, e.g. a ClusterSPIFFEID whose podSelector selects this pod (spire-controller-manager entries carry k8s:pod-uid), ' +
         'or spire-server entry create with -selector k8s:ns:<namespace> -selector k8s:sa:<service-account>';
       this.keepPreviousFiles('empty', 'the SPIRE agent sent no SVID for this pod (entry deleted?)');
-      return;
+      return undefined;
     }
     const picked = pickSvid(latest.x509_svids, { spiffeId: this.record.spiffeId, hint: this.record.hint });
     if ('problem' in picked) {
       this.problem = picked.problem;
       this.keepPreviousFiles('no_match', picked.problem);
-      return;
+      return undefined;
     }
     this.trustDomainId = picked.trustDomainId;
     const bundle = this.deps.bundles.get(picked.trustDomainId);
     if (bundle === undefined) {
       this.problem = `the SPIRE agent has not sent the trust bundle of ${picked.trustDomainId} yet`;
-      return;
+      return undefined;
     }
     const checked = checkSvid({
       spiffeId: picked.spiffeId,
@@ -199,28 +235,66 @@ export class ManagedVolume {
       this.problem = `the SPIRE agent's SVID for ${picked.spiffeId} was rejected: ${checked.reason}`;
       this.deps.metrics.svidUpdates.inc({ outcome: 'rejected' });
       this.logger.error({ spiffe_id: picked.spiffeId, reason: checked.reason }, 'rejected an SVID from the SPIRE agent; the previous files stay');
+      return undefined;
+    }
+    return { files: buildVolumeFiles(picked, bundle.certificates, this.record.files, this.record.fsGroup), svid: checked.svid };
+  }
+
+  private async writeFiles({ files, svid }: PreparedWrite): Promise<void> {
+    let result: WriteResult;
+    try {
+      result = await this.writer.write(files, this.record.fsGroup === null ? {} : { gid: this.record.fsGroup });
+    } catch (err) {
+      this.writeFailed(err, svid);
       return;
     }
-    const files = buildVolumeFiles(picked, bundle.certificates, this.record.files, this.record.fsGroup);
-    try {
-      const result = await this.writer.write(files, this.record.fsGroup === null ? {} : { gid: this.record.fsGroup });
-      this.hasFiles = true;
-      this.deps.metrics.svidUpdates.inc({ outcome: result.changed ? 'written' : 'unchanged' });
-      if (result.changed) {
-        this.logger.info(
-          {
-            spiffe_id: checked.svid.spiffeId,
-            serial: checked.svid.serialNumber,
-            expires_at: checked.svid.notAfter.toISOString(),
-            version: result.version,
-          },
-          'SVID files written',
-        );
-      }
-    } catch (err) {
-      this.problem = `writing the SVID files into ${this.record.targetPath} failed: ${errorMessage(err)}`;
-      this.logger.error({ spiffe_id: picked.spiffeId, err: errorMessage(err) }, 'writing the SVID files failed; will retry on the next update');
+    this.hasFiles = true;
+    this.deps.metrics.svidUpdates.inc({ outcome: result.changed ? 'written' : 'unchanged' });
+    if (result.changed) {
+      this.logger.info(
+        { spiffe_id: svid.spiffeId, serial: svid.serialNumber, expires_at: svid.notAfter.toISOString(), version: result.version },
+        'SVID files written',
+      );
     }
+    this.writeSucceeded(svid);
+  }
+
+  /**
+   * Counts the failure and schedules a retry of the newest material. The first
+   * failure of a run is an error; the retries after it warn, at the rate the
+   * backoff allows.
+   */
+  private writeFailed(err: unknown, svid: CheckedSvid): void {
+    const code = errnoCodeOf(err);
+    this.deps.metrics.volumeWriteFailures.inc({ reason: writeFailureReason(code) });
+    if (this.closed) return;
+    const { attempt, delayMs } = this.retry.failed(() => this.scheduleSync());
+    this.deps.metrics.setWriteFailing(this, true);
+    this.problem =
+      `writing the SVID files into ${this.record.targetPath} is failing (${attempt} failed ${attempt === 1 ? 'attempt' : 'attempts'}, ` +
+      `last: ${errorMessage(err)}); the driver keeps retrying with backoff`;
+    const fields = { spiffe_id: svid.spiffeId, err: errorMessage(err), code, attempt, retry_in_ms: delayMs };
+    if (attempt === 1) this.logger.error(fields, 'writing the SVID files failed; retrying with backoff until they are written');
+    else this.logger.warn(fields, 'writing the SVID files failed again; retrying');
+  }
+
+  private writeSucceeded(svid: CheckedSvid): void {
+    const failedAttempts = this.retry.reset();
+    if (failedAttempts === 0) return;
+    this.deps.metrics.setWriteFailing(this, false);
+    this.logger.info({ spiffe_id: svid.spiffeId, failed_attempts: failedAttempts }, 'SVID files written after failed attempts; no longer retrying');
+  }
+
+  /**
+   * The newest material has nothing to write (no SVID, no match, no bundle yet,
+   * rejected; each says why elsewhere), so an older failed write is not retried:
+   * the previous files stay, as they would had that write never been tried.
+   */
+  private stopRetrying(): void {
+    const failedAttempts = this.retry.reset();
+    if (failedAttempts === 0) return;
+    this.deps.metrics.setWriteFailing(this, false);
+    this.logger.info({ failed_attempts: failedAttempts }, 'no longer retrying the failed write: the newest material from the SPIRE agent has nothing to write');
   }
 
   private keepPreviousFiles(outcome: 'empty' | 'no_match', why: string): void {

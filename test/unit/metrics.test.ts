@@ -18,9 +18,29 @@ describe('metrics endpoint', () => {
       assert.match(body, /^spire_csi_node_publish_total\{result="OK"\} 1$/m);
       assert.match(body, /^spire_csi_svid_updates_total\{outcome="rejected"\} 1$/m);
       assert.match(body, /^# HELP spire_csi_volumes /m);
+      assert.match(body, /^# HELP spire_csi_volume_write_failures_total \S/m);
+      assert.match(body, /^# HELP spire_csi_volumes_write_failing \S/m);
       assert.equal((await fetch(`http://127.0.0.1:${port}/other`)).status, 404);
     } finally {
       await new Promise((resolve) => server.close(resolve));
     }
+  });
+
+  it('counts each failing volume once in the write-failing gauge, however often it is marked or cleared', async () => {
+    const metrics = new DriverMetrics();
+    const gauge = async (): Promise<number | undefined> => (await metrics.volumesWriteFailing.get()).values[0]?.value;
+    const a = {};
+    const b = {};
+    assert.equal(await gauge(), 0);
+    metrics.setWriteFailing(a, true);
+    metrics.setWriteFailing(a, true);
+    metrics.setWriteFailing(b, true);
+    assert.equal(await gauge(), 2);
+    metrics.setWriteFailing(a, false);
+    metrics.setWriteFailing(a, false);
+    metrics.setWriteFailing({}, false);
+    assert.equal(await gauge(), 1);
+    metrics.setWriteFailing(b, false);
+    assert.equal(await gauge(), 0);
   });
 });
