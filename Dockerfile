@@ -40,6 +40,10 @@ RUN npm ci --omit=dev --no-audit --no-fund \
 COPY csi-proto/ csi-proto/
 COPY spire-proto/ spire-proto/
 COPY --from=build /build/dist/src/ dist/src/
+# The driver takes its state directory lock with flock(2) through koffi, whose prebuilt binary comes from an
+# optional per-platform package (@koromix/koffi-linux-x64 on amd64) that npm ci installs only where it matches.
+# Without it the driver would run unlocked (with a warning); fail the build instead.
+RUN node -e "import('./dist/src/fs/libc.js').then((libc) => libc.loadLibc())"
 # Root: the driver mounts a tmpfs per volume into kubelet's pods directory. The chart runs it with a read-only
 # root filesystem.
 USER 0:0

@@ -1,13 +1,16 @@
 /**
  * Wires the parts together: metadata store, agent connection, bundle stream,
  * volume manager, CSI server, metrics. Volumes are resumed before the CSI
- * socket accepts calls, so kubelet never sees a half-started driver.
+ * socket accepts calls, so kubelet never sees a half-started driver. All of it
+ * happens under the state directory lock, so that a second instance on the
+ * same node waits instead of resuming the same volumes and taking the socket.
  */
 import type http from 'node:http';
 import { DEFAULT_MAX_VOLUMES, type Config } from './config.js';
 import { identityService } from './csi/identity-service.js';
 import { nodeService } from './csi/node-service.js';
 import { startCsiServer, type CsiServer } from './csi/grpc-server.js';
+import { acquireStateDirLock, type StateDirLock } from './fs/state-dir-lock.js';
 import type { Logger } from './observability/logger.js';
 import { DriverMetrics, serveMetrics } from './observability/metrics.js';
 import { AgentConnection } from './spire/agent-connection.js';
@@ -24,7 +27,31 @@ export interface RunningDriver {
   stop(): Promise<void>;
 }
 
-export async function startDriver(config: Config, options: { logger: Logger; metrics?: DriverMetrics }): Promise<RunningDriver> {
+export interface StartDriverOptions {
+  logger: Logger;
+  metrics?: DriverMetrics;
+  /**
+   * Gives up waiting for the state directory lock (startDriver rejects with the
+   * signal's reason). The driver process does not need it: SIGTERM ends the
+   * process, and the kernel drops its lock file descriptor.
+   */
+  signal?: AbortSignal;
+}
+
+export async function startDriver(config: Config, options: StartDriverOptions): Promise<RunningDriver> {
+  // First of all: nothing below may read the state directory or touch the CSI
+  // socket while another instance still manages them. This waits for as long
+  // as another process holds the lock.
+  const lock = await acquireStateDirLock(config.stateDir, { logger: options.logger, signal: options.signal });
+  try {
+    return await startLocked(config, options, lock);
+  } catch (err) {
+    await lock.release();
+    throw err;
+  }
+}
+
+async function startLocked(config: Config, options: StartDriverOptions, lock: StateDirLock): Promise<RunningDriver> {
   const { logger } = options;
   const metrics = options.metrics ?? new DriverMetrics({ collectProcessMetrics: config.metricsAddress !== undefined });
   const store = new MetadataStore(config.stateDir, logger);
@@ -85,6 +112,7 @@ export async function startDriver(config: Config, options: { logger: Logger; met
       tmpfs: config.useTmpfs,
       volumes: volumes.volumeCount,
       max_volumes: volumes.maxVolumes,
+      state_dir_lock: lock.held ? lock.path : 'unavailable',
     },
     'spire-csi-driver started',
   );
@@ -94,11 +122,23 @@ export async function startDriver(config: Config, options: { logger: Logger; met
     metrics,
     stop: async () => {
       ready = false;
-      await csiServer?.close();
-      await volumes.shutdown();
-      bundles.close();
-      await connection.close();
-      await new Promise<void>((resolve) => (metricsServer ? metricsServer.close(() => resolve()) : resolve()));
+      try {
+        const socket = await csiServer?.close();
+        if (socket === 'replaced') {
+          logger.warn(
+            { endpoint: config.csiSocketPath },
+            'the CSI socket is no longer the one this instance bound: another process (another spire-csi-driver instance on the same ' +
+              'endpoint?) replaced it, so it is left in place for kubelet to keep reaching that process; make sure only one driver runs per node',
+          );
+        }
+        await volumes.shutdown();
+        bundles.close();
+        await connection.close();
+        await new Promise<void>((resolve) => (metricsServer ? metricsServer.close(() => resolve()) : resolve()));
+      } finally {
+        // Last: the next instance may start on the state and the socket only once this one no longer uses them.
+        await lock.release();
+      }
       logger.info('spire-csi-driver stopped; volumes stay in place for the next start');
     },
   };

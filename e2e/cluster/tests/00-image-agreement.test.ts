@@ -62,7 +62,35 @@ function runtimeStage(dockerfile: string): RuntimeStage {
 }
 
 interface ImageConfig {
+  architecture?: string;
+  os?: string;
   config: { User?: string; WorkingDir?: string; Entrypoint?: string[]; Env?: string[] };
+}
+
+interface LockEntry {
+  dev?: boolean;
+  optional?: boolean;
+  os?: string[];
+  cpu?: string[];
+  libc?: string[];
+}
+
+/** npm's os/cpu/libc fields: absent means any; "!x" excludes x; otherwise the value must be listed. */
+function allows(list: string[] | undefined, value: string): boolean {
+  if (list === undefined || list.length === 0) return true;
+  if (list.includes(`!${value}`)) return false;
+  const positives = list.filter((entry) => !entry.startsWith('!'));
+  return positives.length === 0 || positives.includes(value);
+}
+
+/**
+ * Whether `npm ci --omit=dev` installs a package of the lock file on the image's platform: not a dev dependency, and
+ * an optional one only where its os/cpu/libc fields match (koffi's prebuilt binaries come one package per platform).
+ */
+function installedOn(entry: LockEntry, platform: { os: string; cpu: string; libc: string }): boolean {
+  if (entry.dev === true) return false;
+  if (entry.optional !== true) return true;
+  return allows(entry.os, platform.os) && allows(entry.cpu, platform.cpu) && allows(entry.libc, platform.libc);
 }
 
 /** The OCI archive's config and the list of files of its (single) layer. */
@@ -123,15 +151,20 @@ test('image agreement: the cluster image has the Dockerfile runtime stage\'s use
     .filter((f) => !expected.includes(f) && !f.startsWith('node_modules/'));
   assert.deepEqual(extra, [], 'files in the image the Dockerfile does not copy');
 
-  // `npm ci --omit=dev`: the production dependencies, and not one dev dependency.
-  const lock = JSON.parse(fs.readFileSync(path.join(repo, 'package-lock.json'), 'utf8')) as {
-    packages: Record<string, { dev?: boolean }>;
-  };
+  // `npm ci --omit=dev`: the production dependencies for the image's platform (both images are linux/amd64 with
+  // glibc: Debian's Node.js image, this machine's node), and not one dev dependency.
+  const cpus: Record<string, string> = { amd64: 'x64', arm64: 'arm64' };
+  const platform = { os: config.os ?? 'linux', cpu: cpus[config.architecture ?? 'amd64'] ?? String(config.architecture), libc: 'glibc' };
+  const lock = JSON.parse(fs.readFileSync(path.join(repo, 'package-lock.json'), 'utf8')) as { packages: Record<string, LockEntry> };
   for (const [name, entry] of Object.entries(lock.packages)) {
     if (!name.startsWith('node_modules/')) continue;
     const present = inImage(`${name}/package.json`);
-    assert.equal(present, entry.dev !== true, `${name} (${entry.dev ? 'dev' : 'production'}) ${present ? 'is' : 'is not'} in the image`);
+    const kind = entry.dev ? 'dev' : entry.optional ? `optional, for ${entry.os?.join('/') ?? 'any os'} ${entry.cpu?.join('/') ?? 'any cpu'}` : 'production';
+    assert.equal(present, installedOn(entry, platform), `${name} (${kind}) ${present ? 'is' : 'is not'} in the image`);
   }
+  // koffi's native binary for the image's platform, which the state directory lock (flock(2)) needs.
+  const koffiBinary = `node_modules/@koromix/koffi-${platform.os}-${platform.cpu}/${platform.os}_${platform.cpu}/koffi.node`;
+  assert.ok(inImage(koffiBinary), `${koffiBinary} is in the image`);
   // The runtime the entrypoint names, and mount(8)/umount(8), which the Dockerfile checks for.
   for (const binary of ['/usr/local/bin/node', '/usr/bin/mount', '/usr/bin/umount']) assert.ok(files.has(binary), binary);
 });

@@ -1,0 +1,74 @@
+/**
+ * The few C library calls Node.js has no binding for, made through koffi (a C
+ * FFI for Node.js that ships prebuilt binaries per platform, so the image needs
+ * no compiler). Loaded once, on first use, so that a platform without a koffi
+ * binary fails only the feature that needs it, with the reason, instead of the
+ * whole driver at import time.
+ */
+import os from 'node:os';
+
+/** flock(2) operations (<sys/file.h>; the same values on Linux, the BSDs and macOS). */
+export const LOCK_SH = 1;
+export const LOCK_EX = 2;
+export const LOCK_NB = 4;
+export const LOCK_UN = 8;
+
+export interface Libc {
+  /**
+   * flock(2): 0 on success, otherwise the errno (a positive number; compare
+   * with os.constants.errno, e.g. EWOULDBLOCK when LOCK_NB finds the lock
+   * held). Never blocks the event loop as long as `operation` has LOCK_NB.
+   */
+  flock(fd: number, operation: number): number;
+}
+
+/** koffi or the C library could not be loaded on this platform; `message` says why. */
+export class LibcUnavailableError extends Error {
+  override readonly name = 'LibcUnavailableError';
+}
+
+let loading: Promise<Libc> | undefined;
+
+/**
+ * The C library, loaded on the first call; later calls share the result,
+ * including a failure (the platform does not change while we run).
+ */
+export function loadLibc(): Promise<Libc> {
+  loading ??= load();
+  return loading;
+}
+
+async function load(): Promise<Libc> {
+  let koffi;
+  try {
+    koffi = (await import('koffi')).default;
+  } catch (err) {
+    throw new LibcUnavailableError(
+      `cannot load koffi, the C FFI module, on ${process.platform}-${process.arch}: ${describe(err)} ` +
+        `(its prebuilt binary comes from the optional npm package @koromix/koffi-${process.platform}-${process.arch}; ` +
+        'reinstall the production dependencies with optional packages included: npm ci --omit=dev)',
+    );
+  }
+  try {
+    // dlopen(NULL): the symbols already loaded into this process, libc among
+    // them (node links it), whatever the C library's file name (glibc's
+    // libc.so.6, musl's ld-musl-*.so.1).
+    const lib = koffi.load(null);
+    const flock = lib.func('int flock(int fd, int operation)');
+    return {
+      flock(fd, operation) {
+        const result: unknown = flock(fd, operation);
+        if (result === 0) return 0;
+        // koffi saves errno right after the call, before any other code can change it.
+        const errno = koffi.errno();
+        return errno > 0 ? errno : os.constants.errno.EIO;
+      },
+    };
+  } catch (err) {
+    throw new LibcUnavailableError(`koffi loaded but cannot bind flock from the C library: ${describe(err)}`);
+  }
+}
+
+function describe(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
