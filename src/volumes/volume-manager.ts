@@ -192,7 +192,15 @@ export class VolumeManager {
     // Metadata first, and only once: a crash after this line leaves a record
     // that the next start resumes (files written) or cleans up (no files), so
     // no mount or file is ever orphaned.
-    await this.deps.store.write(record);
+    try {
+      await this.deps.store.write(record);
+    } catch (err) {
+      throw new DriverError(
+        status.INTERNAL,
+        `cannot publish volume ${spec.volumeId}: recording it in the state directory ${this.deps.store.volumesDir} failed (${errorMessage(err)}). ` +
+          'The driver needs that directory writable (--state-dir, a hostPath in the chart); nothing was mounted and kubelet retries',
+      );
+    }
     let volume: ManagedVolume | undefined;
     try {
       await this.deps.storage.prepare(spec.targetPath, record.tmpfs);

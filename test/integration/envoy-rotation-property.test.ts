@@ -35,7 +35,7 @@ const FILE_SIZE = 4096;
 /** Envoy's MaxBoundedRetries. */
 const MAX_REREADS = 5;
 const READERS = 2;
-const ROTATIONS = 400;
+const ROTATIONS = 1000;
 const CONTROL_ROTATIONS = 100;
 
 interface ReaderConfig {
