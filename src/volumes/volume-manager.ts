@@ -5,6 +5,7 @@
  * of the same volume that is still waiting (the CSI spec's "negation" call).
  * At most maxVolumes volumes are live or being published at once.
  */
+import type { Stats } from 'node:fs';
 import fs from 'node:fs/promises';
 import { status } from '@grpc/grpc-js';
 import { DriverError, errorMessage } from '../errors.js';
@@ -84,8 +85,18 @@ export class VolumeManager {
 
   private async resumeOne(record: VolumeRecord): Promise<void> {
     const log = this.deps.logger.child({ volume_id: record.volumeId, target_path: record.targetPath });
-    if (!(await pathExists(record.targetPath))) {
+    const found = await lstatOrUndefined(record.targetPath);
+    if (found === undefined) {
       log.info('target path is gone (pod deleted while the driver was down); forgetting the volume');
+      await this.deps.store.remove(record.volumeId);
+      return;
+    }
+    if (!found.isDirectory()) {
+      // Something replaced our directory (or unmounted tmpfs) with a link or a
+      // file while the driver was down. Writing there would follow it, so the
+      // volume is not resumed: the link itself is removed, never its target.
+      log.error('target path is no longer a directory (a symbolic link or a file replaced it while the driver was down); not resuming the volume, removing what is there');
+      await this.deps.storage.remove(record.targetPath);
       await this.deps.store.remove(record.volumeId);
       return;
     }
@@ -350,11 +361,10 @@ function describeDifference(record: VolumeRecord, spec: PublishSpec): string | u
   return differing.length > 0 ? differing.join('; ') : undefined;
 }
 
-async function pathExists(target: string): Promise<boolean> {
+async function lstatOrUndefined(target: string): Promise<Stats | undefined> {
   try {
-    await fs.lstat(target);
-    return true;
+    return await fs.lstat(target);
   } catch {
-    return false;
+    return undefined;
   }
 }

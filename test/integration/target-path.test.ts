@@ -93,6 +93,29 @@ for (const useTmpfs of [true, false]) {
       await h.kubelet.unpublish(victim);
       assert.equal(await pathExists(victim.targetPath), false);
     });
+
+    it('a target_path swapped for a symlink to another volume while the driver is down is not resumed: nothing written through it', async () => {
+      const victimPod = h.kubelet.createPod();
+      await h.agent.addEntry({ spiffeId: 'spiffe://example.org/resume-victim', selectors: [`k8s:pod-uid:${victimPod.uid}`] });
+      const victim = await h.kubelet.publish(victimPod);
+      const pod = h.kubelet.createPod();
+      const entryId = await h.agent.addEntry({ spiffeId: 'spiffe://example.org/swapped', selectors: [`k8s:pod-uid:${pod.uid}`] });
+      const volume = await h.kubelet.publish(pod);
+      await h.stopDriver();
+      while (await findMount(volume.targetPath)) await unmount(volume.targetPath);
+      await fs.rm(volume.targetPath, { recursive: true });
+      await fs.symlink(victim.targetPath, volume.targetPath);
+
+      await h.startDriver();
+      await h.agent.rotateSvids(entryId);
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      await assertValidSvidVolume(victim.targetPath, 'spiffe://example.org/resume-victim');
+      assert.equal(await pathExists(volume.targetPath), false, 'the link itself is removed');
+      assert.equal(await pathExists(path.join(h.config.stateDir, 'volumes', `${volume.volumeId}.json`)), false, 'the volume is forgotten');
+      assert.match(h.logs.text(), /target path is no longer a directory/);
+      await h.kubelet.unpublish(volume);
+      await h.kubelet.unpublish(victim);
+    });
   });
 }
 
