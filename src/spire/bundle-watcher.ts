@@ -1,8 +1,9 @@
 /**
- * The node-wide SubscribeToX509Bundles stream (DESIGN.md invariant 9): one
+ * The node-wide SubscribeToX509Bundles stream (docs/design.md invariant 9): one
  * stream feeds every volume. Each response is the full map of trust domain ID
- * ("spiffe://<td>") to concatenated DER (reference/spire-delegated-api.md §2.8,
- * §2.9); listeners are told which trust domains actually changed, so a bundle
+ * ("spiffe://<td>") to concatenated DER (SubscribeToX509Bundles and marshalBundle
+ * in https://github.com/spiffe/spire/blob/v1.15.3/pkg/agent/api/delegatedidentity/v1/service.go);
+ * listeners are told which trust domains actually changed, so a bundle
  * rotation rewrites each affected volume once and an unchanged re-send
  * rewrites nothing.
  */
@@ -78,7 +79,8 @@ export class BundleWatcher {
       if (previous?.raw.equals(raw)) continue;
       let certificates: Buffer[];
       try {
-        certificates = splitConcatenatedDer(raw);
+        // A CA listed twice is written once: readers gain nothing from the copy.
+        certificates = withoutDuplicates(splitConcatenatedDer(raw));
       } catch (err) {
         // Keep the last good bundle of this trust domain rather than none.
         this.deps.metrics.bundleRejected.inc();
@@ -92,4 +94,14 @@ export class BundleWatcher {
     this.deps.logger.info({ trust_domains: [...changed] }, 'trust bundle updated');
     for (const listener of [...this.listeners]) listener(changed);
   }
+}
+
+function withoutDuplicates(certificates: Buffer[]): Buffer[] {
+  const seen = new Set<string>();
+  return certificates.filter((der) => {
+    const key = der.toString('base64');
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
 }

@@ -13,40 +13,52 @@ export function certificatesToPem(ders: readonly Buffer[]): string {
 
 /**
  * Splits SPIRE's bundle encoding — the X.509 authorities as raw concatenated
- * ASN.1 DER certificates (reference/spire-delegated-api.md §2.8) — into single
+ * ASN.1 DER certificates (marshalBundle in
+ * https://github.com/spiffe/spire/blob/v1.15.3/pkg/agent/api/delegatedidentity/v1/service.go)
+ * — into single
  * certificates by reading each outer SEQUENCE's length. Throws on anything that
  * is not a whole sequence of DER SEQUENCEs, so a truncated bundle is never
  * written half.
  */
-export function splitConcatenatedDer(data: Buffer): Buffer[] {
+export function splitConcatenatedDer(data: Buffer, what = 'bundle'): Buffer[] {
   const certificates: Buffer[] = [];
   let offset = 0;
   while (offset < data.length) {
-    if (data[offset] !== 0x30) {
-      throw new Error(`bundle is not concatenated DER: expected a SEQUENCE tag at byte ${offset}`);
-    }
-    const first = data[offset + 1];
-    if (first === undefined) throw new Error(`bundle is truncated at byte ${offset}`);
-    let headerLength = 2;
-    let contentLength: number;
-    if (first < 0x80) {
-      contentLength = first;
-    } else {
-      const lengthBytes = first & 0x7f;
-      // Indefinite length (0x80) is BER, not DER; more than 4 length bytes would
-      // describe a certificate larger than anything a CA issues.
-      if (lengthBytes === 0 || lengthBytes > 4) {
-        throw new Error(`bundle has an unsupported DER length encoding at byte ${offset}`);
-      }
-      if (offset + 2 + lengthBytes > data.length) throw new Error(`bundle is truncated at byte ${offset}`);
-      contentLength = 0;
-      for (let i = 0; i < lengthBytes; i++) contentLength = contentLength * 256 + (data[offset + 2 + i] ?? 0);
-      headerLength += lengthBytes;
-    }
-    const end = offset + headerLength + contentLength;
-    if (end > data.length) throw new Error(`bundle is truncated: certificate at byte ${offset} runs past the end`);
+    const end = derStructureEnd(data, offset, what);
     certificates.push(data.subarray(offset, end));
     offset = end;
   }
   return certificates;
+}
+
+/**
+ * Where the DER SEQUENCE that starts at `offset` ends, read from its length
+ * header. Throws, naming `what`, when there is no SEQUENCE there or it runs
+ * past the end of `data`.
+ */
+export function derStructureEnd(data: Buffer, offset: number, what: string): number {
+  if (data[offset] !== 0x30) {
+    throw new Error(`${what} is not DER: expected a SEQUENCE tag at byte ${offset}`);
+  }
+  const first = data[offset + 1];
+  if (first === undefined) throw new Error(`${what} is truncated at byte ${offset}`);
+  let headerLength = 2;
+  let contentLength: number;
+  if (first < 0x80) {
+    contentLength = first;
+  } else {
+    const lengthBytes = first & 0x7f;
+    // Indefinite length (0x80) is BER, not DER; more than 4 length bytes would
+    // describe a certificate larger than anything a CA issues.
+    if (lengthBytes === 0 || lengthBytes > 4) {
+      throw new Error(`${what} has an unsupported DER length encoding at byte ${offset}`);
+    }
+    if (offset + 2 + lengthBytes > data.length) throw new Error(`${what} is truncated at byte ${offset}`);
+    contentLength = 0;
+    for (let i = 0; i < lengthBytes; i++) contentLength = contentLength * 256 + (data[offset + 2 + i] ?? 0);
+    headerLength += lengthBytes;
+  }
+  const end = offset + headerLength + contentLength;
+  if (end > data.length) throw new Error(`${what} is truncated: the structure at byte ${offset} runs past the end`);
+  return end;
 }

@@ -1,6 +1,15 @@
 import { X509Certificate, createPrivateKey, type KeyObject } from 'node:crypto';
-import { parseSubjectAltName } from './subject-alt-name.js';
 import { errorMessage } from '../errors.js';
+import { derStructureEnd } from './pem.js';
+import { parseSubjectAltName } from './subject-alt-name.js';
+
+/**
+ * How far in the future a leaf's NotBefore may be. SPIRE backdates NotBefore
+ * by 10 s; a node whose clock is behind the SPIRE server's by more than that
+ * still gets its SVIDs, but a leaf that only becomes valid much later (a wrong
+ * server clock) would fail every handshake, so it is refused.
+ */
+const NOT_BEFORE_TOLERANCE_MS = 5 * 60 * 1000;
 
 /** What a volume is about to receive; checked as a whole before any byte is written. */
 export interface SvidMaterial {
@@ -22,16 +31,26 @@ export interface CheckedSvid {
 export type SvidCheckResult = { ok: true; svid: CheckedSvid } | { ok: false; reason: string };
 
 /**
- * DESIGN.md invariant 5: nothing invalid is written. The key must be PKCS#8 and
- * belong to the leaf, the leaf's only URI SAN must be the SPIFFE ID the agent
- * says it is, the leaf must not have expired, and the bundle must hold at least
- * one parseable certificate. A failure keeps the previous files in place; the
- * reason is logged (it never contains key material).
+ * docs/design.md invariant 5: nothing invalid is written. Each certificate and the
+ * key must be exactly one DER structure (X509Certificate would also take PEM
+ * text, and trailing bytes break strict readers such as Go's crypto/x509); the
+ * key must be PKCS#8 and belong to the leaf; the leaf's only URI SAN must be
+ * the SPIFFE ID the agent says it is, it must not be a CA, and it must be
+ * valid now (within a small tolerance for NotBefore); each certificate of the
+ * chain must be signed by the next, and the last by a CA of the trust bundle
+ * (SPIFFE X509-SVID, https://github.com/spiffe/spiffe/blob/main/standards/X509-SVID.md
+ * §4 and §5); the bundle must hold at least one parseable certificate. A
+ * failure keeps the previous files in place; the reason is logged (it never
+ * contains key material).
  */
 export function checkSvid(material: SvidMaterial, now: Date = new Date()): SvidCheckResult {
   const leafDer = material.certChain[0];
   if (leafDer === undefined) return { ok: false, reason: 'the certificate chain is empty' };
 
+  for (const [index, der] of material.certChain.entries()) {
+    const problem = describeDerProblem(der, `certificate ${index} of the chain`);
+    if (problem !== undefined) return { ok: false, reason: `a certificate in the chain does not parse: ${problem}` };
+  }
   let chain: X509Certificate[];
   try {
     chain = material.certChain.map((der) => new X509Certificate(der));
@@ -40,6 +59,8 @@ export function checkSvid(material: SvidMaterial, now: Date = new Date()): SvidC
   }
   const leaf = chain[0] as X509Certificate;
 
+  const keyProblem = describeDerProblem(material.keyDer, 'the private key');
+  if (keyProblem !== undefined) return { ok: false, reason: `the private key is not a PKCS#8 DER key: ${keyProblem}` };
   let key: KeyObject;
   try {
     key = createPrivateKey({ key: material.keyDer, format: 'der', type: 'pkcs8' });
@@ -64,22 +85,63 @@ export function checkSvid(material: SvidMaterial, now: Date = new Date()): SvidC
       reason: `the leaf must carry exactly one URI SAN equal to ${material.spiffeId}, found [${uris.join(', ')}]`,
     };
   }
+  if (leaf.ca) return { ok: false, reason: 'the leaf certificate is a CA (basicConstraints cA=true); an X509-SVID leaf must not be' };
 
   const notAfter = new Date(leaf.validTo);
   if (!(notAfter.getTime() > now.getTime())) {
     return { ok: false, reason: `the leaf certificate expired at ${notAfter.toISOString()}` };
   }
+  const notBefore = new Date(leaf.validFrom);
+  if (notBefore.getTime() > now.getTime() + NOT_BEFORE_TOLERANCE_MS) {
+    return { ok: false, reason: `the leaf certificate is not valid before ${notBefore.toISOString()} (is the SPIRE server's or this node's clock wrong?)` };
+  }
 
   if (material.bundle.length === 0) {
     return { ok: false, reason: `the trust bundle for ${trustDomainIdOf(material.spiffeId)} is empty` };
   }
+  let authorities: X509Certificate[];
   try {
-    for (const der of material.bundle) new X509Certificate(der);
+    authorities = material.bundle.map((der) => new X509Certificate(der));
   } catch (err) {
     return { ok: false, reason: `a trust bundle certificate does not parse: ${errorMessage(err)}` };
   }
+  const chainProblem = describeChainProblem(chain, authorities, trustDomainIdOf(material.spiffeId));
+  if (chainProblem !== undefined) return { ok: false, reason: chainProblem };
 
   return { ok: true, svid: { spiffeId: material.spiffeId, serialNumber: leaf.serialNumber, notAfter } };
+}
+
+/** Undefined when each certificate is signed by the next and the last by an authority of the bundle. */
+function describeChainProblem(chain: readonly X509Certificate[], authorities: readonly X509Certificate[], trustDomainId: string): string | undefined {
+  for (let i = 0; i + 1 < chain.length; i++) {
+    if (!isSignedBy(chain[i] as X509Certificate, chain[i + 1] as X509Certificate)) {
+      return `certificate ${i} of the chain is not signed by certificate ${i + 1} (a chain must run leaf first, each certificate signed by the next)`;
+    }
+  }
+  const last = chain[chain.length - 1] as X509Certificate;
+  if (!authorities.some((authority) => isSignedBy(last, authority))) {
+    return `the certificate chain does not lead to a CA of the trust bundle of ${trustDomainId}`;
+  }
+  return undefined;
+}
+
+function isSignedBy(certificate: X509Certificate, issuer: X509Certificate): boolean {
+  try {
+    return certificate.checkIssued(issuer) && certificate.verify(issuer.publicKey);
+  } catch {
+    return false;
+  }
+}
+
+/** Undefined for a buffer holding exactly one DER SEQUENCE and nothing before or after it; else what is wrong. */
+function describeDerProblem(der: Buffer, what: string): string | undefined {
+  if (der.length === 0) return `${what} is empty`;
+  try {
+    const end = derStructureEnd(der, 0, what);
+    return end === der.length ? undefined : `${what} has ${der.length - end} bytes after its DER structure`;
+  } catch (err) {
+    return errorMessage(err);
+  }
 }
 
 /** "spiffe://example.org/ns/x" -> "spiffe://example.org" (the key SPIRE uses in bundle maps). */

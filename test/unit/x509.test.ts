@@ -129,9 +129,9 @@ describe('splitConcatenatedDer', () => {
   });
 
   test('a truncated certificate is refused, never returned half', () => {
-    assert.throws(() => splitConcatenatedDer(ca.certDer.subarray(0, ca.certDer.length - 1)), /bundle is truncated: certificate at byte 0 runs past the end/);
+    assert.throws(() => splitConcatenatedDer(ca.certDer.subarray(0, ca.certDer.length - 1)), /bundle is truncated: the structure at byte 0 runs past the end/);
     const two = Buffer.concat([ca.certDer, intermediate.certDer]);
-    assert.throws(() => splitConcatenatedDer(two.subarray(0, two.length - 10)), new RegExp(`truncated: certificate at byte ${ca.certDer.length}`));
+    assert.throws(() => splitConcatenatedDer(two.subarray(0, two.length - 10)), new RegExp(`truncated: the structure at byte ${ca.certDer.length}`));
   });
 
   test('a truncated header is refused', () => {
@@ -350,5 +350,43 @@ describe('trustDomainIdOf', () => {
   test('anything else comes back unchanged', () => {
     assert.equal(trustDomainIdOf('not-a-spiffe-id'), 'not-a-spiffe-id');
     assert.equal(trustDomainIdOf('spiffe://'), 'spiffe://');
+  });
+});
+
+describe('checkSvid refuses well-formed material that is not a valid SVID for the volume', () => {
+  test('a certificate as PEM text, or with bytes after its DER', () => {
+    const pem = Buffer.from(derToPem(svid.certDer, 'CERTIFICATE'));
+    assert.match(failure(checkSvid(material({ certChain: [pem] }))), /certificate 0 of the chain is not DER/);
+    const trailing = Buffer.concat([svid.certDer, Buffer.from([0, 1, 2, 3])]);
+    assert.match(failure(checkSvid(material({ certChain: [trailing] }))), /certificate 0 of the chain has 4 bytes after its DER structure/);
+  });
+
+  test('a key with bytes after its DER', () => {
+    const trailing = Buffer.concat([svid.keyPkcs8Der, Buffer.from([0])]);
+    assert.match(failure(checkSvid(material({ keyDer: trailing }))), /not a PKCS#8 DER key: the private key has 1 bytes after its DER structure/);
+  });
+
+  test('a leaf that only becomes valid beyond the clock-skew tolerance; within it, accepted', async () => {
+    const later = await mintSvid({ ca, spiffeId: SPIFFE_ID, notBefore: new Date(Date.now() + 3600_000), notAfter: new Date(Date.now() + 7200_000) });
+    assert.match(failure(checkSvid(material({ certChain: later.certChain, keyDer: later.keyPkcs8Der }))), /not valid before .*clock/);
+    const skewed = await mintSvid({ ca, spiffeId: SPIFFE_ID, notBefore: new Date(Date.now() + 60_000), notAfter: new Date(Date.now() + 7200_000) });
+    assert.equal(checkSvid(material({ certChain: skewed.certChain, keyDer: skewed.keyPkcs8Der })).ok, true);
+  });
+
+  test('a leaf that is a CA', async () => {
+    const caLeaf = await mintSvid({ ca, spiffeId: SPIFFE_ID, isCa: true });
+    assert.match(failure(checkSvid(material({ certChain: caLeaf.certChain, keyDer: caLeaf.keyPkcs8Der }))), /leaf certificate is a CA/);
+  });
+
+  test('a leaf signed by a CA that is not in the bundle', async () => {
+    const foreign = await mintSvid({ ca: await mintCa({ trustDomain: TD }), spiffeId: SPIFFE_ID });
+    assert.match(failure(checkSvid(material({ certChain: foreign.certChain, keyDer: foreign.keyPkcs8Der }))), /does not lead to a CA of the trust bundle of spiffe:\/\/example\.org/);
+  });
+
+  test('an intermediate chain whose root is missing from the bundle, and a chain with a link that does not sign the one before', async () => {
+    const leaf = await mintSvid({ ca: intermediate, spiffeId: SPIFFE_ID });
+    assert.match(failure(checkSvid(material({ certChain: leaf.certChain, keyDer: leaf.keyPkcs8Der, bundle: [other.certDer] }))), /does not lead to a CA/);
+    const copies = [svid.certDer, svid.certDer, svid.certDer];
+    assert.match(failure(checkSvid(material({ certChain: copies }))), /certificate 0 of the chain is not signed by certificate 1/);
   });
 });

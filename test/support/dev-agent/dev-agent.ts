@@ -409,6 +409,36 @@ export class DevAgent {
     for (const notify of this.streamCountListeners) notify();
   }
 
+  // ------------------------------------------- raw bundle injection (fuzzing)
+  // Added for test/integration/fuzz-agent-material.test.ts (hardening issue #8).
+
+  /**
+   * Sends every open bundle stream exactly `raw` as the bundle of
+   * `trustDomainId` (`spiffe://td`), next to whatever that stream was last
+   * sent — no checks, so garbage, truncated or empty DER reaches the client as
+   * a real agent bug would send it. The agent's own CAs and federated bundles
+   * are untouched, and SVID streams are not woken; {@link resendBundles} sends
+   * the held bundles again. Streams opened later never see the injection.
+   */
+  injectBundle(trustDomainId: string, raw: Buffer): void {
+    this.assertOpen();
+    for (const subscriber of this.bundleSubscribers) {
+      if (subscriber.done) continue;
+      subscriber.sent[trustDomainId] = Buffer.from(raw);
+      subscriber.call.write({ ca_certificates: { ...subscriber.sent } });
+    }
+  }
+
+  /**
+   * Sends the bundles the agent holds to every open bundle stream, also when
+   * nothing changed: an identical re-send (which the real agent occasionally
+   * does, §2.9), or the end of an {@link injectBundle}.
+   */
+  resendBundles(): void {
+    this.assertOpen();
+    for (const subscriber of this.bundleSubscribers) this.writeBundles(subscriber);
+  }
+
   // ---------------------------------------------------------- introspection
 
   /** The own trust domain's CA certificates, oldest first. */
