@@ -1,5 +1,5 @@
 /**
- * `npm run bench`: measures the DESIGN.md targets and prints figures (median
+ * `npm run bench`: measures the targets of docs/design.md §5 and prints figures (median
  * and spread over several runs). A script, not a test: nothing here passes or
  * fails, it reports what it measured on this machine.
  *

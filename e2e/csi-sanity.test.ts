@@ -2,7 +2,7 @@
  * The real csi-sanity (kubernetes-csi/csi-test v5.4.0) against the driver
  * process, which is pointed at a real SPIRE agent.
  *
- * A node-only driver needs three things (reference/csi.md §5):
+ * A node-only driver needs three things (docs/design.md fact F15):
  *  - `--ginkgo.skip='Controller Server|should remove target path'`: the
  *    controller suites call Controller RPCs unconditionally, and "should
  *    remove target path" calls CreateVolume.

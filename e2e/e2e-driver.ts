@@ -114,7 +114,7 @@ export class DriverUnderTest {
     }
   }
 
-  /** DESIGN.md invariant 3's cleanup: no target path, no metadata, no mount left for this volume. */
+  /** docs/design.md invariant 3's cleanup: no target path, no metadata, no mount left for this volume. */
   async assertNothingLeft(volume: PublishedVolume): Promise<void> {
     assert.equal(await isMountPoint(volume.targetPath), false, `no mount left at ${volume.targetPath}`);
     assert.equal(await pathExists(volume.targetPath), false, `target path ${volume.targetPath} removed`);

@@ -23,7 +23,7 @@ export function identityService(options: IdentityServiceOptions): grpc.UntypedSe
     GetPluginCapabilities: unaryHandler('GetPluginCapabilities', logger, async () => ({ capabilities: [] })),
     // Readiness of the driver itself, not of the SPIRE agent: livenessprobe
     // restarts the container when Probe fails, and restarting the driver cannot
-    // bring an agent back (reference/csi.md §4).
+    // bring an agent back (https://github.com/kubernetes-csi/livenessprobe/blob/v2.19.0/README.md).
     Probe: unaryHandler('Probe', logger, async () => ({ ready: { value: options.isReady() } })),
   };
 }

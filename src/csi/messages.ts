@@ -1,6 +1,7 @@
 /**
  * TypeScript shapes of the CSI messages we serve, as decoded with
- * PROTO_LOADER_OPTIONS (see csi-proto/ and reference/csi.md §1).
+ * PROTO_LOADER_OPTIONS (see csi-proto/, our subset of
+ * https://github.com/container-storage-interface/spec/blob/v1.12.0/csi.proto).
  */
 import * as grpc from '@grpc/grpc-js';
 import { loadProtoPackage, lookupService } from '../proto-loading.js';

@@ -4,8 +4,9 @@ import path from 'node:path';
 import { describeFileNameProblem } from './file-names.js';
 
 /**
- * The Kubernetes AtomicWriter layout (reference/anchors.md §3.1), for one
- * volume directory:
+ * The Kubernetes AtomicWriter layout
+ * (https://github.com/kubernetes/kubernetes/blob/master/pkg/volume/util/atomic_writer.go),
+ * for one volume directory:
  *
  * ```
  * targetDir/
@@ -17,7 +18,8 @@ import { describeFileNameProblem } from './file-names.js';
  * Why this layout and not a `tmp + rename` per file: Envoy's file SDS only
  * reacts to IN_MOVED_TO in the parent directory of each file, and it loads the
  * certificate and key together, re-reading until two consecutive hashes match
- * (reference/anchors.md §3.2). Renaming the one `..data` link flips every file at
+ * (https://www.envoyproxy.io/docs/envoy/latest/configuration/security/secret#key-rotation).
+ * Renaming the one `..data` link flips every file at
  * once and produces exactly one IN_MOVED_TO in the volume root. Per-file renames
  * give Envoy a window with a new certificate and the old key, which it rejects
  * ("Failed to reload certificates") and may not retry until the next event.
@@ -66,7 +68,7 @@ interface ValidatedPayload {
  * Writes the files of one volume so that readers always see one complete
  * version. Calls on one instance are serialised; there must be no other writer
  * for the same directory ("AtomicWriter offers no concurrency guarantees and
- * must be synchronized by the caller", reference/anchors.md §3.1).
+ * must be synchronized by the caller", upstream's atomic_writer.go).
  */
 export class AtomicWriter {
   readonly targetDir: string;
@@ -164,7 +166,7 @@ export class AtomicWriter {
       // Deleted at once rather than after a grace period, as upstream does. A
       // reader that resolved ..data just before the swap may get ENOENT and has
       // to retry; Envoy treats that as a failed load and waits for the next
-      // event, which the swap has already delivered (reference/anchors.md §3.1).
+      // event, which the swap has already delivered (docs/design.md facts F16, F17).
       // The new files are live at this point, so a failure here is not a
       // failed write: the leftover directory goes with the next write's
       // crash-leftover cleanup.

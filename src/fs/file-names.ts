@@ -5,7 +5,8 @@
  * A name is a single path element at the volume root: the AtomicWriter layout
  * links `<name> -> ..data/<name>` there, and Envoy's default watch is on the
  * parent directory of each file, which has to be the directory where `..data`
- * is renamed (reference/anchors.md §3.2). A sub-directory would silently stop
+ * is renamed (https://www.envoyproxy.io/docs/envoy/latest/configuration/security/secret#key-rotation).
+ * A sub-directory would silently stop
  * rotations from being noticed, so it is not allowed.
  */
 
@@ -27,7 +28,7 @@ export function describeFileNameProblem(name: string): string | undefined {
   }
   if (name === '.' || name === '..') return `file name ${JSON.stringify(name)} is not a file name`;
   // Names beginning with ".." (..data, ..data_tmp, ..<timestamp>) belong to the
-  // AtomicWriter layout (reference/anchors.md §3.1); a single leading dot is
+  // AtomicWriter layout (src/fs/atomic-writer.ts); a single leading dot is
   // refused as well so hidden files cannot shadow or be confused with them.
   if (name.startsWith('.')) {
     return `file name ${JSON.stringify(name)} starts with "."; names starting with "." are reserved for the volume layout`;

@@ -22,10 +22,10 @@ export interface TmpfsOptions {
 
 /**
  * Mounts a size-limited tmpfs at `target`: private keys then live in memory
- * only (DESIGN.md invariant 8), and a `size=` keeps a runaway payload from
- * eating half the node's RAM, the kernel default that none of the anchors
- * override (reference/anchors.md §6.4). nosuid,nodev,noexec because the volume
- * only ever holds PEM files.
+ * only (docs/design.md invariant 8), and a `size=` keeps a runaway payload from
+ * eating half the node's RAM, the kernel default that cert-manager/csi-lib's
+ * shared tmpfs keeps (docs/design.md fact F18). nosuid,nodev,noexec because
+ * the volume only ever holds PEM files.
  */
 export async function mountTmpfs(target: string, opts: TmpfsOptions): Promise<void> {
   const mode = opts.mode ?? 0o755;

@@ -1,7 +1,7 @@
 /**
  * Structured JSON logs (pino) with stable keys: volume_id, pod, spiffe_id,
  * target_path, selectors, err. Private keys and service-account tokens must
- * never reach a log line (DESIGN.md invariant 8): the code never logs them, and
+ * never reach a log line (docs/design.md invariant 8): the code never logs them, and
  * these redaction paths catch the shapes they arrive in should a request or a
  * response object be logged by mistake.
  */

@@ -3,7 +3,8 @@
  * node-wide bundle stream and every volume's SVID stream.
  *
  * When the agent restarts it deletes and re-creates its socket file
- * (reference/spire-delegated-api.md §2.1). grpc-js would find the new socket
+ * (https://github.com/spiffe/spire/blob/v1.15.3/pkg/agent/api/endpoints_posix.go).
+ * grpc-js would find the new socket
  * only after its own reconnect backoff (up to minutes), so the socket's
  * directory is watched (chokidar) and, when the socket appears again, the
  * client is replaced and every stream is told to reconnect at once.

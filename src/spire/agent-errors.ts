@@ -1,6 +1,8 @@
 /**
  * Turns a failed agent stream into a sentence that tells the operator what to
- * fix (reference/spire-delegated-api.md §2.2 lists what the agent answers).
+ * fix (isCallerAuthorized and constructValidSelectorsFromReq in
+ * https://github.com/spiffe/spire/blob/v1.15.3/pkg/agent/api/delegatedidentity/v1/service.go
+ * show what the agent answers; docs/design.md facts F2, F3).
  */
 import { status } from '@grpc/grpc-js';
 

@@ -1,6 +1,7 @@
 /**
  * TypeScript shapes of the Delegated Identity API messages as decoded with
- * PROTO_LOADER_OPTIONS (see spire-proto/ and reference/spire-delegated-api.md §1).
+ * PROTO_LOADER_OPTIONS (see spire-proto/, our subset of
+ * https://github.com/spiffe/spire-api-sdk/blob/v1.15.2/proto/spire/api/agent/delegatedidentity/v1/delegatedidentity.proto).
  */
 import * as grpc from '@grpc/grpc-js';
 import { loadProtoPackage, lookupService } from '../proto-loading.js';

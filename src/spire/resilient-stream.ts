@@ -3,7 +3,9 @@
  * owner wants it: when it fails (agent restarted, socket gone, authorization
  * revoked) it is re-opened after a capped, jittered backoff — or at once when
  * the agent's socket re-appears. No deadline is set on the call: the agent may
- * legitimately stay silent for a long time (reference/spire-delegated-api.md §7).
+ * legitimately stay silent for a long time: its first response waits until the
+ * SVIDs are signed (subscribeToWorkloadUpdates in
+ * https://github.com/spiffe/spire/blob/v1.15.3/pkg/agent/manager/cache/lru_cache.go).
  */
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../observability/logger.js';

@@ -1,9 +1,11 @@
 /**
- * DESIGN.md invariant 1: selectors come only from kubelet's pod info and the
+ * docs/design.md invariant 1: selectors come only from kubelet's pod info and the
  * driver's own node name. k8s:pod-uid is what spire-controller-manager's
  * ClusterSPIFFEID entries carry, k8s:ns + k8s:sa what hand-made entries use;
- * an entry matches when all of its selectors are among these
- * (reference/delegated-clients.md §0).
+ * an entry matches when all of its selectors are among these (renderPodEntry in
+ * https://github.com/spiffe/spire-controller-manager/blob/main/pkg/spireentry/entries.go,
+ * getRecordsForSelectors in
+ * https://github.com/spiffe/spire/blob/v1.15.3/pkg/agent/manager/cache/lru_cache.go).
  */
 import type { PodInfo } from '../volumes/pod-binding.js';
 import type { Selector } from './messages.js';

@@ -2,7 +2,7 @@
  * Volume attributes (pod.spec.volumes[].csi.volumeAttributes). They are written
  * by whoever can create a pod, so they may choose file names, a group and which
  * of the pod's own SVIDs to write — and nothing else. In particular they can
- * never add, change or remove a selector (DESIGN.md invariant 1): selectors are
+ * never add, change or remove a selector (docs/design.md invariant 1): selectors are
  * built only from kubelet's pod info. Unknown keys are rejected so that a typo
  * fails the mount loudly instead of being ignored.
  */

@@ -3,7 +3,7 @@
  * and its single writer. Every SVID response and every change of its trust
  * domain's bundle marks the volume dirty; one sync loop per volume turns the
  * newest state into files, so writes never overlap and a burst of updates
- * becomes one swap (DESIGN.md invariant 4). Identical content writes nothing;
+ * becomes one swap (docs/design.md invariant 4). Identical content writes nothing;
  * an empty or invalid response keeps the previous files (invariants 5, 6).
  * A write that fails is retried with the newest material on a capped, jittered
  * backoff until it lands (write-retry.ts), without waiting for the agent.
@@ -110,7 +110,7 @@ export class ManagedVolume {
   }
 
   /**
-   * DESIGN.md invariant 3: NodePublishVolume returns only once the files are on
+   * docs/design.md invariant 3: NodePublishVolume returns only once the files are on
    * disk. Resolves when they are; rejects early when retrying cannot help (the
    * agent refuses the driver), on timeout with the reason, or when kubelet
    * cancels the call.

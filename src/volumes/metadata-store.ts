@@ -1,11 +1,12 @@
 /**
  * One JSON file per volume in the state directory, so a restarted driver takes
- * every volume back without asking the Kubernetes API (DESIGN.md invariant 6).
+ * every volume back without asking the Kubernetes API (docs/design.md invariant 6).
  * Each file is written atomically (write-file-atomic: temp file + fsync +
  * rename), and a file that fails to parse is moved into quarantine/ with an
  * error log instead of stopping the driver — cert-manager/csi-lib fails the
- * whole node on one bad file (reference/anchors.md §1.1). No secret is ever
- * stored here: not the key, not the service-account tokens.
+ * whole node on one bad file (NewManager in
+ * https://github.com/cert-manager/csi-lib/blob/main/manager/manager.go). No
+ * secret is ever stored here: not the key, not the service-account tokens.
  *
  * Compatibility between driver versions (a rollback runs an older driver on
  * records a newer one wrote): a newer version only ever adds fields and keeps

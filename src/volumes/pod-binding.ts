@@ -1,9 +1,10 @@
 /**
- * DESIGN.md invariant 2: a publish request is bound to the pod kubelet named in
- * it. kubelet derives both the target path and the volume id from the pod UID
- * and the volume's name (reference/csi.md §3.4, §3.5), so a request whose path
- * or id belongs to another pod — or to no pod at all — was not sent by kubelet
- * for this pod and is refused before anything is touched.
+ * docs/design.md invariant 2: a publish request is bound to the pod kubelet
+ * named in it. kubelet derives both the target path and the volume id from the
+ * pod UID and the volume's name (makeVolumeHandle and GetPath in
+ * https://github.com/kubernetes/kubernetes/blob/4a0608cb77f6a53af41cb4a453af104a4d4a0610/pkg/volume/csi/csi_mounter.go),
+ * so a request whose path or id belongs to another pod — or to no pod at all —
+ * was not sent by kubelet for this pod and is refused before anything is touched.
  */
 import { createHash } from 'node:crypto';
 import path from 'node:path';

@@ -26,7 +26,8 @@ export function spiffeIdOf(svid: X509SvidWithKey): string | undefined {
 }
 
 /**
- * The agent sorts SVIDs by entry id (reference/spire-delegated-api.md §2.4), so
+ * The agent sorts SVIDs by entry id (sortIdentities in
+ * https://github.com/spiffe/spire/tree/v1.15.3/pkg/agent/manager/cache), so
  * "the first" is stable but arbitrary; csi.spire.io/spiffe-id and
  * csi.spire.io/hint let a pod with several matching entries say which one it wants.
  */
@@ -60,7 +61,7 @@ export interface FileNames {
   bundle: string;
 }
 
-/** DESIGN.md "Files in a volume": key 0600, or 0640 group-owned with an fsGroup. */
+/** docs/design.md §4 (Layouts): key 0600, or 0640 group-owned with an fsGroup. */
 export function buildVolumeFiles(svid: PickedSvid, bundle: readonly Buffer[], names: FileNames, fsGroup: number | null): FileSpec[] {
   return [
     { name: names.cert, data: Buffer.from(certificatesToPem(svid.certChain)), mode: 0o644 },

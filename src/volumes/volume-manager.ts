@@ -59,7 +59,7 @@ export class VolumeManager {
   }
 
   /**
-   * DESIGN.md invariant 6: take back every volume recorded in the state
+   * docs/design.md invariant 6: take back every volume recorded in the state
    * directory. Files and mounts stay exactly as they are; the streams are
    * re-opened and the first response rewrites a file only if it differs.
    */
@@ -139,7 +139,7 @@ export class VolumeManager {
     if (signal.aborted) throw signal.reason;
     const existing = this.volumes.get(spec.volumeId);
     if (existing) {
-      // DESIGN.md invariant 7: a repeated publish of a live volume is OK and
+      // docs/design.md invariant 7: a repeated publish of a live volume is OK and
       // mounts nothing again (spiffe-csi#331: non-idempotent publishes stacked
       // mounts until the node died).
       if (existing.record.targetPath !== spec.targetPath) {
@@ -268,7 +268,7 @@ export class VolumeManager {
    * format, or its state directory wiped. Ours if what is on disk says so, and
    * then removed completely: answering OK while our tmpfs and key stay on the
    * node would leave them there for good, since kubelet then forgets the
-   * volume. Otherwise OK with nothing done (DESIGN.md invariant 7: kubelet
+   * volume. Otherwise OK with nothing done (docs/design.md invariant 7: kubelet
    * retries every error forever, a pod stuck Terminating).
    */
   private async unpublishUnrecorded(volumeId: string, targetPath: string): Promise<void> {

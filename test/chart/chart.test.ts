@@ -1,7 +1,7 @@
 /**
  * Helm chart tests: `helm lint --strict`, then `helm template` with the default values and with several
  * non-default ones, checked against what kubelet, the sidecars and the driver itself expect
- * (reference/csi.md §3.10, §4). The driver container's args and env go through the driver's real
+ * (docs/design.md facts F13, F14). The driver container's args and env go through the driver's real
  * configuration parser, so a flag the chart renders but the driver refuses fails here, not on a node.
  *
  * Needs helm (see helm.ts for where it is looked up). Without it the tests are skipped with the reason,
@@ -198,7 +198,7 @@ function checkRelease(manifests: Manifest[], expected: Expected): void {
   assert.equal(config.useTmpfs, true, 'volumes are tmpfs-backed: keys never touch the node disk');
   assert.equal(config.metricsAddress?.port, expected.metricsPort);
 
-  // Sockets and registration (reference/csi.md §4).
+  // Sockets and registration (https://github.com/kubernetes-csi/node-driver-registrar/blob/v2.17.0/README.md).
   const csiDir = path.dirname(config.csiSocketPath);
   for (const c of [driver, registrar, probe]) {
     const { volume: v } = mountAt(pod, c, csiDir);
@@ -282,7 +282,7 @@ function checkRelease(manifests: Manifest[], expected: Expected): void {
   assert.equal(sa.metadata.name, pod.serviceAccountName);
   assert.equal(sa['automountServiceAccountToken'], false);
 
-  // The CSIDriver object (reference/csi.md §3.10).
+  // The CSIDriver object (https://github.com/kubernetes/api/blob/v0.36.3/storage/v1/types.go).
   const csiDriver = only(manifests, 'CSIDriver');
   assert.equal(csiDriver.apiVersion, 'storage.k8s.io/v1');
   assert.equal(csiDriver.metadata.name, config.driverName, 'CSIDriver name equals what GetPluginInfo reports');

@@ -1,18 +1,19 @@
 /**
- * Property test for the Envoy case (DESIGN.md "Tests", invariant 4): readers
+ * Property test for the Envoy case (docs/design.md invariant 4): readers
  * that load the certificate and key through the visible names the way Envoy's
  * file SDS does never accept a mismatched pair, however often the
  * AtomicWriter rotates underneath them.
  *
- * The reader mimics SdsApi::onWatchUpdate (reference/anchors.md §3.2): read
+ * The reader mimics SdsApi::onWatchUpdate
+ * (https://github.com/envoyproxy/envoy/blob/main/source/common/secret/sds_api.cc): read
  * every file, hash, re-read until two consecutive hashes match, at most 5
  * re-reads. A missing or torn file makes the attempt fail and the reader
  * starts over. Readers run in worker threads with synchronous reads, so they
  * genuinely race the writer on another core, as Envoy's main thread would.
  *
  * The control case proves the test can fail: a writer that renames the
- * certificate and the key separately (the per-file `tmp + rename` pattern of
- * §3.2 "What goes wrong") must be caught by the same readers.
+ * certificate and the key separately (the per-file `tmp + rename` pattern that
+ * src/fs/atomic-writer.ts explains) must be caught by the same readers.
  *
  * This file is also the worker's entry point: in a worker thread it runs the
  * reader loop instead of registering tests.

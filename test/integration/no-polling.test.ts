@@ -1,5 +1,5 @@
 /**
- * DESIGN.md invariant 9: no polling. With many live volumes and nothing
+ * docs/design.md invariant 9: no polling. With many live volumes and nothing
  * happening, the driver process uses no CPU, asks the agent for nothing and
  * writes nothing: every change arrives on the agent's streams.
  */

@@ -1,5 +1,5 @@
 /**
- * DESIGN.md invariant 3: NodePublishVolume waits a bounded time, and when it
+ * docs/design.md invariant 3: NodePublishVolume waits a bounded time, and when it
  * fails it leaves nothing behind and answers a retryable code whose message
  * names the cause.
  */

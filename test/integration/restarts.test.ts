@@ -1,5 +1,5 @@
 /**
- * DESIGN.md invariant 6: restarts lose nothing. The agent restarting, the
+ * docs/design.md invariant 6: restarts lose nothing. The agent restarting, the
  * driver killed with SIGKILL or stopped with SIGTERM, a corrupt metadata file:
  * files stay in place, streams come back, rotation continues.
  */

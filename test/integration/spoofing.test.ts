@@ -1,5 +1,5 @@
 /**
- * Attempts to break DESIGN.md invariants 1 and 2 through the CSI socket: every
+ * Attempts to break docs/design.md invariants 1 and 2 through the CSI socket: every
  * one is refused with INVALID_ARGUMENT before the driver touches the disk or
  * asks the agent for anything.
  */

@@ -1,5 +1,5 @@
 /**
- * DESIGN.md invariant 8 on a real node: each volume is its own size-limited
+ * docs/design.md invariant 8 on a real node: each volume is its own size-limited
  * nosuid,nodev,noexec tmpfs, key files are 0600 — or 0640 and group-owned when
  * the pod has an fsGroup (volume_mount_group) or the fs-group attribute.
  * Needs root; CI runs as root and fails rather than skip.

@@ -1,13 +1,14 @@
 /**
  * Certificate minting for tests and the development agent, with @peculiar/x509
  * over Node's WebCrypto. The shapes follow what a SPIRE server without an
- * UpstreamAuthority issues (reference/spire-delegated-api.md §2.8): a
+ * UpstreamAuthority issues (makeCertChain in
+ * https://github.com/spiffe/spire/blob/v1.15.3/pkg/server/ca/ca.go): a
  * self-signed EC P-256 CA whose URI SAN is the trust domain, and leaf X.509-SVIDs
  * whose only URI SAN is the SPIFFE ID, with PKCS#8 DER private keys.
  *
  * Every knob is open on purpose: other tests mint deliberately broken SVIDs
  * (expired, two URI SANs, a foreign trust domain, a key that does not match)
- * to prove the driver never writes them (DESIGN.md invariant 5).
+ * to prove the driver never writes them (docs/design.md invariant 5).
  */
 import { generateKeyPairSync, randomBytes, webcrypto } from 'node:crypto';
 // @peculiar/x509 registers its algorithm providers through tsyringe, which
@@ -163,7 +164,7 @@ export async function mintCa(options: MintCaOptions): Promise<MintedCa> {
     notBefore,
     notAfter,
     // The root never travels in an SVID chain; an intermediate and whatever
-    // sits between it and the root do (SPIRE's makeCertChain, §2.8).
+    // sits between it and the root do (SPIRE's makeCertChain, docs/design.md fact F8).
     upstreamChain: options.parent ? [certDer, ...options.parent.upstreamChain] : [],
   };
 }
@@ -224,7 +225,7 @@ export async function exportPkcs8(keyPair: KeyPair): Promise<Buffer> {
 
 /**
  * An RSA private key as PKCS#1 (`RSA PRIVATE KEY`) DER — not PKCS#8, which the
- * Delegated Identity API promises (§1.3), so a driver must refuse it.
+ * Delegated Identity API promises (docs/design.md fact F8), so a driver must refuse it.
  */
 export function mintRsaPkcs1KeyDer(): Buffer {
   return generateKeyPairSync('rsa', {

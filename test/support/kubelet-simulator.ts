@@ -1,6 +1,6 @@
 /**
  * Plays kubelet against the driver's CSI socket, sending exactly what kubelet
- * sends for an inline ephemeral volume (reference/csi.md §3): the pod volume
+ * sends for an inline ephemeral volume (docs/design.md facts F10, F11): the pod volume
  * directory layout, the volume id formula, the podInfoOnMount keys merged over
  * the user's volumeAttributes, SINGLE_NODE_WRITER, volume_mount_group from the
  * pod's fsGroup, NodeGetCapabilities before every publish, and removal of the

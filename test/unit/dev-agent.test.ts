@@ -1,7 +1,7 @@
 /**
  * Drives the development SPIRE agent through a real @grpc/grpc-js client on its
- * Unix socket and checks it behaves as reference/spire-delegated-api.md §2 says
- * the real agent does — the driver's integration tests lean on every one of
+ * Unix socket and checks it behaves as docs/design.md facts F1–F9 say the real
+ * agent does (e2e/agent-contract.test.ts checks the real one) — the driver's integration tests lean on every one of
  * these behaviours.
  */
 import { describe, it } from 'node:test';
@@ -335,7 +335,7 @@ describe('DevAgent', () => {
       // An entry the stream's selectors do not cover must not wake it.
       await agent.addEntry({ spiffeId: 'spiffe://example.org/x', selectors: ['k8s:ns:kube-system'] });
       const id = await agent.addEntry({ spiffeId: WEB_ID, selectors: ['k8s:ns:default', 'k8s:pod-uid:1234'] });
-      assert.deepEqual((await stream.next()).x509_svids, [], 'the entry is seen before its SVID is signed (§2.6)');
+      assert.deepEqual((await stream.next()).x509_svids, [], 'the entry is seen before its SVID is signed (docs/design.md fact F6)');
       const withSvid = await stream.next();
       assert.equal(leafOf(withSvid).serialNumber.toLowerCase(), agent.currentSvid(id).serialHex);
       await stream.quiet(100);

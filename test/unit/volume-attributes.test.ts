@@ -271,6 +271,7 @@ describe('spiffe-id', () => {
     rejected(attr('spiffe-id', `spiffe://example.org/${'a'.repeat(2048)}`), /"csi\.spire\.io\/spiffe-id"/);
   });
 
+  // SPIFFE ID spec §2.2: https://github.com/spiffe/spiffe/blob/main/standards/SPIFFE-ID.md#22-path
   test(
     'path segments "." and ".." are rejected (SPIFFE ID spec §2.2)',
     () => {

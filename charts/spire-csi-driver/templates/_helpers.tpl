@@ -59,7 +59,8 @@ until the project publishes images: a privileged DaemonSet must not pull from a 
 {{- end }}
 
 {{/*
-Host paths derived from kubeletRootDir and driver.name (reference/csi.md §4): kubelet looks for
+Host paths derived from kubeletRootDir and driver.name (node-driver-registrar's README,
+https://github.com/kubernetes-csi/node-driver-registrar/blob/v2.17.0/README.md): kubelet looks for
 <root>/plugins_registry/<driver>-reg.sock, and the registrar tells it the driver socket is at
 <root>/plugins/<driver>/csi.sock, which is /csi/csi.sock inside the pod.
 */}}

@@ -2,7 +2,7 @@
  * The development SPIRE agent: a TypeScript DelegatedIdentity server on a Unix
  * socket, with a real CA, for integration tests and the demo. It reproduces the
  * behaviour of the real agent that the driver depends on, as described in
- * reference/spire-delegated-api.md §2 (SPIRE v1.15.3), including the awkward
+ * docs/design.md §6, facts F1–F9 (SPIRE v1.15.3), including the awkward
  * parts — an empty first response when nothing matches, repeated identical
  * snapshots on bundle changes, a response that lacks a just-added entry's SVID —
  * because a driver that only ever met a tidy fake would break on the real one.
@@ -38,14 +38,14 @@ export interface DevAgentOptions {
   svidTtlSeconds?: number;
   /** Re-sign each SVID at half its lifetime, as the agent's `ShouldRotateX509` does (without the ±10 % jitter). */
   autoRotate?: boolean;
-  /** Delay before the first response of a stream whose selectors match entries (§2.5: the real agent blocks until the SVIDs are cached). */
+  /** Delay before the first response of a stream whose selectors match entries (F5: the real agent blocks until the SVIDs are cached). */
   firstResponseDelayMs?: number;
-  /** Outcome of the caller check that stands in for peer attestation (§2.2). Default `authorized`. */
+  /** Outcome of the caller check that stands in for peer attestation (F2). Default `authorized`. */
   callerAuthorization?: CallerAuthorization;
 }
 
 export interface DevEntrySpec {
-  /** Entry ID; default `entry-000001`, `entry-000002`, … in creation order. Responses are sorted by it (§2.4). */
+  /** Entry ID; default `entry-000001`, `entry-000002`, … in creation order. Responses are sorted by it (F4). */
   id?: string;
   /** `spiffe://<trust domain>/<path>` in the agent's own trust domain. */
   spiffeId: string;
@@ -53,7 +53,7 @@ export interface DevEntrySpec {
   selectors: string[];
   hint?: string;
   ttlSeconds?: number;
-  /** Admin entries match but are never sent to a delegate (§2.4). */
+  /** Admin entries match but are never sent to a delegate (F4). */
   admin?: boolean;
   /** Trust domains, `spiffe://td` or bare `td`. */
   federatesWith?: string[];
@@ -104,7 +104,7 @@ interface IssuedSvid {
 interface EntryRecord {
   entry: DevEntry;
   selectorKeys: string[];
-  /** Undefined until the first signing finishes: the "not yet cached" state of §2.5/§2.6. */
+  /** Undefined until the first signing finishes: the "not yet cached" state of F5/F6. */
   svid: IssuedSvid | undefined;
   /** Bumped on every (re)issue so a slow signing cannot overwrite a newer SVID. */
   generation: number;
@@ -123,7 +123,7 @@ interface BundleSubscriber {
   call: BundleCall;
   /**
    * The per-stream map, only ever assigned into: the real agent never prunes it,
-   * so a trust domain that disappears keeps being sent on an open stream (§2.9).
+   * so a trust domain that disappears keeps being sent on an open stream (F9).
    */
   sent: Record<string, Buffer>;
   done: boolean;
@@ -183,8 +183,8 @@ export class DevAgent {
   /**
    * Registers an entry and resolves once its first SVID is signed and pushed.
    * The entry is visible to matching at once, before it has an SVID, as in the
-   * real cache (§2.6): open streams it matches get a snapshot without it, then
-   * one with it; a stream opened in between waits for it (§2.5).
+   * real cache (F6): open streams it matches get a snapshot without it, then
+   * one with it; a stream opened in between waits for it (F5).
    */
   async addEntry(spec: DevEntrySpec): Promise<string> {
     this.assertOpen();
@@ -220,7 +220,7 @@ export class DevAgent {
     return id;
   }
 
-  /** Removes an entry; matching streams get a snapshot without it, possibly empty, and stay open (§2.6). */
+  /** Removes an entry; matching streams get a snapshot without it, possibly empty, and stay open (F6). */
   removeEntry(id: string): boolean {
     const record = this.entries.get(id);
     if (!record) return false;
@@ -258,7 +258,7 @@ export class DevAgent {
    * A CA rotation as SPIRE performs it: the new authority is published in the
    * bundle next to the old one first (prepared + active), then every SVID is
    * re-signed by it. Each bundle change reaches every SVID stream as a snapshot
-   * with unchanged SVIDs (`notifyAll`, §2.6), so clients see identical resends.
+   * with unchanged SVIDs (`notifyAll`, F6), so clients see identical resends.
    */
   async rotateCa(): Promise<void> {
     this.assertOpen();
@@ -279,7 +279,7 @@ export class DevAgent {
   /**
    * Sets (or, with an empty list, removes) a federated trust domain's bundle.
    * Like the real agent, which only syncs bundles named in some entry's
-   * `federates_with` (§2.7, §2.9), the bundle is streamed and listed in
+   * `federates_with` (F7, F9), the bundle is streamed and listed in
    * `federates_with` only while an entry federates with that trust domain.
    */
   setFederatedBundle(trustDomain: string, certDers: Buffer[]): void {
@@ -334,7 +334,7 @@ export class DevAgent {
 
   /**
    * Takes effect at each stream's next message, never by itself: the real
-   * agent re-checks the caller only when it has something to send (§2.2).
+   * agent re-checks the caller only when it has something to send (F2).
    */
   setCallerAuthorization(mode: CallerAuthorization): void {
     this.callerAuthorization = mode;
@@ -432,7 +432,7 @@ export class DevAgent {
   /**
    * Sends the bundles the agent holds to every open bundle stream, also when
    * nothing changed: an identical re-send (which the real agent occasionally
-   * does, §2.9), or the end of an {@link injectBundle}.
+   * does, F9), or the end of an {@link injectBundle}.
    */
   resendBundles(): void {
     this.assertOpen();
@@ -495,7 +495,7 @@ export class DevAgent {
   // -------------------------------------------------------------- transport
 
   private async listen(): Promise<void> {
-    // §2.1: the agent creates the parent directory and replaces whatever file
+    // F1: the agent creates the parent directory and replaces whatever file
     // sits at the socket path (a stale socket from a crash).
     await fs.mkdir(path.dirname(this.socketPath), { recursive: true, mode: 0o755 });
     await fs.rm(this.socketPath, { force: true });
@@ -525,7 +525,7 @@ export class DevAgent {
         resolve();
       });
     });
-    // §2.1: only root or the agent's uid/gid may connect.
+    // F1: only root or the agent's uid/gid may connect.
     await fs.chmod(this.socketPath, 0o770);
     if (this.closed) {
       listener.close();
@@ -541,7 +541,7 @@ export class DevAgent {
     const selectors = request.selectors ?? [];
     this.selectorLog.push(selectors.map((s) => ({ type: s.type, value: s.value })));
 
-    // §2.2 then §2.3: the caller is checked before the request is looked at.
+    // F2 then F3: the caller is checked before the request is looked at.
     const denied = this.authorizationFailure();
     if (denied) return endWithStatus(call, grpc.status.PERMISSION_DENIED, denied);
     const pid = request.pid ?? 0;
@@ -567,7 +567,7 @@ export class DevAgent {
     this.streamCountChanged();
     call.on('cancelled', () => this.detachSvidSubscriber(subscriber));
 
-    // §2.5: with nothing matching the answer is immediate; with matches it comes
+    // F5: with nothing matching the answer is immediate; with matches it comes
     // only once SVIDs are cached, which the delay stands in for.
     if (this.firstResponseDelayMs > 0 && this.matchingRecords(subscriber.selectorKeys).length > 0) {
       subscriber.firstDelayTimer = setTimeout(() => {
@@ -587,19 +587,19 @@ export class DevAgent {
     this.bundleSubscribers.add(subscriber);
     this.streamCountChanged();
     call.on('cancelled', () => this.detachBundleSubscriber(subscriber));
-    // §2.9: the current bundles go out at once, without re-checking the caller.
+    // F9: the current bundles go out at once, without re-checking the caller.
     this.writeBundles(subscriber);
   }
 
   // ------------------------------------------------------------- delivery
 
-  /** Sends the subscriber a full snapshot (§2.6), unless its first response must still wait. */
+  /** Sends the subscriber a full snapshot (F6), unless its first response must still wait. */
   private deliverSvids(subscriber: SvidSubscriber): void {
     if (subscriber.done) return;
     const matched = this.matchingRecords(subscriber.selectorKeys);
     if (!subscriber.firstSent) {
       if (subscriber.firstDelayTimer) return;
-      // §2.5: the real agent sends nothing until every matching SVID is cached;
+      // F5: the real agent sends nothing until every matching SVID is cached;
       // the signing that completes it calls back here.
       if (matched.some((r) => r.svid === undefined)) return;
     }
@@ -616,7 +616,7 @@ export class DevAgent {
     const x509Svids: X509SvidWithKey[] = [];
     const federatesWith = new Set<string>();
     for (const record of matched) {
-      // §2.4 admin entries are never handed out; §2.6 identities whose SVID is
+      // F4 admin entries are never handed out; F6 identities whose SVID is
       // not cached yet are left out of the snapshot rather than waited for.
       if (record.entry.admin || !record.svid) continue;
       const id = parseSpiffeId(record.entry.spiffeId);
@@ -629,7 +629,7 @@ export class DevAgent {
         },
         x509_svid_key: record.svid.keyPkcs8Der,
       });
-      // §2.7: only trust domains whose bundle the agent actually holds.
+      // F7: only trust domains whose bundle the agent actually holds.
       for (const td of record.entry.federatesWith) if (this.federatedBundles.has(td)) federatesWith.add(td);
     }
     return { x509_svids: x509Svids, federates_with: [...federatesWith].sort(compareStrings) };
@@ -644,7 +644,7 @@ export class DevAgent {
     }
   }
 
-  /** §2.6: an own-trust-domain bundle change wakes every subscriber, matched or not. */
+  /** F6: an own-trust-domain bundle change wakes every subscriber, matched or not. */
   private ownBundleChanged(): void {
     this.bundlesMaybeChanged();
     for (const subscriber of this.svidSubscribers) this.deliverSvids(subscriber);
@@ -671,7 +671,7 @@ export class DevAgent {
     subscriber.call.write({ ca_certificates: { ...subscriber.sent } });
   }
 
-  /** Own trust domain plus the federated bundles some entry federates with (§2.9), as concatenated DER (§2.8). */
+  /** Own trust domain plus the federated bundles some entry federates with (F9), as concatenated DER (F8). */
   private heldBundles(): Map<string, Buffer> {
     const held = new Map<string, Buffer>([[`spiffe://${this.trustDomain}`, Buffer.concat(this.bundleDers())]]);
     const referenced = new Set<string>();
@@ -687,14 +687,14 @@ export class DevAgent {
     return [...this.heldBundles()].map(([td, der]) => `${td}=${der.toString('base64')}`).join(';');
   }
 
-  /** §2.4: entries all of whose selectors are in the set, sorted by entry ID. */
+  /** F4: entries all of whose selectors are in the set, sorted by entry ID. */
   private matchingRecords(selectorKeys: Set<string>): EntryRecord[] {
     return [...this.entries.values()]
       .filter((r) => r.selectorKeys.every((key) => selectorKeys.has(key)))
       .sort((a, b) => compareStrings(a.entry.id, b.entry.id));
   }
 
-  /** Null when authorized, else the PERMISSION_DENIED message of §2.2. */
+  /** Null when authorized, else the PERMISSION_DENIED message of F2. */
   private authorizationFailure(): string | null {
     switch (this.callerAuthorization) {
       case 'authorized':
@@ -826,7 +826,7 @@ function endWithStatus(call: grpc.ServerWritableStream<unknown, unknown>, code: 
   call.emit('error', error);
 }
 
-/** `api.SelectorsFromProto` rules (§2.3). */
+/** `api.SelectorsFromProto` rules (F3). */
 function isValidSelector(selector: Selector): boolean {
   return selector.type !== '' && !selector.type.includes(':') && selector.value !== '';
 }
@@ -849,7 +849,7 @@ function parseSpiffeId(id: string): { trustDomain: string; path: string } {
   return { trustDomain: match[1], path: match[2] };
 }
 
-/** `td` or `spiffe://td` → `spiffe://td`, the form the API uses (§2.7). */
+/** `td` or `spiffe://td` → `spiffe://td`, the form the API uses (F7). */
 function trustDomainId(text: string): string {
   const name = text.startsWith('spiffe://') ? text.slice('spiffe://'.length) : text;
   if (!/^[a-z0-9._-]+$/.test(name)) throw new Error(`"${text}" is not a trust domain`);
