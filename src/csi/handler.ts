@@ -1,12 +1,16 @@
 /**
  * Adapts an async function to a grpc-js unary handler: a DriverError becomes
- * its own status code and message; anything else is INTERNAL and logged. The
+ * its own status code and message; anything else is INTERNAL. Every failed
+ * call is logged here, once, with method, code, volume, pod and duration. The
  * request is never logged: NodePublishVolume carries secrets and may carry
- * service-account tokens (csi_secret fields, reference/csi.md §1.4, §3.3).
+ * service-account tokens (csi_secret fields of
+ * https://github.com/container-storage-interface/spec/blob/v1.12.0/csi.proto, and kubelet's
+ * csi.storage.k8s.io/serviceAccount.tokens key, docs/design.md fact F10).
  */
 import * as grpc from '@grpc/grpc-js';
 import { DriverError, errorMessage } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
+import { POD_INFO_KEYS } from '../volumes/pod-binding.js';
 
 export type UnaryImplementation<Request, Response> = (request: Request, call: grpc.ServerUnaryCall<Request, Response>) => Promise<Response>;
 
@@ -17,6 +21,7 @@ export function unaryHandler<Request, Response>(
   onResult?: (code: grpc.status) => void,
 ): grpc.handleUnaryCall<Request, Response> {
   return (call, callback) => {
+    const startedAt = performance.now();
     implementation(call.request, call).then(
       (response) => {
         onResult?.(grpc.status.OK);
@@ -25,12 +30,43 @@ export function unaryHandler<Request, Response>(
       (err: unknown) => {
         const driverError =
           err instanceof DriverError ? err : new DriverError(grpc.status.INTERNAL, `internal error in ${method}: ${errorMessage(err)}`);
-        if (!(err instanceof DriverError)) logger.error({ method, err }, 'unexpected error');
+        // The one log line of a failed call, for every method: kubelet shows
+        // the message in a pod event, but the node's logs must say it too.
+        // INTERNAL is a fault of ours or of the node; every other code names
+        // something the caller or the cluster must change, or is transient.
+        const fields = {
+          method,
+          code: grpc.status[driverError.code] ?? String(driverError.code),
+          ...describeRequest(call.request),
+          duration_ms: Math.round(performance.now() - startedAt),
+          err: driverError.message,
+        };
+        if (driverError.code === grpc.status.INTERNAL) logger.error(fields, `${method} failed`);
+        else logger.warn(fields, `${method} failed`);
         onResult?.(driverError.code);
         callback({ code: driverError.code, details: driverError.message });
       },
     );
   };
+}
+
+/**
+ * The identifying fields of a request, and only those: volume_id, target_path
+ * and the pod kubelet names in volume_context. Nothing else is read from it,
+ * so secrets and service-account tokens can never reach the log line.
+ */
+function describeRequest(request: unknown): Record<string, string> {
+  if (typeof request !== 'object' || request === null) return {};
+  const fields: Record<string, string> = {};
+  const { volume_id: volumeId, target_path: targetPath, volume_context: context } = request as Record<string, unknown>;
+  if (typeof volumeId === 'string' && volumeId !== '') fields['volume_id'] = volumeId.slice(0, 200);
+  if (typeof targetPath === 'string' && targetPath !== '') fields['target_path'] = targetPath.slice(0, 500);
+  if (typeof context === 'object' && context !== null) {
+    const namespace = (context as Record<string, unknown>)[POD_INFO_KEYS.namespace];
+    const name = (context as Record<string, unknown>)[POD_INFO_KEYS.name];
+    if (typeof namespace === 'string' && typeof name === 'string') fields['pod'] = `${namespace}/${name}`.slice(0, 400);
+  }
+  return fields;
 }
 
 /** An AbortSignal that fires when kubelet cancels the call or its deadline passes. */

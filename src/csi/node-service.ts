@@ -48,12 +48,6 @@ export function nodeService(options: NodeServiceOptions): grpc.UntypedServiceImp
           const spec = parsePublishRequest(request, { kubeletRootDir: options.kubeletRootDir });
           await volumes.publish(spec, callSignal(call));
           return {};
-        } catch (err) {
-          logger.warn(
-            { volume_id: request.volume_id, target_path: request.target_path, err: err instanceof Error ? err.message : String(err) },
-            'NodePublishVolume failed',
-          );
-          throw err;
         } finally {
           stopTimer();
         }

@@ -1,5 +1,5 @@
 /**
- * DESIGN.md invariant 8: private keys and service-account tokens never reach a
+ * docs/design.md invariant 8: private keys and service-account tokens never reach a
  * log line; log lines carry the stable keys operators search by.
  */
 import assert from 'node:assert/strict';
@@ -56,6 +56,37 @@ describe('logs', () => {
     assert.equal(written['spiffe_id'], 'spiffe://example.org/logged');
     assert.equal(typeof written['time'], 'string');
     assert.equal(written['level'], 'info');
+  });
+
+  it('every failed call is logged once, where all calls pass: method, code, volume, pod, duration, err', async () => {
+    const mark = h.logs.lines.length;
+    const pod = h.kubelet.createPod();
+    const request = h.kubelet.publishRequest(pod);
+    request.volume_context['csi.spire.io/no-such-attribute'] = 'x';
+    await assert.rejects(h.kubelet.sendPublish(request), (err) => isServiceError(err) && err.code === grpc.status.INVALID_ARGUMENT);
+    // NodeUnpublishVolume failures were not logged at all before.
+    await assert.rejects(
+      h.kubelet.nodeCall('NodeUnpublishVolume', { volume_id: request.volume_id, target_path: '' }),
+      (err) => isServiceError(err) && err.code === grpc.status.INVALID_ARGUMENT,
+    );
+
+    const failed = h.logs.entries().slice(mark).filter((e) => typeof e['msg'] === 'string' && / failed$/.test(e['msg']));
+    assert.deepEqual(
+      failed.map((e) => [e['msg'], e['method'], e['code'], e['level']]),
+      [
+        ['NodePublishVolume failed', 'NodePublishVolume', 'INVALID_ARGUMENT', 'warn'],
+        ['NodeUnpublishVolume failed', 'NodeUnpublishVolume', 'INVALID_ARGUMENT', 'warn'],
+      ],
+      'one line per failed call',
+    );
+    const [publish, unpublish] = failed as [Record<string, unknown>, Record<string, unknown>];
+    assert.equal(publish['volume_id'], request.volume_id);
+    assert.equal(publish['target_path'], request.target_path);
+    assert.equal(publish['pod'], `${pod.namespace}/${pod.name}`);
+    assert.match(String(publish['err']), /no-such-attribute/);
+    assert.equal(typeof publish['duration_ms'], 'number');
+    assert.equal(unpublish['volume_id'], request.volume_id);
+    assert.match(String(unpublish['err']), /target_path is required/);
   });
 
   it('redacts key material and secrets if an object carrying them is ever logged', () => {
