@@ -22,9 +22,38 @@ import {
   type SubscribeToX509SvidsResponse,
 } from './messages.js';
 
+/**
+ * What a ResilientStream uses of one server-streaming call: grpc-js's
+ * ClientReadableStream in production, a hand-driven fake in the unit tests
+ * (test/support/fakes/fake-agent.ts). grpc-js emits 'error' for a status other
+ * than OK, then 'status' in every case.
+ */
+export interface AgentStreamCall<T> {
+  on(event: 'data', listener: (message: T) => void): unknown;
+  on(event: 'error', listener: (err: grpc.ServiceError) => void): unknown;
+  on(event: 'status', listener: (status: grpc.StatusObject) => void): unknown;
+  cancel(): void;
+}
+
 export interface DelegatedIdentityClient {
-  subscribeToX509Svids(request: SubscribeToX509SvidsRequest): grpc.ClientReadableStream<SubscribeToX509SvidsResponse>;
-  subscribeToX509Bundles(): grpc.ClientReadableStream<SubscribeToX509BundlesResponse>;
+  subscribeToX509Svids(request: SubscribeToX509SvidsRequest): AgentStreamCall<SubscribeToX509SvidsResponse>;
+  subscribeToX509Bundles(): AgentStreamCall<SubscribeToX509BundlesResponse>;
+}
+
+/**
+ * What the streams (ResilientStream, ManagedVolume, BundleWatcher) need of the
+ * agent connection: a client to open calls on, and word when the admin socket
+ * re-appears. AgentConnection implements it; the unit tests use a fake whose
+ * calls they drive by hand.
+ */
+export interface AgentStreamConnection {
+  readonly socketPath: string;
+  /** Bumped each time the client is replaced, so streams can tell stale calls. */
+  readonly generation: number;
+  socketExists(): boolean;
+  client(): DelegatedIdentityClient;
+  on(event: 'socket-ready', listener: () => void): unknown;
+  off(event: 'socket-ready', listener: () => void): unknown;
 }
 
 interface GeneratedDelegatedIdentityClient extends grpc.Client {
@@ -41,7 +70,7 @@ export interface AgentConnectionOptions {
 const SOCKET_EVENT_SETTLE_MS = 50;
 
 /** Events: 'socket-ready' — the admin socket (re)appeared; streams should reconnect now. */
-export class AgentConnection extends EventEmitter {
+export class AgentConnection extends EventEmitter implements AgentStreamConnection {
   private generated: GeneratedDelegatedIdentityClient;
   private watcher: FSWatcher | undefined;
   private closed = false;

@@ -11,10 +11,10 @@ import { errorMessage } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { DriverMetrics } from '../observability/metrics.js';
 import { splitConcatenatedDer } from '../x509/pem.js';
-import type { AgentConnection } from './agent-connection.js';
+import type { AgentStreamConnection } from './agent-connection.js';
 import type { StreamFailure } from './agent-errors.js';
 import type { SubscribeToX509BundlesResponse } from './messages.js';
-import { ResilientStream } from './resilient-stream.js';
+import { ResilientStream, type Clock } from './resilient-stream.js';
 
 export interface TrustBundle {
   trustDomainId: string;
@@ -23,13 +23,32 @@ export interface TrustBundle {
 
 export type BundleListener = (changedTrustDomainIds: ReadonlySet<string>) => void;
 
-export class BundleWatcher {
+/** What a volume needs of the node-wide bundles: BundleWatcher implements it. */
+export interface BundleSource {
+  get(trustDomainId: string): TrustBundle | undefined;
+  /** The bundle stream's last failure, cleared by its next message. */
+  readonly lastFailure: StreamFailure | undefined;
+  /** Calls `listener` with the trust domains whose bundle changed; returns the unsubscribe function. */
+  subscribe(listener: BundleListener): () => void;
+}
+
+export interface BundleWatcherDeps {
+  connection: AgentStreamConnection;
+  logger: Logger;
+  metrics: DriverMetrics;
+  /** The stream's re-open timers. Default: real timers. */
+  clock?: Clock;
+  /** Jitter source of the stream's backoff. Default: Math.random. */
+  random?: () => number;
+}
+
+export class BundleWatcher implements BundleSource {
   private readonly bundles = new Map<string, { raw: Buffer; bundle: TrustBundle }>();
   private readonly listeners = new Set<BundleListener>();
   private stream: ResilientStream<SubscribeToX509BundlesResponse> | undefined;
 
   constructor(
-    private readonly deps: { connection: AgentConnection; logger: Logger; metrics: DriverMetrics },
+    private readonly deps: BundleWatcherDeps,
   ) {}
 
   get(trustDomainId: string): TrustBundle | undefined {
@@ -55,6 +74,8 @@ export class BundleWatcher {
         onMessage: (message) => this.onMessage(message),
         logger: this.deps.logger,
         metrics: this.deps.metrics,
+        clock: this.deps.clock,
+        random: this.deps.random,
       });
       this.stream.start();
     } else {

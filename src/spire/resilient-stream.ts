@@ -10,32 +10,65 @@
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../observability/logger.js';
 import type { DriverMetrics } from '../observability/metrics.js';
-import type { AgentConnection, DelegatedIdentityClient } from './agent-connection.js';
+import type { AgentStreamCall, AgentStreamConnection, DelegatedIdentityClient } from './agent-connection.js';
 import { describeStreamFailure, type StreamFailure } from './agent-errors.js';
 import { Backoff } from './backoff.js';
 
+/**
+ * Time as the lifecycle sees it: the timers that decide behaviour (stream
+ * re-open backoff, publish timeout, write retry) and a monotonic reading for
+ * the durations in debug lines. systemClock in production; the unit tests use
+ * a manual clock (test/support/fakes/manual-clock.ts) that fires timers only
+ * when the test advances it.
+ */
+export interface Clock {
+  /** Milliseconds on a monotonic scale, for durations only. */
+  now(): number;
+  /** Runs `callback` once after `delayMs`; the returned function cancels it (write-retry.ts's Schedule). */
+  schedule(callback: () => void, delayMs: number): () => void;
+}
+
+export const systemClock: Clock = {
+  now: () => performance.now(),
+  schedule: (callback, delayMs) => {
+    const timer = setTimeout(callback, delayMs);
+    return () => clearTimeout(timer);
+  },
+};
+
+/** Re-open backoff of an agent stream: 500 ms doubling to 30 s, jittered. */
+export const STREAM_BACKOFF_INITIAL_MS = 500;
+export const STREAM_BACKOFF_MAX_MS = 30_000;
+
 export interface ResilientStreamOptions<T> {
   kind: 'svid' | 'bundle';
-  connection: AgentConnection;
-  open: (client: DelegatedIdentityClient) => grpc.ClientReadableStream<T>;
+  connection: AgentStreamConnection;
+  open: (client: DelegatedIdentityClient) => AgentStreamCall<T>;
   onMessage: (message: T) => void;
   onFailure?: (failure: StreamFailure) => void;
   logger: Logger;
   metrics: DriverMetrics;
   backoff?: Backoff;
+  /** Jitter source of the default backoff. Default: Math.random. */
+  random?: () => number;
+  /** Default: systemClock (real timers). */
+  clock?: Clock;
 }
 
 export class ResilientStream<T> {
-  private call: grpc.ClientReadableStream<T> | undefined;
+  private call: AgentStreamCall<T> | undefined;
   private callGeneration = -1;
-  private retryTimer: NodeJS.Timeout | undefined;
+  /** Cancels the pending re-open; set only while the stream waits out a backoff. */
+  private cancelRetry: (() => void) | undefined;
   private closed = false;
   private readonly backoff: Backoff;
+  private readonly clock: Clock;
   private readonly onSocketReady = (): void => this.reconnectNow();
   lastFailure: StreamFailure | undefined;
 
   constructor(private readonly options: ResilientStreamOptions<T>) {
-    this.backoff = options.backoff ?? new Backoff({ initialMs: 500, maxMs: 30_000 });
+    this.backoff = options.backoff ?? new Backoff({ initialMs: STREAM_BACKOFF_INITIAL_MS, maxMs: STREAM_BACKOFF_MAX_MS, random: options.random });
+    this.clock = options.clock ?? systemClock;
   }
 
   start(): void {
@@ -47,14 +80,15 @@ export class ResilientStream<T> {
     if (this.closed) return;
     this.closed = true;
     this.options.connection.off('socket-ready', this.onSocketReady);
-    clearTimeout(this.retryTimer);
+    this.cancelRetry?.();
+    this.cancelRetry = undefined;
     this.call?.cancel();
     this.call = undefined;
   }
 
   private open(): void {
     if (this.closed) return;
-    this.retryTimer = undefined;
+    this.cancelRetry = undefined;
     const call = this.options.open(this.options.connection.client());
     this.call = call;
     this.callGeneration = this.options.connection.generation;
@@ -86,21 +120,21 @@ export class ResilientStream<T> {
       describeStreamFailure(failure, this.options.connection.socketPath),
     );
     this.options.onFailure?.(failure);
-    this.retryTimer = setTimeout(() => this.open(), delayMs);
+    this.cancelRetry = this.clock.schedule(() => this.open(), delayMs);
   }
 
   /** Re-opens at once if the stream is waiting out a backoff; no-op otherwise. */
   retryNow(): void {
-    if (this.closed || this.retryTimer === undefined) return;
-    clearTimeout(this.retryTimer);
+    if (this.closed || this.cancelRetry === undefined) return;
+    this.cancelRetry();
     this.backoff.reset();
     this.open();
   }
 
   private reconnectNow(): void {
     if (this.closed) return;
-    if (this.retryTimer !== undefined) {
-      clearTimeout(this.retryTimer);
+    if (this.cancelRetry !== undefined) {
+      this.cancelRetry();
     } else if (this.call !== undefined && this.callGeneration !== this.options.connection.generation) {
       // The socket came back before this stream noticed the agent was gone:
       // its call belongs to the replaced client, so drop it and start over.

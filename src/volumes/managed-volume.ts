@@ -13,11 +13,11 @@ import { AtomicWriter, type FileSpec, type WriteOptions, type WriteResult } from
 import { DriverError, errorMessage } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { DriverMetrics } from '../observability/metrics.js';
-import type { AgentConnection } from '../spire/agent-connection.js';
+import type { AgentStreamConnection } from '../spire/agent-connection.js';
 import { describeStreamFailure, isConfigurationFailure, type StreamFailure } from '../spire/agent-errors.js';
-import type { BundleWatcher } from '../spire/bundle-watcher.js';
+import type { BundleSource } from '../spire/bundle-watcher.js';
 import type { Selector, SubscribeToX509SvidsResponse } from '../spire/messages.js';
-import { ResilientStream } from '../spire/resilient-stream.js';
+import { ResilientStream, systemClock, type Clock } from '../spire/resilient-stream.js';
 import { formatSelectors } from '../spire/selectors.js';
 import { checkSvid, type CheckedSvid } from '../x509/svid-check.js';
 import type { VolumeRecord } from './metadata-store.js';
@@ -30,14 +30,22 @@ export interface VolumeWriter {
 }
 
 export interface ManagedVolumeDeps {
-  connection: AgentConnection;
-  bundles: BundleWatcher;
+  connection: AgentStreamConnection;
+  bundles: BundleSource;
   logger: Logger;
   metrics: DriverMetrics;
   /** Default: an AtomicWriter on the target path. Tests inject one that fails on demand. */
   createWriter?: (targetPath: string) => VolumeWriter;
-  /** Default: 1 s to 30 s on real timers. Tests inject the random source and the schedule. */
+  /** Default: 1 s to 30 s on the clock's timers. Tests inject the random source and the schedule. */
   writeRetry?: WriteRetryOptions;
+  /**
+   * The timers that decide behaviour (publish timeout, the SVID stream's
+   * re-open backoff, and the write retry unless writeRetry.schedule is given)
+   * and the durations in debug lines. Default: systemClock, real timers.
+   */
+  clock?: Clock;
+  /** Jitter source of the SVID stream's re-open backoff. Default: Math.random. */
+  random?: () => number;
 }
 
 /** SVID material that passed every check, ready to become the volume's files. */
@@ -50,6 +58,10 @@ export class ManagedVolume {
   private readonly writer: VolumeWriter;
   private readonly retry: WriteRetry;
   private readonly logger: Logger;
+  private readonly clock: Clock;
+  /** When start() ran, on the clock: the first response's debug line says how long the agent took. */
+  private startedAt = 0;
+  private receivedMessage = false;
   private stream: ResilientStream<SubscribeToX509SvidsResponse> | undefined;
   private unsubscribeBundles: (() => void) | undefined;
   private latest: SubscribeToX509SvidsResponse | undefined;
@@ -70,7 +82,9 @@ export class ManagedVolume {
     options: { filesPresent: boolean },
   ) {
     this.writer = deps.createWriter?.(record.targetPath) ?? new AtomicWriter(record.targetPath);
-    this.retry = new WriteRetry(deps.writeRetry);
+    this.clock = deps.clock ?? systemClock;
+    const clock = this.clock;
+    this.retry = new WriteRetry({ schedule: (callback, delayMs) => clock.schedule(callback, delayMs), ...deps.writeRetry });
     this.hasFiles = options.filesPresent;
     this.logger = deps.logger.child({
       volume_id: record.volumeId,
@@ -79,22 +93,43 @@ export class ManagedVolume {
   }
 
   start(): void {
+    this.startedAt = this.clock.now();
     this.unsubscribeBundles = this.deps.bundles.subscribe((changed) => {
-      if (this.trustDomainId !== undefined && changed.has(this.trustDomainId)) this.scheduleSync();
+      if (this.trustDomainId !== undefined && changed.has(this.trustDomainId)) {
+        this.logger.debug({ trust_domain: this.trustDomainId }, "the trust bundle of the volume's trust domain changed");
+        this.scheduleSync();
+      }
     });
     this.stream = new ResilientStream({
       kind: 'svid',
       connection: this.deps.connection,
-      open: (client) => client.subscribeToX509Svids({ selectors: this.selectors }),
+      open: (client) => {
+        const call = client.subscribeToX509Svids({ selectors: this.selectors });
+        this.logger.debug({ selectors: formatSelectors(this.selectors) }, 'SVID stream opened; waiting for the SPIRE agent');
+        return call;
+      },
       onMessage: (message) => {
+        this.logReceived(message);
         this.latest = message;
         this.scheduleSync();
       },
       onFailure: () => this.notifyStateListeners(),
       logger: this.logger,
       metrics: this.deps.metrics,
+      clock: this.clock,
+      random: this.deps.random,
     });
     this.stream.start();
+  }
+
+  private logReceived(message: SubscribeToX509SvidsResponse): void {
+    const svids = message.x509_svids.length;
+    if (this.receivedMessage) {
+      this.logger.debug({ svids }, 'SVID update received from the SPIRE agent');
+      return;
+    }
+    this.receivedMessage = true;
+    this.logger.debug({ svids, duration_ms: Math.round(this.clock.now() - this.startedAt) }, 'first SVID response received from the SPIRE agent');
   }
 
   /** Stops the streams and any retry, and waits for a write in progress, leaving the files as they are. */
@@ -118,7 +153,7 @@ export class ManagedVolume {
   waitUntilWritten(timeoutMs: number, signal: AbortSignal): Promise<void> {
     return new Promise((resolve, reject) => {
       const finish = (settle: () => void): void => {
-        clearTimeout(timer);
+        cancelTimer();
         signal.removeEventListener('abort', onAbort);
         this.stateListeners.delete(check);
         settle();
@@ -139,7 +174,7 @@ export class ManagedVolume {
         finish(() =>
           reject(signal.reason instanceof DriverError ? signal.reason : new DriverError(status.ABORTED, 'NodePublishVolume was cancelled')),
         );
-      const timer = setTimeout(() => finish(() => reject(this.timeoutError(timeoutMs))), timeoutMs);
+      const cancelTimer = this.clock.schedule(() => finish(() => reject(this.timeoutError(timeoutMs))), timeoutMs);
       if (signal.aborted) return onAbort();
       signal.addEventListener('abort', onAbort);
       this.stateListeners.add(check);
@@ -193,8 +228,10 @@ export class ManagedVolume {
     // This attempt uses the newest material, so a retry still waiting is moot;
     // should this one fail too, it schedules the next.
     this.retry.supersede();
+    this.logger.debug('syncing the volume files with the newest material');
     const prepared = this.prepareWrite();
     if (prepared === undefined) {
+      this.logger.debug({ reason: this.problem }, 'nothing to write from the newest material');
       this.stopRetrying();
       return;
     }
@@ -225,6 +262,7 @@ export class ManagedVolume {
       this.problem = `the SPIRE agent has not sent the trust bundle of ${picked.trustDomainId} yet`;
       return undefined;
     }
+    const checkStartedAt = this.clock.now();
     const checked = checkSvid({
       spiffeId: picked.spiffeId,
       certChain: picked.certChain,
@@ -237,17 +275,31 @@ export class ManagedVolume {
       this.logger.error({ spiffe_id: picked.spiffeId, reason: checked.reason }, 'rejected an SVID from the SPIRE agent; the previous files stay');
       return undefined;
     }
+    this.logger.debug(
+      {
+        spiffe_id: checked.svid.spiffeId,
+        serial: checked.svid.serialNumber,
+        expires_at: checked.svid.notAfter.toISOString(),
+        duration_ms: Math.round(this.clock.now() - checkStartedAt),
+      },
+      'SVID checked',
+    );
     return { files: buildVolumeFiles(picked, bundle.certificates, this.record.files, this.record.fsGroup), svid: checked.svid };
   }
 
   private async writeFiles({ files, svid }: PreparedWrite): Promise<void> {
     let result: WriteResult;
+    const writeStartedAt = this.clock.now();
     try {
       result = await this.writer.write(files, this.record.fsGroup === null ? {} : { gid: this.record.fsGroup });
     } catch (err) {
       this.writeFailed(err, svid);
       return;
     }
+    this.logger.debug(
+      { version: result.version, duration_ms: Math.round(this.clock.now() - writeStartedAt) },
+      result.changed ? 'volume files written' : 'volume files unchanged; nothing written',
+    );
     this.hasFiles = true;
     this.deps.metrics.svidUpdates.inc({ outcome: result.changed ? 'written' : 'unchanged' });
     if (result.changed) {

@@ -69,7 +69,29 @@ export interface LoadedRecords {
 
 type ParsedRecord = { kind: 'record'; record: VolumeRecord } | { kind: 'unsupported'; version: number };
 
-export class MetadataStore {
+/**
+ * What the VolumeManager needs of the state directory's records: MetadataStore
+ * implements it on disk; the unit tests use an in-memory one
+ * (test/support/fakes/memory-record-store.ts, like cert-manager csi-lib's
+ * storage/memory.go).
+ */
+export interface VolumeRecordStore {
+  /** Where the records live, for messages. */
+  readonly volumesDir: string;
+  write(record: VolumeRecord): Promise<void>;
+  /** The record of one volume, or undefined when there is none or this version cannot use it. */
+  read(volumeId: string): Promise<VolumeRecord | undefined>;
+  /** Forgets a volume: its record, and its tombstone. */
+  remove(volumeId: string): Promise<void>;
+  /** True when a record of any content or a tombstone says the volume was ours. */
+  knows(volumeId: string): Promise<boolean>;
+  /** Volume ids with a tombstone. */
+  tombstones(): Promise<string[]>;
+  /** Every usable record; quarantines those that do not parse, leaves those in a newer format. */
+  loadAll(): Promise<LoadedRecords>;
+}
+
+export class MetadataStore implements VolumeRecordStore {
   readonly volumesDir: string;
   readonly quarantineDir: string;
   readonly tombstonesDir: string;

@@ -5,34 +5,30 @@
  * of the same volume that is still waiting (the CSI spec's "negation" call).
  * At most maxVolumes volumes are live or being published at once.
  */
-import type { Stats } from 'node:fs';
-import fs from 'node:fs/promises';
 import { status } from '@grpc/grpc-js';
 import { DriverError, errorMessage } from '../errors.js';
-import { AtomicWriter } from '../fs/atomic-writer.js';
-import type { Logger } from '../observability/logger.js';
-import type { DriverMetrics } from '../observability/metrics.js';
-import type { AgentConnection } from '../spire/agent-connection.js';
-import type { BundleWatcher } from '../spire/bundle-watcher.js';
+import { systemClock, type Clock } from '../spire/resilient-stream.js';
 import { formatSelectors, selectorsForPod } from '../spire/selectors.js';
-import { ManagedVolume } from './managed-volume.js';
-import type { MetadataStore, VolumeRecord } from './metadata-store.js';
+import { ManagedVolume, type ManagedVolumeDeps } from './managed-volume.js';
+import type { VolumeRecord, VolumeRecordStore } from './metadata-store.js';
 import type { PublishSpec } from './publish-spec.js';
-import type { VolumeStorage } from './volume-storage.js';
+import type { VolumeStorageBackend } from './volume-storage.js';
 
-export interface VolumeManagerDeps {
+/**
+ * Everything a ManagedVolume needs (the agent connection, the bundles, logger,
+ * metrics, and the optional writer, retry, clock and jitter injections), plus
+ * the records and the storage. Production passes MetadataStore and
+ * VolumeStorage; the unit tests in-memory fakes (test/support/fakes/).
+ */
+export interface VolumeManagerDeps extends ManagedVolumeDeps {
   nodeName: string;
   /** The CSI driver name, for messages. */
   driverName: string;
   publishTimeoutMs: number;
   /** --max-volumes: at least 1. */
   maxVolumes: number;
-  connection: AgentConnection;
-  bundles: BundleWatcher;
-  store: MetadataStore;
-  storage: VolumeStorage;
-  logger: Logger;
-  metrics: DriverMetrics;
+  store: VolumeRecordStore;
+  storage: VolumeStorageBackend;
 }
 
 export class VolumeManager {
@@ -45,8 +41,10 @@ export class VolumeManager {
    * their first SVID): each holds one of the maxVolumes places.
    */
   private readonly reserved = new Set<string>();
+  private readonly clock: Clock;
 
   constructor(private readonly deps: VolumeManagerDeps) {
+    this.clock = deps.clock ?? systemClock;
     deps.metrics.countVolumesWith(() => this.volumes.size);
   }
 
@@ -85,13 +83,13 @@ export class VolumeManager {
 
   private async resumeOne(record: VolumeRecord): Promise<void> {
     const log = this.deps.logger.child({ volume_id: record.volumeId, target_path: record.targetPath });
-    const found = await lstatOrUndefined(record.targetPath);
-    if (found === undefined) {
+    const found = await this.deps.storage.inspect(record.targetPath);
+    if (found === 'gone') {
       log.info('target path is gone (pod deleted while the driver was down); forgetting the volume');
       await this.deps.store.remove(record.volumeId);
       return;
     }
-    if (!found.isDirectory()) {
+    if (found === 'not-a-directory') {
       // Something replaced our directory (or unmounted tmpfs) with a link or a
       // file while the driver was down. Writing there would follow it, so the
       // volume is not resumed: the link itself is removed, never its target.
@@ -100,7 +98,7 @@ export class VolumeManager {
       await this.deps.store.remove(record.volumeId);
       return;
     }
-    if ((await new AtomicWriter(record.targetPath).currentVersion()) === null) {
+    if (found === 'no-files') {
       // No files: the driver died inside NodePublishVolume before the first
       // write, so the call never returned OK and no container uses the volume;
       // or the node rebooted and took the tmpfs with it. Either way kubelet
@@ -119,6 +117,7 @@ export class VolumeManager {
   }
 
   async publish(spec: PublishSpec, callSignal: AbortSignal): Promise<void> {
+    const startedAt = this.clock.now();
     const controller = new AbortController();
     const abort = (): void => controller.abort(new DriverError(status.ABORTED, 'kubelet cancelled the NodePublishVolume call'));
     if (callSignal.aborted) abort();
@@ -126,7 +125,7 @@ export class VolumeManager {
     const inFlight = this.publishing.get(spec.volumeId) ?? new Set<AbortController>();
     this.publishing.set(spec.volumeId, inFlight.add(controller));
     try {
-      await this.withVolumeLock(spec.volumeId, () => this.publishLocked(spec, controller.signal));
+      await this.withVolumeLock(spec.volumeId, () => this.publishLocked(spec, controller.signal, startedAt));
     } finally {
       callSignal.removeEventListener('abort', abort);
       inFlight.delete(controller);
@@ -134,7 +133,7 @@ export class VolumeManager {
     }
   }
 
-  private async publishLocked(spec: PublishSpec, signal: AbortSignal): Promise<void> {
+  private async publishLocked(spec: PublishSpec, signal: AbortSignal, startedAt: number): Promise<void> {
     // Cancelled while it waited for the lock (kubelet gave up, or an unpublish came first).
     if (signal.aborted) throw signal.reason;
     const existing = this.volumes.get(spec.volumeId);
@@ -161,7 +160,7 @@ export class VolumeManager {
     // it (the per-volume lock does not serialise them).
     this.reservePlaceFor(spec);
     try {
-      await this.publishNew(spec, signal);
+      await this.publishNew(spec, signal, startedAt);
     } finally {
       this.reserved.delete(spec.volumeId);
     }
@@ -193,7 +192,8 @@ export class VolumeManager {
     this.reserved.add(spec.volumeId);
   }
 
-  private async publishNew(spec: PublishSpec, signal: AbortSignal): Promise<void> {
+  /** `startedAt`: when the call arrived, on the clock, for the debug lines that time each step. */
+  private async publishNew(spec: PublishSpec, signal: AbortSignal, startedAt: number): Promise<void> {
     const record = recordFor(spec, this.deps.storage.usesTmpfs);
     const log = this.deps.logger.child({
       volume_id: spec.volumeId,
@@ -203,6 +203,7 @@ export class VolumeManager {
     // Metadata first, and only once: a crash after this line leaves a record
     // that the next start resumes (files written) or cleans up (no files), so
     // no mount or file is ever orphaned.
+    let stepStartedAt = this.clock.now();
     try {
       await this.deps.store.write(record);
     } catch (err) {
@@ -212,15 +213,23 @@ export class VolumeManager {
           'The driver needs that directory writable (--state-dir, a hostPath in the chart); nothing was mounted and kubelet retries',
       );
     }
+    log.debug({ duration_ms: this.msSince(stepStartedAt) }, 'metadata record written');
     let volume: ManagedVolume | undefined;
     try {
+      stepStartedAt = this.clock.now();
       await this.deps.storage.prepare(spec.targetPath, record.tmpfs);
+      log.debug({ tmpfs: record.tmpfs, duration_ms: this.msSince(stepStartedAt) }, record.tmpfs ? 'target path prepared, tmpfs mounted' : 'target path prepared');
       volume = this.createVolume(record, false);
       log.info({ selectors: formatSelectors(volume.selectors) }, 'publishing volume; waiting for the SVID');
+      stepStartedAt = this.clock.now();
       volume.start();
       await volume.waitUntilWritten(this.deps.publishTimeoutMs, signal);
       this.volumes.set(spec.volumeId, volume);
       log.info('volume published');
+      log.debug(
+        { duration_ms: this.msSince(startedAt), waited_for_files_ms: this.msSince(stepStartedAt) },
+        'publish complete: the files are on disk',
+      );
     } catch (err) {
       await volume?.close();
       try {
@@ -305,6 +314,10 @@ export class VolumeManager {
     await Promise.allSettled([...this.locks.values()]);
   }
 
+  private msSince(startedAt: number): number {
+    return Math.round(this.clock.now() - startedAt);
+  }
+
   private createVolume(record: VolumeRecord, filesPresent: boolean): ManagedVolume {
     return new ManagedVolume(record, selectorsForPod(record.pod, this.deps.nodeName), this.deps, { filesPresent });
   }
@@ -359,12 +372,4 @@ function describeDifference(record: VolumeRecord, spec: PublishSpec): string | u
   ];
   const differing = fields.filter(([, was, now]) => was !== now).map(([name, was, now]) => `${name} was ${String(was)}, now ${String(now)}`);
   return differing.length > 0 ? differing.join('; ') : undefined;
-}
-
-async function lstatOrUndefined(target: string): Promise<Stats | undefined> {
-  try {
-    return await fs.lstat(target);
-  } catch {
-    return undefined;
-  }
 }

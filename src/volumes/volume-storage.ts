@@ -9,7 +9,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { DriverError, errorMessage } from '../errors.js';
-import { holdsOnlyWriterFiles } from '../fs/atomic-writer.js';
+import { AtomicWriter, holdsOnlyWriterFiles } from '../fs/atomic-writer.js';
 import { findMount, mountsUnder } from '../fs/mountinfo.js';
 import { isOurTmpfs, mountTmpfs, unmount } from '../fs/tmpfs.js';
 import type { Logger } from '../observability/logger.js';
@@ -39,7 +39,33 @@ export const VOLUME_ROOT_MODE = 0o755;
 /** What unpublish of a volume without a record found: it removed our volume, found nothing, or left what is there. */
 export type UnrecordedRemoval = 'removed' | 'absent' | 'not-ours';
 
-export class VolumeStorage {
+/**
+ * What a recorded volume's target path holds when the driver starts: nothing
+ * (`gone`), something that is not a real directory (a symbolic link or a file),
+ * a directory without a complete version of the files, or one with files.
+ */
+export type TargetState = 'gone' | 'not-a-directory' | 'no-files' | 'has-files';
+
+/**
+ * What the VolumeManager needs of the volumes' directories and mounts:
+ * VolumeStorage implements it on the node; the unit tests use an in-memory one
+ * (test/support/fakes/memory-volume-storage.ts).
+ */
+export interface VolumeStorageBackend {
+  /** Whether new volumes get their own tmpfs (recorded per volume). */
+  readonly usesTmpfs: boolean;
+  /** Creates target_path, refuses anything but a real directory, mounts the tmpfs. */
+  prepare(targetPath: string, useTmpfs: boolean): Promise<void>;
+  /** Unmounts our tmpfs and removes target_path with all it holds (a symbolic link itself, never its target). */
+  remove(targetPath: string): Promise<void>;
+  removeUnrecordedVolume(volumeId: string, targetPath: string, knownAsOurs: boolean): Promise<UnrecordedRemoval>;
+  removeIfEmptyKubeletDir(targetPath: string): Promise<void>;
+  findKubeletTargetPath(volumeId: string): Promise<string | undefined>;
+  /** What a recorded volume's target path holds, for resume (docs/design.md §1 Start-up). */
+  inspect(targetPath: string): Promise<TargetState>;
+}
+
+export class VolumeStorage implements VolumeStorageBackend {
   constructor(private readonly options: VolumeStorageOptions) {}
 
   get usesTmpfs(): boolean {
@@ -100,6 +126,22 @@ export class VolumeStorage {
       );
     }
     await fs.rm(targetPath, { recursive: true, force: true });
+  }
+
+  /**
+   * Never follows a symbolic link: lstat, and the files are looked for only in
+   * a real directory. An error reading the version link propagates (the volume
+   * is then not resumed, and its record stays for the next start).
+   */
+  async inspect(targetPath: string): Promise<TargetState> {
+    let found: Stats;
+    try {
+      found = await fs.lstat(targetPath);
+    } catch {
+      return 'gone';
+    }
+    if (!found.isDirectory()) return 'not-a-directory';
+    return (await new AtomicWriter(targetPath).currentVersion()) === null ? 'no-files' : 'has-files';
   }
 
   /**

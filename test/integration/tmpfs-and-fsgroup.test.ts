@@ -102,10 +102,12 @@ describe('per-volume tmpfs, modes and fsGroup (root)', { skip }, () => {
     await h.agent.addEntry({ spiffeId: 'spiffe://example.org/resume-fails', selectors: [`k8s:pod-uid:${pod.uid}`] });
     const volume = await h.kubelet.publish(pod);
     await h.stopDriver();
-    // Make the resume fail: the tmpfs is gone and the target path cannot take a new one.
+    // Make the resume fail: the tmpfs is gone and the directory left behind has a ..data that is not our link,
+    // so the driver cannot tell which version is current.
     await umountAll(volume.targetPath);
     await fs.rm(volume.targetPath, { recursive: true });
-    await fs.writeFile(volume.targetPath, 'not a directory');
+    await fs.mkdir(volume.targetPath);
+    await fs.writeFile(path.join(volume.targetPath, '..data'), 'not a link');
     await h.startDriver();
     assert.equal(h.driver?.volumes.volumeCount, 0);
     assert.match(h.logs.text(), /could not resume a volume/);
