@@ -7,30 +7,6 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
 
-export interface Config {
-  /** Unix socket path the CSI gRPC server listens on. */
-  csiSocketPath: string;
-  nodeName: string;
-  driverName: string;
-  agentAdminSocketPath: string;
-  stateDir: string;
-  kubeletRootDir: string;
-  publishTimeoutMs: number;
-  /** Mount a size-limited tmpfs per volume (keys never touch the node's disk). */
-  useTmpfs: boolean;
-  tmpfsSizeBytes: number;
-  logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace';
-  /** host:port for Prometheus metrics, or undefined when disabled. */
-  metricsAddress: { host: string; port: number } | undefined;
-  maxReceiveMessageBytes: number;
-  /**
-   * Most volumes this node serves at once (--max-volumes). parseCommandLine
-   * always sets it; a Config built by hand (the test harnesses) may leave it
-   * out, which means DEFAULT_MAX_VOLUMES.
-   */
-  maxVolumes?: number;
-}
-
 /**
  * Default of --max-volumes. Every volume costs the driver memory for as long as
  * it lives (an SVID stream, its share of the bundle fan-out, a writer): RSS is
@@ -46,96 +22,234 @@ export interface Config {
  */
 export const DEFAULT_MAX_VOLUMES = 1000;
 
-interface OptionSpec {
-  flag: string;
-  env: string;
-  default: string | undefined;
-  help: string;
+/** What reading an option needs besides its text. */
+export interface ParseContext {
+  /** Whether the driver runs as root (--tmpfs=auto). */
+  runningAsRoot: boolean;
 }
 
-/** The single table behind --help, the README's configuration reference and parsing. */
+/** Prefixes a problem with the option's flag and environment variable: `--flag (env VAR): problem`. */
+type Say = (problem: string) => string;
+
+interface OptionSpec {
+  /** The {@link Config} field the option sets. */
+  config: string;
+  flag: string;
+  env: string;
+  /** The text used when neither the flag nor the environment variable is set; undefined: the option is required. */
+  default: string | undefined;
+  /** The --help text. */
+  help: string;
+  /**
+   * Reads the option's text (flag, else environment variable, else default;
+   * undefined only for a required option that is missing) into its Config
+   * value. Every problem is reported through `say`, which names the option.
+   */
+  schema: (say: Say, context: ParseContext) => z.ZodType;
+  /** Config objects built by hand (the test harnesses) may leave the field out. */
+  optionalInConfig?: true;
+}
+
+const KUBELET_CALL_TIMEOUT_MS = 120_000;
+
+/**
+ * The single table behind the Config type, flag and environment parsing,
+ * defaults, validation messages and --help (and the README's configuration
+ * reference). A new option is one entry here.
+ */
 export const OPTIONS = {
   endpoint: {
+    /** Unix socket path the CSI gRPC server listens on. */
+    config: 'csiSocketPath',
     flag: 'endpoint',
     env: 'CSI_ENDPOINT',
     default: 'unix:///csi/csi.sock',
     help: 'CSI gRPC endpoint: unix:///path/to/csi.sock (a stale socket file is replaced).',
+    schema: (say) =>
+      z.string().transform((value, ctx) => {
+        const socketPath = value.startsWith('unix://') ? value.slice('unix://'.length) : value.startsWith('unix:') ? value.slice('unix:'.length) : value;
+        if (!path.isAbsolute(socketPath)) {
+          ctx.addIssue({ code: 'custom', message: say(`must be unix:///absolute/path.sock, got "${value}"`) });
+          return z.NEVER;
+        }
+        return path.normalize(socketPath);
+      }),
   },
   nodeName: {
+    config: 'nodeName',
     flag: 'node-name',
     env: 'NODE_NAME',
     default: undefined,
     help: 'Kubernetes node name: the CSI node id and the k8s:node-name selector. Required (in a DaemonSet, set NODE_NAME from fieldRef spec.nodeName).',
+    schema: (say) =>
+      z
+        .string({ error: say('is required; in a DaemonSet set NODE_NAME from fieldRef spec.nodeName') })
+        .regex(/^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/, { error: say('must be a Kubernetes node name (lowercase RFC 1123 subdomain)') }),
   },
   driverName: {
+    config: 'driverName',
     flag: 'driver-name',
     env: 'SPIRE_CSI_DRIVER_NAME',
     default: 'csi.spire.io',
     help: 'CSI driver name reported by GetPluginInfo; must match the CSIDriver object.',
+    schema: (say) =>
+      z.string().regex(/^[a-zA-Z][A-Za-z0-9.\-_]{0,61}[a-zA-Z]$/, {
+        error: say('must be a CSI driver name: 2-63 characters, letters at both ends, then letters, digits, ".", "-", "_"'),
+      }),
   },
   adminSocket: {
+    config: 'agentAdminSocketPath',
     flag: 'admin-socket',
     env: 'SPIRE_ADMIN_SOCKET',
     default: '/run/spire/agent/sockets/csi.spiffe.io/admin/admin.sock',
     help: "SPIRE agent admin socket (Delegated Identity API). The default is where the SPIRE Helm chart puts it on the host with sockets.admin.enabled and sockets.admin.mountOnHost; mount that directory at the same path.",
+    schema: (say) =>
+      z
+        .string()
+        .refine((value) => path.isAbsolute(value), { error: say('must be an absolute path') })
+        .transform((value) => path.normalize(value)),
   },
   stateDir: {
+    config: 'stateDir',
     flag: 'state-dir',
     env: 'SPIRE_CSI_STATE_DIR',
     default: '/var/lib/spire-csi-driver',
     help: 'Directory for per-volume metadata (one JSON file per volume). Must survive driver restarts and must not be under /tmp or /var/tmp.',
+    schema: (say) =>
+      z
+        .string()
+        .refine((value) => path.isAbsolute(value), { error: say('must be an absolute path') })
+        .refine((value) => !/^\/(var\/)?tmp(\/|$)/.test(path.normalize(value)), {
+          error: say(
+            'must not be under /tmp or /var/tmp: systemd-tmpfiles cleans those and the driver would forget live volumes (cert-manager/csi-lib#18); use e.g. /var/lib/spire-csi-driver',
+          ),
+        })
+        .transform((value) => path.normalize(value)),
   },
   kubeletRootDir: {
+    config: 'kubeletRootDir',
     flag: 'kubelet-root-dir',
     env: 'KUBELET_ROOT_DIR',
     default: '/var/lib/kubelet',
     help: "kubelet's root directory; target paths must be <root>/pods/<uid>/volumes/kubernetes.io~csi/<name>/mount.",
+    schema: (say) =>
+      z
+        .string()
+        .refine((value) => path.isAbsolute(value), { error: say('must be an absolute path') })
+        .transform((value) => path.normalize(value).replace(/\/+$/, '') || '/'),
   },
   publishTimeout: {
+    config: 'publishTimeoutMs',
     flag: 'publish-timeout',
     env: 'SPIRE_CSI_PUBLISH_TIMEOUT',
     default: '60s',
     help: "How long NodePublishVolume waits for the first SVID and bundle (e.g. 60s, 1m30s). Must stay below kubelet's 2m call timeout.",
+    schema: (say) =>
+      z.string().transform((value, ctx) => {
+        const ms = parseDuration(value);
+        if (ms === undefined || ms <= 0 || ms >= KUBELET_CALL_TIMEOUT_MS) {
+          ctx.addIssue({ code: 'custom', message: say(`must be a duration above 0 and below kubelet's 2m call timeout (e.g. 60s), got "${value}"`) });
+          return z.NEVER;
+        }
+        return ms;
+      }),
   },
   tmpfs: {
+    /** Mount a size-limited tmpfs per volume (keys never touch the node's disk). */
+    config: 'useTmpfs',
     flag: 'tmpfs',
     env: 'SPIRE_CSI_TMPFS',
     default: 'auto',
     help: 'Mount a size-limited nosuid,nodev,noexec tmpfs per volume: true, false or auto (true when running as root).',
+    schema: (say, context) =>
+      z
+        .enum(['true', 'false', 'auto'], { error: say('must be true, false or auto') })
+        .transform((value) => (value === 'auto' ? context.runningAsRoot : value === 'true')),
   },
   tmpfsSize: {
+    config: 'tmpfsSizeBytes',
     flag: 'tmpfs-size',
     env: 'SPIRE_CSI_TMPFS_SIZE',
     default: '8Mi',
     help: 'Size limit of each volume tmpfs (bytes, or with Ki/Mi/Gi).',
+    schema: (say) => sizeSchema(say, 64 * 1024, (value) => `must be a size of at least 64Ki (e.g. 8Mi), got "${value}"`),
   },
   logLevel: {
+    config: 'logLevel',
     flag: 'log-level',
     env: 'SPIRE_CSI_LOG_LEVEL',
     default: 'info',
     help: 'fatal, error, warn, info, debug or trace.',
+    schema: (say) =>
+      z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace'], { error: say('must be one of fatal, error, warn, info, debug, trace') }),
   },
   metricsAddress: {
+    /** host:port for Prometheus metrics, or undefined when disabled. */
+    config: 'metricsAddress',
     flag: 'metrics-address',
     env: 'SPIRE_CSI_METRICS_ADDRESS',
     default: '',
     help: 'Serve Prometheus metrics on host:port (e.g. :9402); empty disables.',
+    schema: (say) =>
+      z.string().transform((value, ctx): { host: string; port: number } | undefined => {
+        if (value === '') return undefined;
+        const match = /^(|[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):(\d{1,5})$/.exec(value);
+        const port = match ? Number(match[2]) : NaN;
+        if (!match || port < 1 || port > 65535) {
+          ctx.addIssue({ code: 'custom', message: say(`must be host:port or :port, got "${value}"`) });
+          return z.NEVER;
+        }
+        return { host: match[1] === '' ? '0.0.0.0' : (match[1] as string).replace(/^\[(.*)\]$/, '$1'), port };
+      }),
   },
   maxMessageSize: {
+    config: 'maxReceiveMessageBytes',
     flag: 'max-message-size',
     env: 'SPIRE_CSI_MAX_MESSAGE_SIZE',
     default: '32Mi',
     help: 'Largest message accepted from the SPIRE agent (large federated bundles exceed gRPC\'s 4 MiB default, spiffe/spire#3965).',
+    schema: (say) => sizeSchema(say, 4 * 1024 * 1024, (value) => `must be a size of at least 4Mi, got "${value}"`),
   },
   maxVolumes: {
+    /**
+     * Most volumes this node serves at once. parseCommandLine always sets it;
+     * a Config built by hand (the test harnesses) may leave it out, which
+     * means DEFAULT_MAX_VOLUMES.
+     */
+    config: 'maxVolumes',
+    optionalInConfig: true,
     flag: 'max-volumes',
     env: 'SPIRE_CSI_MAX_VOLUMES',
     default: String(DEFAULT_MAX_VOLUMES),
     help: 'Most volumes this node serves at once, at least 1; reported to kubelet as max_volumes_per_node. NodePublishVolume beyond it (live volumes plus those being published) fails with RESOURCE_EXHAUSTED until one is unpublished. Each volume costs memory: raise the memory limit with it.',
+    schema: (say) =>
+      z.string().transform((value, ctx) => {
+        const trimmed = value.trim();
+        const count = /^\d+$/.test(trimmed) ? Number(trimmed) : NaN;
+        if (!Number.isSafeInteger(count) || count < 1) {
+          ctx.addIssue({ code: 'custom', message: say(`must be a whole number of volumes, at least 1 (e.g. ${DEFAULT_MAX_VOLUMES}), got "${value}"`) });
+          return z.NEVER;
+        }
+        return count;
+      }),
   },
 } as const satisfies Record<string, OptionSpec>;
 
-type OptionKey = keyof typeof OPTIONS;
+type Options = typeof OPTIONS;
+type OptionKey = keyof Options;
+type OptionValue<K extends OptionKey> = z.output<ReturnType<Options[K]['schema']>>;
+type RequiredOptionKey = { [K in OptionKey]: Options[K] extends { optionalInConfig: true } ? never : K }[OptionKey];
+type Simplify<T> = { [K in keyof T]: T[K] } & {};
+
+/**
+ * The validated configuration, one field per entry of {@link OPTIONS} (named by
+ * its `config`), typed by what its schema produces.
+ */
+export type Config = Simplify<
+  { [K in RequiredOptionKey as Options[K]['config']]: OptionValue<K> } & {
+    [K in Exclude<OptionKey, RequiredOptionKey> as Options[K]['config']]?: OptionValue<K>;
+  }
+>;
 
 export class ConfigError extends Error {
   constructor(message: string) {
@@ -171,107 +285,23 @@ export function parseSize(text: string): number | undefined {
   return Number(match[1]) * (SIZE_UNITS[match[2] ?? ''] ?? NaN);
 }
 
-function withSource(key: OptionKey, message: string): string {
-  const spec = OPTIONS[key];
-  return `--${spec.flag} (env ${spec.env}): ${message}`;
+/** A size of at least `minimumBytes`; `refusal` words the problem with the text given. */
+function sizeSchema(say: Say, minimumBytes: number, refusal: (value: string) => string) {
+  return z.string().transform((value, ctx) => {
+    const bytes = parseSize(value);
+    if (bytes === undefined || bytes < minimumBytes) {
+      ctx.addIssue({ code: 'custom', message: say(refusal(value)) });
+      return z.NEVER;
+    }
+    return bytes;
+  });
 }
 
-const KUBELET_CALL_TIMEOUT_MS = 120_000;
+function sayFor(spec: OptionSpec): Say {
+  return (problem) => `--${spec.flag} (env ${spec.env}): ${problem}`;
+}
 
-const rawSchema = z.object({
-  endpoint: z.string().transform((value, ctx) => {
-    const socketPath = value.startsWith('unix://') ? value.slice('unix://'.length) : value.startsWith('unix:') ? value.slice('unix:'.length) : value;
-    if (!path.isAbsolute(socketPath)) {
-      ctx.addIssue({ code: 'custom', message: withSource('endpoint', `must be unix:///absolute/path.sock, got "${value}"`) });
-      return z.NEVER;
-    }
-    return path.normalize(socketPath);
-  }),
-  nodeName: z
-    .string({ error: withSource('nodeName', 'is required; in a DaemonSet set NODE_NAME from fieldRef spec.nodeName') })
-    .regex(/^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/, {
-      error: withSource('nodeName', 'must be a Kubernetes node name (lowercase RFC 1123 subdomain)'),
-    }),
-  driverName: z.string().regex(/^[a-zA-Z][A-Za-z0-9.\-_]{0,61}[a-zA-Z]$/, {
-    error: withSource('driverName', 'must be a CSI driver name: 2-63 characters, letters at both ends, then letters, digits, ".", "-", "_"'),
-  }),
-  adminSocket: z.string().refine((value) => path.isAbsolute(value), {
-    error: withSource('adminSocket', 'must be an absolute path'),
-  }),
-  stateDir: z
-    .string()
-    .refine((value) => path.isAbsolute(value), { error: withSource('stateDir', 'must be an absolute path') })
-    .refine((value) => !/^\/(var\/)?tmp(\/|$)/.test(path.normalize(value)), {
-      error: withSource(
-        'stateDir',
-        'must not be under /tmp or /var/tmp: systemd-tmpfiles cleans those and the driver would forget live volumes (cert-manager/csi-lib#18); use e.g. /var/lib/spire-csi-driver',
-      ),
-    })
-    .transform((value) => path.normalize(value)),
-  kubeletRootDir: z
-    .string()
-    .refine((value) => path.isAbsolute(value), { error: withSource('kubeletRootDir', 'must be an absolute path') })
-    .transform((value) => path.normalize(value).replace(/\/+$/, '') || '/'),
-  publishTimeout: z.string().transform((value, ctx) => {
-    const ms = parseDuration(value);
-    if (ms === undefined || ms <= 0 || ms >= KUBELET_CALL_TIMEOUT_MS) {
-      ctx.addIssue({
-        code: 'custom',
-        message: withSource('publishTimeout', `must be a duration above 0 and below kubelet's 2m call timeout (e.g. 60s), got "${value}"`),
-      });
-      return z.NEVER;
-    }
-    return ms;
-  }),
-  tmpfs: z.enum(['true', 'false', 'auto'], { error: withSource('tmpfs', 'must be true, false or auto') }),
-  tmpfsSize: z.string().transform((value, ctx) => {
-    const bytes = parseSize(value);
-    if (bytes === undefined || bytes < 64 * 1024) {
-      ctx.addIssue({ code: 'custom', message: withSource('tmpfsSize', `must be a size of at least 64Ki (e.g. 8Mi), got "${value}"`) });
-      return z.NEVER;
-    }
-    return bytes;
-  }),
-  logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace'], {
-    error: withSource('logLevel', 'must be one of fatal, error, warn, info, debug, trace'),
-  }),
-  metricsAddress: z.string().transform((value, ctx) => {
-    if (value === '') return undefined;
-    const match = /^(|[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):(\d{1,5})$/.exec(value);
-    const port = match ? Number(match[2]) : NaN;
-    if (!match || port < 1 || port > 65535) {
-      ctx.addIssue({ code: 'custom', message: withSource('metricsAddress', `must be host:port or :port, got "${value}"`) });
-      return z.NEVER;
-    }
-    return { host: match[1] === '' ? '0.0.0.0' : (match[1] as string).replace(/^\[(.*)\]$/, '$1'), port };
-  }),
-  maxMessageSize: z.string().transform((value, ctx) => {
-    const bytes = parseSize(value);
-    if (bytes === undefined || bytes < 4 * 1024 * 1024) {
-      ctx.addIssue({ code: 'custom', message: withSource('maxMessageSize', `must be a size of at least 4Mi, got "${value}"`) });
-      return z.NEVER;
-    }
-    return bytes;
-  }),
-  maxVolumes: z.string().transform((value, ctx) => {
-    const trimmed = value.trim();
-    const count = /^\d+$/.test(trimmed) ? Number(trimmed) : NaN;
-    if (!Number.isSafeInteger(count) || count < 1) {
-      ctx.addIssue({
-        code: 'custom',
-        message: withSource('maxVolumes', `must be a whole number of volumes, at least 1 (e.g. ${DEFAULT_MAX_VOLUMES}), got "${value}"`),
-      });
-      return z.NEVER;
-    }
-    return count;
-  }),
-});
-
-export function parseCommandLine(
-  argv: readonly string[],
-  env: NodeJS.ProcessEnv,
-  options: { runningAsRoot: boolean },
-): ParsedCommandLine {
+export function parseCommandLine(argv: readonly string[], env: NodeJS.ProcessEnv, options: ParseContext): ParsedCommandLine {
   let parsed: ReturnType<typeof parseArgs>;
   try {
     parsed = parseArgs({
@@ -290,33 +320,22 @@ export function parseCommandLine(
   if (parsed.values['help']) return { kind: 'help' };
   if (parsed.values['version']) return { kind: 'version' };
 
+  const specs = Object.entries(OPTIONS) as [OptionKey, OptionSpec][];
   const raw: Record<string, string | undefined> = {};
-  for (const [key, spec] of Object.entries(OPTIONS) as [OptionKey, OptionSpec][]) {
+  const shape: Record<string, z.ZodType> = {};
+  for (const [key, spec] of specs) {
     const fromFlag = parsed.values[spec.flag];
     raw[key] = typeof fromFlag === 'string' ? fromFlag : (env[spec.env] ?? spec.default);
+    shape[key] = spec.schema(sayFor(spec), options);
   }
-  const result = rawSchema.safeParse(raw);
+  const result = z.object(shape).safeParse(raw);
   if (!result.success) {
     throw new ConfigError(result.error.issues.map((issue) => issue.message).join('\n'));
   }
-  const value = result.data;
+  const values: Record<string, unknown> = result.data;
   return {
     kind: 'run',
-    config: {
-      csiSocketPath: value.endpoint,
-      nodeName: value.nodeName,
-      driverName: value.driverName,
-      agentAdminSocketPath: path.normalize(value.adminSocket),
-      stateDir: value.stateDir,
-      kubeletRootDir: value.kubeletRootDir,
-      publishTimeoutMs: value.publishTimeout,
-      useTmpfs: value.tmpfs === 'auto' ? options.runningAsRoot : value.tmpfs === 'true',
-      tmpfsSizeBytes: value.tmpfsSize,
-      logLevel: value.logLevel,
-      metricsAddress: value.metricsAddress,
-      maxReceiveMessageBytes: value.maxMessageSize,
-      maxVolumes: value.maxVolumes,
-    },
+    config: Object.fromEntries(specs.map(([key, spec]) => [spec.config, values[key]])) as Config,
   };
 }
 

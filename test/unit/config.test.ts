@@ -4,6 +4,29 @@ import { ConfigError, DEFAULT_MAX_VOLUMES, helpText, OPTIONS, parseCommandLine, 
 
 const BASE_ENV: NodeJS.ProcessEnv = { NODE_NAME: 'node-1' };
 
+/** True when A and B are the same type (not merely assignable either way). */
+type Equal<A, B> = (<T>() => T extends A ? 1 : 2) extends <T>() => T extends B ? 1 : 2 ? true : false;
+
+/** Config as it was written out by hand before it was derived from OPTIONS; driver.ts and the harnesses rely on this shape. */
+interface HandWrittenConfig {
+  csiSocketPath: string;
+  nodeName: string;
+  driverName: string;
+  agentAdminSocketPath: string;
+  stateDir: string;
+  kubeletRootDir: string;
+  publishTimeoutMs: number;
+  useTmpfs: boolean;
+  tmpfsSizeBytes: number;
+  logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace';
+  metricsAddress: { host: string; port: number } | undefined;
+  maxReceiveMessageBytes: number;
+  maxVolumes?: number;
+}
+
+/** Fails to compile when the Config derived from OPTIONS drifts from that shape. */
+const CONFIG_SHAPE_UNCHANGED: Equal<Config, HandWrittenConfig> = true;
+
 function run(argv: string[], env: NodeJS.ProcessEnv = BASE_ENV, runningAsRoot = false): Config {
   const parsed = parseCommandLine(argv, env, { runningAsRoot });
   assert.equal(parsed.kind, 'run');
@@ -48,6 +71,20 @@ describe('defaults', () => {
     assert.equal(OPTIONS.nodeName.default, undefined);
     assert.equal(OPTIONS.metricsAddress.default, '');
     assert.equal(OPTIONS.maxVolumes.default, String(DEFAULT_MAX_VOLUMES));
+  });
+});
+
+describe('the Config type', () => {
+  test('the fields and types derived from OPTIONS are the hand-written ones (checked by the compiler)', () => {
+    assert.equal(CONFIG_SHAPE_UNCHANGED, true);
+  });
+
+  test('every option has its own flag, environment variable and Config field', () => {
+    const specs = Object.values(OPTIONS);
+    for (const field of ['flag', 'env', 'config'] as const) {
+      assert.equal(new Set(specs.map((spec) => spec[field])).size, specs.length, field);
+    }
+    assert.deepEqual(Object.keys(run([])).sort(), specs.map((spec) => spec.config).sort());
   });
 });
 
