@@ -1,5 +1,6 @@
 /** Waiting in the end-to-end tests: sleeps, polling until a condition holds, and a free port to listen on. */
 import net from 'node:net';
+import { inspect } from 'node:util';
 
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
@@ -21,7 +22,7 @@ export async function waitFor<T>(
       lastError = err;
     }
     if (Date.now() > deadline) {
-      const detail = lastError === undefined ? '' : ` (last error: ${(lastError as Error).message ?? String(lastError)})`;
+      const detail = lastError === undefined ? '' : ` (last error: ${lastError instanceof Error ? lastError.message : inspect(lastError)})`;
       const diagnostics = options.diagnostics ? `\n${await Promise.resolve(options.diagnostics()).catch((e: unknown) => String(e))}` : '';
       throw new Error(`timed out after ${options.timeoutMs} ms waiting for ${what}${detail}${diagnostics}`);
     }

@@ -176,6 +176,7 @@ async function openLockFile(lockPath: string): Promise<{ handle: fs.FileHandle; 
     throw new Error(
       `cannot open the state directory lock file ${lockPath}: ${(err as Error).message}; ` +
         'the state directory (--state-dir) must be a writable directory and the lock file a regular file (not a symbolic link)',
+      { cause: err },
     );
   }
 }

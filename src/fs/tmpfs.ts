@@ -73,7 +73,7 @@ function describeCommandFailure(command: string, args: readonly string[], err: u
   const stderr = typeof failure.stderr === 'string' ? failure.stderr.trim() : '';
   let outcome: string;
   if (failure.killed === true && failure.signal !== null && failure.signal !== undefined) {
-    outcome = `was killed by ${String(failure.signal)} (timeout ${COMMAND_TIMEOUT_MS} ms)`;
+    outcome = `was killed by ${typeof failure.signal === 'string' ? failure.signal : 'a signal'} (timeout ${COMMAND_TIMEOUT_MS} ms)`;
   } else if (typeof failure.code === 'number') {
     outcome = `exited with status ${failure.code}`;
   } else {

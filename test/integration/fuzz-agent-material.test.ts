@@ -226,7 +226,8 @@ function describeStep(step: Step): string {
       return `svid: ${step.svid.label}`;
     case 'bundle':
       return `bundle: ${step.bundle.label}`;
-    default:
+    case 'resend good svid':
+    case 'resend bundle':
       return step.type;
   }
 }

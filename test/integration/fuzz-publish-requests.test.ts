@@ -666,9 +666,9 @@ describe('fuzzing NodePublishVolume requests: only INVALID_ARGUMENT, nothing tou
 
   it(`raw bytes as the request body (${runs(RUNS.rawBytes)} cases): INVALID_ARGUMENT when they decode, grpc-js's INTERNAL when not`, async (t) => {
     const root = h.config.kubeletRootDir;
-    const valid = publishMethod!.requestSerialize(
+    const valid = publishMethod.requestSerialize(
       h.kubelet.publishRequest(h.kubelet.createPod(), { attributes: { 'csi.spire.io/hint': 'h' } }),
-    ) as Buffer;
+    );
     const bytes = fc.oneof(
       fc.uint8Array({ maxLength: 2048 }).map((b) => Buffer.from(b)),
       fc.integer({ min: 0, max: valid.length - 1 }).map((n) => valid.subarray(0, n)),
@@ -689,7 +689,7 @@ describe('fuzzing NodePublishVolume requests: only INVALID_ARGUMENT, nothing tou
       fc.asyncProperty(bytes, async (body) => {
         let decoded: NodePublishVolumeRequest | undefined;
         try {
-          decoded = publishMethod!.requestDeserialize(body) as NodePublishVolumeRequest;
+          decoded = publishMethod.requestDeserialize(body) as NodePublishVolumeRequest;
         } catch {
           decoded = undefined;
         }

@@ -157,7 +157,7 @@ describe('NodePublishVolume failures', () => {
     const outcome = publishing.then(() => undefined, (err: unknown) => err);
     await eventually('the publish to reach the agent', () => h?.agent.receivedSelectorSets().length === 1);
     await h.kubelet.unpublish(volume);
-    await assert.rejects(outcome.then((err) => Promise.reject(err)), expectCode(grpc.status.ABORTED, 'unpublished while it was being published'));
+    await assert.rejects(outcome.then((err) => Promise.reject(err instanceof Error ? err : new Error(String(err)))), expectCode(grpc.status.ABORTED, 'unpublished while it was being published'));
     await assertNothingLeft(h, volume);
   });
 });

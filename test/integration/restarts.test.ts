@@ -97,7 +97,8 @@ describe('restarts', () => {
     for (const v of live) {
       const before = await readVolume(v.volume.targetPath);
       const pod = { uid: v.volume.targetPath.split('/pods/')[1]?.split('/')[0] as string, name: '', namespace: 'default', serviceAccount: 'app' };
-      pod.name = JSON.parse(await fs.readFile(path.join(h.config.stateDir, 'volumes', `${v.volume.volumeId}.json`), 'utf8')).pod.name as string;
+      const record = JSON.parse(await fs.readFile(path.join(h.config.stateDir, 'volumes', `${v.volume.volumeId}.json`), 'utf8')) as { pod: { name: string } };
+      pod.name = record.pod.name;
       await h.kubelet.publish(pod);
       assert.equal((await readVolume(v.volume.targetPath)).version, before.version);
     }

@@ -110,8 +110,8 @@ interface Harness {
   agent: DevAgent;
   socketPath: string;
   client: DelegatedIdentityClient;
-  subscribe(selectors: string[]): StreamReader<SubscribeToX509SvidsResponse>;
-  bundles(): StreamReader<SubscribeToX509BundlesResponse>;
+  subscribe: (selectors: string[]) => StreamReader<SubscribeToX509SvidsResponse>;
+  bundles: () => StreamReader<SubscribeToX509BundlesResponse>;
 }
 
 /** A fresh agent, socket and client per test; everything is torn down even when the test fails. */
@@ -130,12 +130,12 @@ async function withAgent(
     agent,
     socketPath,
     client,
-    subscribe(selectors) {
+    subscribe: (selectors) => {
       const reader = new StreamReader(client.SubscribeToX509SVIDs({ selectors: selectors.map(toSelector) }));
       readers.push(reader);
       return reader;
     },
-    bundles() {
+    bundles: () => {
       const reader = new StreamReader(client.SubscribeToX509Bundles({}));
       readers.push(reader);
       return reader;

@@ -184,7 +184,7 @@ describe('nothing invalid or secret is written', () => {
       { secrets: { password: 'hunter2' } },
     ];
     for (const extra of secrets) {
-      const a = { ...record(UID_A), ...extra } as unknown as VolumeRecord;
+      const a = { ...record(UID_A), ...extra };
       await assert.rejects(store.write(a), Error, Object.keys(extra)[0]);
     }
     assert.deepEqual(await fs.readdir(store.volumesDir), []);

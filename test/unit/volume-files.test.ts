@@ -22,7 +22,7 @@ const NO_CHOICE = { spiffeId: null, hint: null };
 
 function picked(result: ReturnType<typeof pickSvid>): PickedSvid {
   assert.ok(!('problem' in result), 'problem' in result ? result.problem : '');
-  return result as PickedSvid;
+  return result;
 }
 
 function problem(result: ReturnType<typeof pickSvid>): string {

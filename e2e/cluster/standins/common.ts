@@ -249,7 +249,7 @@ export async function getDriverName(client: grpc.Client, deadline?: number): Pro
   try {
     response = await callUnary(client, 'GetPluginInfo', {}, deadline === undefined ? {} : { deadline });
   } catch (err) {
-    throw new Error(`error retrieving CSI driver name: ${grpcErrorText(err)}`);
+    throw new Error(`error retrieving CSI driver name: ${grpcErrorText(err)}`, { cause: err });
   }
   const name = (response as { name?: unknown } | null)?.name;
   if (typeof name !== 'string' || name === '') throw new Error('error retrieving CSI driver name: driver name is empty');

@@ -298,7 +298,7 @@ class RegistrationServer {
     this.finished = true;
     if (reason !== undefined) this.log.error(reason, { err: detail === undefined ? undefined : errorText(detail) });
     this.shutDown();
-    await Promise.all(this.exitHooks.map((hook) => hook()));
+    await Promise.all(this.exitHooks.map(async (hook) => hook()));
     this.resolveExit(code);
   }
 

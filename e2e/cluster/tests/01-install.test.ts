@@ -89,7 +89,7 @@ function ownerOf(inode: string, daemonPids: Set<string>): { pid: string; command
       continue;
     }
     for (const fd of fds) {
-      let link = '';
+      let link: string;
       try {
         link = readlinkSync(`/proc/${pid}/fd/${fd}`);
       } catch {
