@@ -51,7 +51,9 @@ async function agentFirstResponseMs(h: Harness, selectors: string[]): Promise<nu
   const client = new Client(`unix:${h.config.agentAdminSocketPath}`, grpc.credentials.createInsecure());
   const started = performance.now();
   await new Promise<void>((resolve, reject) => {
-    const call = (client as unknown as { SubscribeToX509SVIDs(r: object): grpc.ClientReadableStream<SubscribeToX509SvidsResponse> }).SubscribeToX509SVIDs({
+    const call = (
+      client as unknown as { SubscribeToX509SVIDs(r: object): grpc.ClientReadableStream<SubscribeToX509SvidsResponse> }
+    ).SubscribeToX509SVIDs({
       selectors: selectors.map((s) => ({ type: 'k8s', value: s.slice('k8s:'.length) })),
     });
     call.on('data', (message: SubscribeToX509SvidsResponse) => {
@@ -93,7 +95,9 @@ async function benchPublishOverhead(useTmpfs: boolean): Promise<void> {
       await h.close();
     }
   }
-  console.log(`NodePublishVolume overhead beyond the agent's first response (${PUBLISHES} publishes per run, ${useTmpfs ? 'per-volume tmpfs' : 'plain directory'}):`);
+  console.log(
+    `NodePublishVolume overhead beyond the agent's first response (${PUBLISHES} publishes per run, ${useTmpfs ? 'per-volume tmpfs' : 'plain directory'}):`,
+  );
   console.log(`  p50: ${summary(p50s, 'ms', 2)}`);
   console.log(`  p99: ${summary(p99s, 'ms', 2)}   target <= 5 ms`);
 }
@@ -129,7 +133,11 @@ async function benchManyVolumes(): Promise<void> {
 
       // One bundle change, SVIDs unchanged: rotate the CA, wait until settled, then drop the old CA.
       await h.agent.rotateCa();
-      await eventually('the rotated CA everywhere', async () => (await readVolume(volumes.at(-1)?.targetPath as string)).bundlePem.split('BEGIN').length === 3, 60_000);
+      await eventually(
+        'the rotated CA everywhere',
+        async () => (await readVolume(volumes.at(-1)?.targetPath as string)).bundlePem.split('BEGIN').length === 3,
+        60_000,
+      );
       await sleep(2000);
       const started = performance.now();
       h.agent.dropOldCa();

@@ -97,7 +97,11 @@ describe('the real agent, as the driver and the development agent assume it', ()
     try {
       await stream.next('the first (empty) response', (m) => m.x509_svids.length === 0);
       const createdAt = Date.now();
-      const entryId = await testbed.createEntry({ spiffeId: 'spiffe://example.org/contract', selectors: [`k8s:pod-uid:${uid}`], x509SvidTtlSeconds: 20 });
+      const entryId = await testbed.createEntry({
+        spiffeId: 'spiffe://example.org/contract',
+        selectors: [`k8s:pod-uid:${uid}`],
+        x509SvidTtlSeconds: 20,
+      });
       const withSvid = await stream.next('the SVID', (m) => m.x509_svids.length === 1);
       assert.ok(withSvid.at - createdAt < 10_000, `SVID ${withSvid.at - createdAt} ms after entry create`);
 
@@ -118,7 +122,8 @@ describe('the real agent, as the driver and the development agent assume it', ()
       const count = stream.messages.length;
       const rotated = await stream.next(
         'a rotation',
-        (m) => m.x509_svids.length === 1 && new X509Certificate(m.x509_svids[0]?.x509_svid?.cert_chain[0] as Buffer).serialNumber !== leaf.serialNumber,
+        (m) =>
+          m.x509_svids.length === 1 && new X509Certificate(m.x509_svids[0]?.x509_svid?.cert_chain[0] as Buffer).serialNumber !== leaf.serialNumber,
         count,
       );
       const rotationS = (rotated.at - withSvid.at) / 1000;

@@ -65,7 +65,10 @@ describe('CA rotation against a real SPIRE server', () => {
         (await testbed.serverBundle()).some((c) => c.fingerprint256 === nextCa.fingerprint256),
         "the new CA is the server's prepared authority",
       );
-      assert.ok(bundleCertificates(withNext).some((c) => c.fingerprint256 === firstCa.fingerprint256), 'the old CA stays while SVIDs signed by it live');
+      assert.ok(
+        bundleCertificates(withNext).some((c) => c.fingerprint256 === firstCa.fingerprint256),
+        'the old CA stays while SVIDs signed by it live',
+      );
       await assertValidSvidVolume(volume.targetPath, spiffeId);
 
       // Activated at ~50 s (+ up to one tick); the next SVID comes from the new CA.

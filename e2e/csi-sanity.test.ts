@@ -46,7 +46,15 @@ const EXPECTED_SPECS = [
 const raw = (buffer: Buffer): Buffer => buffer;
 
 function rawMethod(path: string): grpc.MethodDefinition<Buffer, Buffer> {
-  return { path, requestStream: false, responseStream: false, requestSerialize: raw, requestDeserialize: raw, responseSerialize: raw, responseDeserialize: raw };
+  return {
+    path,
+    requestStream: false,
+    responseStream: false,
+    requestSerialize: raw,
+    requestDeserialize: raw,
+    responseSerialize: raw,
+    responseDeserialize: raw,
+  };
 }
 
 /** ControllerGetCapabilitiesResponse { capabilities: [ { rpc: { type: UNKNOWN } } ] }, encoded by hand. */
@@ -152,8 +160,13 @@ describe('csi-sanity', () => {
       const reports = JSON.parse(await fs.readFile(report, 'utf8')) as { SpecReports: GinkgoSpecReport[] }[];
       const specs = reports.flatMap((r) => r.SpecReports).filter((spec) => spec.LeafNodeText !== '');
       const name = (spec: GinkgoSpecReport): string => [...(spec.ContainerHierarchyTexts ?? []), spec.LeafNodeText].join(' ');
-      const passed = specs.filter((spec) => spec.State === 'passed').map(name).sort();
-      const failed = specs.filter((spec) => spec.State === 'failed' || spec.State === 'panicked').map((spec) => `${name(spec)}: ${spec.Failure?.Message ?? ''}`);
+      const passed = specs
+        .filter((spec) => spec.State === 'passed')
+        .map(name)
+        .sort();
+      const failed = specs
+        .filter((spec) => spec.State === 'failed' || spec.State === 'panicked')
+        .map((spec) => `${name(spec)}: ${spec.Failure?.Message ?? ''}`);
       assert.deepEqual(failed, [], `failed specs${context}`);
       assert.deepEqual(passed, EXPECTED_SPECS, 'exactly the applicable specs ran and passed');
       assert.ok((stub.calls.get('Identity/GetPluginInfo') ?? 0) > 0, "the Identity specs reached the driver through the stub's forwarding too");

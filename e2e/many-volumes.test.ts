@@ -35,7 +35,9 @@ describe(`${VOLUMES} volumes on one agent connection`, () => {
     await withDiagnostics(s, async () => {
       const pods: Pod[] = Array.from({ length: VOLUMES }, (_, i) => driver.kubelet.createPod({ name: `many-${i}` }));
       const idOf = (pod: Pod): string => `spiffe://example.org/many/${pod.name}`;
-      await testbed.createEntries(pods.map((pod) => ({ spiffeId: idOf(pod), selectors: [`k8s:pod-uid:${pod.uid}`], x509SvidTtlSeconds: SVID_TTL_SECONDS })));
+      await testbed.createEntries(
+        pods.map((pod) => ({ spiffeId: idOf(pod), selectors: [`k8s:pod-uid:${pod.uid}`], x509SvidTtlSeconds: SVID_TTL_SECONDS })),
+      );
 
       const started = Date.now();
       const volumes: PublishedVolume[] = await Promise.all(pods.map((pod) => driver.kubelet.publish(pod)));

@@ -104,7 +104,10 @@ describe('NodePublishVolume against a real SPIRE agent', () => {
         ),
       );
       const elapsed = Date.now() - started;
-      assert.ok(elapsed >= PUBLISH_TIMEOUT_MS - 200 && elapsed < PUBLISH_TIMEOUT_MS + 4000, `failed after ${elapsed} ms for a ${PUBLISH_TIMEOUT_MS} ms bound`);
+      assert.ok(
+        elapsed >= PUBLISH_TIMEOUT_MS - 200 && elapsed < PUBLISH_TIMEOUT_MS + 4000,
+        `failed after ${elapsed} ms for a ${PUBLISH_TIMEOUT_MS} ms bound`,
+      );
       await driver.assertNothingLeft(driver.kubelet.volumeFor(pod));
     });
   });
@@ -161,7 +164,11 @@ describe('NodePublishVolume against a real SPIRE agent', () => {
       });
       const serverView = await seenByServer;
       server.close();
-      assert.deepEqual(serverView, { authorized: true, peer: `URI:${clientId}`, error: undefined }, 'the server verified the client against its bundle file');
+      assert.deepEqual(
+        serverView,
+        { authorized: true, peer: `URI:${clientId}`, error: undefined },
+        'the server verified the client against its bundle file',
+      );
       assert.deepEqual(seenByClient, { authorized: true, peer: `URI:${serverId}`, reply: 'hello client' }, 'the client verified the server');
 
       for (const volume of [serverVolume, clientVolume]) await driver.kubelet.unpublish(volume);

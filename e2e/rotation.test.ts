@@ -103,7 +103,9 @@ describe('rotation and restarts against a real SPIRE agent', () => {
       await testbed.startAgent();
       const afterRestart: VolumeContent[] = [];
       for (const [i, v] of volumes.entries()) {
-        afterRestart.push(await waitForNewSerial(v.volume.targetPath, whileDown[i] as VolumeContent, ROTATION_TIMEOUT_MS, 'an SVID from the restarted agent'));
+        afterRestart.push(
+          await waitForNewSerial(v.volume.targetPath, whileDown[i] as VolumeContent, ROTATION_TIMEOUT_MS, 'an SVID from the restarted agent'),
+        );
       }
       const recoveredMs = Date.now() - restartedAt;
       for (const [i, v] of volumes.entries()) {
@@ -184,7 +186,12 @@ describe('rotation and restarts against a real SPIRE agent', () => {
           await testbed.startAgent();
           await Promise.all(
             volumes.map((v, j) =>
-              waitForNewSerial(v.volume.targetPath, whileDown[j] as VolumeContent, ROTATION_TIMEOUT_MS, `a rotation of ${v.spiffeId} after agent restart ${i + 1} (${signal})`),
+              waitForNewSerial(
+                v.volume.targetPath,
+                whileDown[j] as VolumeContent,
+                ROTATION_TIMEOUT_MS,
+                `a rotation of ${v.spiffeId} after agent restart ${i + 1} (${signal})`,
+              ),
             ),
           );
         }
@@ -228,12 +235,19 @@ describe('rotation and restarts against a real SPIRE agent', () => {
       await driver.startProcess(); // replaces the stale CSI socket
       await Promise.all(
         volumes.map(async (v, i) => {
-          const rotated = await waitForNewSerial(v.volume.targetPath, atKill[i] as VolumeContent, ROTATION_TIMEOUT_MS, `rotation of ${v.spiffeId} after the restart`);
+          const rotated = await waitForNewSerial(
+            v.volume.targetPath,
+            atKill[i] as VolumeContent,
+            ROTATION_TIMEOUT_MS,
+            `rotation of ${v.spiffeId} after the restart`,
+          );
           await waitForNewSerial(v.volume.targetPath, rotated, ROTATION_TIMEOUT_MS, `a second rotation of ${v.spiffeId} after the restart`);
           await assertValidSvidVolume(v.volume.targetPath, v.spiffeId);
         }),
       );
-      const resumed = driver.logEntries().find((entry) => entry['msg'] === 'resumed volumes from the state directory' && entry['volumes'] === volumes.length);
+      const resumed = driver
+        .logEntries()
+        .find((entry) => entry['msg'] === 'resumed volumes from the state directory' && entry['volumes'] === volumes.length);
       assert.ok(resumed, 'the restarted driver resumed every volume');
 
       for (const v of volumes) {

@@ -77,7 +77,12 @@ export function expectGrpcError(code: grpc.status, ...messageParts: (string | Re
 }
 
 /** Waits until the volume holds an SVID with another serial than `previous`; returns the new content. */
-export async function waitForNewSerial(targetPath: string, previous: VolumeContent, timeoutMs: number, what = 'a rotated SVID'): Promise<VolumeContent> {
+export async function waitForNewSerial(
+  targetPath: string,
+  previous: VolumeContent,
+  timeoutMs: number,
+  what = 'a rotated SVID',
+): Promise<VolumeContent> {
   return waitFor(
     `${what} in ${targetPath} (serial was ${previous.leaf.serialNumber})`,
     async () => {
@@ -96,4 +101,3 @@ export function bundleCertificates(content: VolumeContent): X509Certificate[] {
 export async function versionDirectories(targetPath: string): Promise<string[]> {
   return (await fs.readdir(targetPath)).filter((name) => name.startsWith('..') && name !== '..data').sort();
 }
-

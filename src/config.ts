@@ -67,7 +67,11 @@ export const OPTIONS = {
     help: 'CSI gRPC endpoint: unix:///path/to/csi.sock (a stale socket file is replaced).',
     schema: (say) =>
       z.string().transform((value, ctx) => {
-        const socketPath = value.startsWith('unix://') ? value.slice('unix://'.length) : value.startsWith('unix:') ? value.slice('unix:'.length) : value;
+        const socketPath = value.startsWith('unix://')
+          ? value.slice('unix://'.length)
+          : value.startsWith('unix:')
+            ? value.slice('unix:'.length)
+            : value;
         if (!path.isAbsolute(socketPath)) {
           ctx.addIssue({ code: 'custom', message: say(`must be unix:///absolute/path.sock, got "${value}"`) });
           return z.NEVER;
@@ -102,7 +106,7 @@ export const OPTIONS = {
     flag: 'admin-socket',
     env: 'SPIRE_ADMIN_SOCKET',
     default: '/run/spire/agent/sockets/csi.spiffe.io/admin/admin.sock',
-    help: "SPIRE agent admin socket (Delegated Identity API). The default is where the SPIRE Helm chart puts it on the host with sockets.admin.enabled and sockets.admin.mountOnHost; mount that directory at the same path.",
+    help: 'SPIRE agent admin socket (Delegated Identity API). The default is where the SPIRE Helm chart puts it on the host with sockets.admin.enabled and sockets.admin.mountOnHost; mount that directory at the same path.',
     schema: (say) =>
       z
         .string()
@@ -207,7 +211,7 @@ export const OPTIONS = {
     flag: 'max-message-size',
     env: 'SPIRE_CSI_MAX_MESSAGE_SIZE',
     default: '32Mi',
-    help: 'Largest message accepted from the SPIRE agent (large federated bundles exceed gRPC\'s 4 MiB default, spiffe/spire#3965).',
+    help: "Largest message accepted from the SPIRE agent (large federated bundles exceed gRPC's 4 MiB default, spiffe/spire#3965).",
     schema: (say) => sizeSchema(say, 4 * 1024 * 1024, (value) => `must be a size of at least 4Mi, got "${value}"`),
   },
   maxVolumes: {
@@ -227,7 +231,10 @@ export const OPTIONS = {
         const trimmed = value.trim();
         const count = /^\d+$/.test(trimmed) ? Number(trimmed) : NaN;
         if (!Number.isSafeInteger(count) || count < 1) {
-          ctx.addIssue({ code: 'custom', message: say(`must be a whole number of volumes, at least 1 (e.g. ${DEFAULT_MAX_VOLUMES}), got "${value}"`) });
+          ctx.addIssue({
+            code: 'custom',
+            message: say(`must be a whole number of volumes, at least 1 (e.g. ${DEFAULT_MAX_VOLUMES}), got "${value}"`),
+          });
           return z.NEVER;
         }
         return count;

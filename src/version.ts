@@ -3,6 +3,4 @@ import path from 'node:path';
 import { PACKAGE_ROOT } from './proto-loading.js';
 
 /** The version in package.json, reported by GetPluginInfo and --version. */
-export const DRIVER_VERSION: string = (
-  JSON.parse(fs.readFileSync(path.join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }
-).version;
+export const DRIVER_VERSION: string = (JSON.parse(fs.readFileSync(path.join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version;

@@ -71,11 +71,17 @@ async function runBatch(batch: Batch, round: number): Promise<number[]> {
   await apply(list);
   const latencies: number[] = [];
   for (const name of names) {
-    const started = await waitFor(`${batch.namespace}/${name} to print its start time`, 240_000, async () => {
-      const logs = await kubectl(['-n', batch.namespace, 'logs', name]);
-      const uptime = Number(logs.stdout.split(' ')[0]);
-      return logs.code === 0 && uptime > 0 ? uptime : undefined;
-    }, undefined, 500);
+    const started = await waitFor(
+      `${batch.namespace}/${name} to print its start time`,
+      240_000,
+      async () => {
+        const logs = await kubectl(['-n', batch.namespace, 'logs', name]);
+        const uptime = Number(logs.stdout.split(' ')[0]);
+        return logs.code === 0 && uptime > 0 ? uptime : undefined;
+      },
+      undefined,
+      500,
+    );
     latencies.push((started - applied) * 1000);
   }
   await kubectlOk(['-n', batch.namespace, 'delete', 'pod', ...names, '--wait=true', '--timeout=180s']);

@@ -20,7 +20,7 @@ import {
   workloadPod,
 } from './fixtures.js';
 
-test("uninstall: docs/kubernetes.md section 9 removes the driver and leaves nothing of it on the node", async () => {
+test('uninstall: docs/kubernetes.md section 9 removes the driver and leaves nothing of it on the node', async () => {
   await ensureNamespace('uninstall', ['app']);
   await ensureNamespaceEntry('uninstall', 'app');
   await apply(workloadPod({ namespace: 'uninstall', name: 'user', serviceAccount: 'app' }));

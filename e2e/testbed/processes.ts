@@ -42,7 +42,11 @@ function installExitHook(): void {
   // A signal would end the process without 'exit'; turn it into an exit so the
   // hook above runs (the SPIRE processes live in their own process groups and
   // would not get the terminal's Ctrl-C).
-  for (const [signal, code] of [['SIGINT', 130], ['SIGTERM', 143], ['SIGHUP', 129]] as const) {
+  for (const [signal, code] of [
+    ['SIGINT', 130],
+    ['SIGTERM', 143],
+    ['SIGHUP', 129],
+  ] as const) {
     process.once(signal, () => process.exit(code));
   }
 }

@@ -19,7 +19,9 @@ export function parsePublishRequest(request: NodePublishVolumeRequest, options: 
   if (!request.target_path) throw invalidArgument('target_path is required');
   if (!capability) throw invalidArgument('volume_capability is required');
   if (capability.access_type === 'block' || capability.block) {
-    throw invalidArgument('block access is not supported: csi.spire.io volumes are filesystem volumes (use pod.spec.volumes[].csi, not volumeDevices)');
+    throw invalidArgument(
+      'block access is not supported: csi.spire.io volumes are filesystem volumes (use pod.spec.volumes[].csi, not volumeDevices)',
+    );
   }
   const mount = capability.mount;
   if (!mount) throw invalidArgument('volume_capability must be a mount capability');
@@ -60,7 +62,9 @@ function parseVolumeMountGroup(value: string): number | null {
   if (value === '') return null;
   const result = fsGroupSchema.safeParse(value);
   if (!result.success) {
-    throw invalidArgument(`volume_mount_group ${JSON.stringify(value)} (pod.spec.securityContext.fsGroup) ${result.error.issues[0]?.message ?? 'is invalid'}`);
+    throw invalidArgument(
+      `volume_mount_group ${JSON.stringify(value)} (pod.spec.securityContext.fsGroup) ${result.error.issues[0]?.message ?? 'is invalid'}`,
+    );
   }
   return result.data;
 }

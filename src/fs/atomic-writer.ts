@@ -223,10 +223,7 @@ export class AtomicWriter {
   private async removeCrashLeftovers(current: string | null): Promise<void> {
     const dir = this.targetDir;
     for (const entry of await this.listVolumeDir()) {
-      const stale =
-        entry === DATA_TMP_LINK_NAME ||
-        entry === VISIBLE_TMP_LINK_NAME ||
-        (entry !== current && VERSION_DIR_PATTERN.test(entry));
+      const stale = entry === DATA_TMP_LINK_NAME || entry === VISIBLE_TMP_LINK_NAME || (entry !== current && VERSION_DIR_PATTERN.test(entry));
       if (!stale) continue;
       // Best effort: garbage that cannot go now (something holds it busy) must
       // not stop the volume from receiving new versions; the next write retries.
@@ -252,7 +249,8 @@ export class AtomicWriter {
       } catch (err) {
         const code = errnoCode(err);
         if (code === 'ENOENT') existing = null;
-        else if (code === 'EINVAL') existing = ''; // there, but not a symlink
+        else if (code === 'EINVAL')
+          existing = ''; // there, but not a symlink
         else throw this.failure(`reading the visible link ${name}`, err);
       }
       if (existing === wanted) continue;

@@ -97,7 +97,11 @@ export async function acquireStateDirLock(stateDir: string, options: AcquireStat
         // ENOLCK, EOPNOTSUPP...: the filesystem cannot lock. Refusing to start
         // would take down a driver that ran fine before the lock existed.
         await handle.close();
-        return unprotected(lockPath, logger, `flock(2) on ${lockPath} failed with ${errnoName(errno)}; the state directory's filesystem does not support it`);
+        return unprotected(
+          lockPath,
+          logger,
+          `flock(2) on ${lockPath} failed with ${errnoName(errno)}; the state directory's filesystem does not support it`,
+        );
       }
       const now = Date.now();
       if (lastLogAt === undefined || now - lastLogAt >= reminderIntervalMs) {
@@ -128,7 +132,10 @@ export async function acquireStateDirLock(stateDir: string, options: AcquireStat
       const record = { pid: process.pid, hostname: os.hostname(), started_at: new Date().toISOString() };
       await handle.write(`${JSON.stringify(record)}\n`, 0);
     } catch (err) {
-      logger.warn({ lock_path: lockPath, err: (err as Error).message }, 'could not record this process in the state directory lock file; holding the lock anyway');
+      logger.warn(
+        { lock_path: lockPath, err: (err as Error).message },
+        'could not record this process in the state directory lock file; holding the lock anyway',
+      );
     }
   }
   if (lastLogAt !== undefined) {

@@ -52,7 +52,7 @@ export class DriverMetrics {
 
   readonly volumeWriteFailures = new Counter({
     name: 'spire_csi_volume_write_failures_total',
-    help: 'Attempts to write a volume\'s SVID files that failed, by errno (ENOSPC, EIO, EMFILE, ENFILE, EROFS, EACCES, EPERM, EDQUOT, ENOENT, else other). Each failure is retried with capped backoff; the previous files stay until a write succeeds.',
+    help: "Attempts to write a volume's SVID files that failed, by errno (ENOSPC, EIO, EMFILE, ENFILE, EROFS, EACCES, EPERM, EDQUOT, ENOENT, else other). Each failure is retried with capped backoff; the previous files stay until a write succeeds.",
     labelNames: ['reason'] as const,
     registers: [this.registry],
   });

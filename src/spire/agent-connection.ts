@@ -113,7 +113,10 @@ export class AgentConnection extends EventEmitter implements AgentStreamConnecti
     try {
       fs.mkdirSync(directory, { recursive: true, mode: 0o755 });
     } catch (err) {
-      this.options.logger.warn({ directory, err: (err as Error).message }, 'the SPIRE agent socket directory does not exist and cannot be created; reconnects rely on backoff alone');
+      this.options.logger.warn(
+        { directory, err: (err as Error).message },
+        'the SPIRE agent socket directory does not exist and cannot be created; reconnects rely on backoff alone',
+      );
       return;
     }
     const watcher = watch(directory, { ignoreInitial: true, depth: 0, persistent: true });

@@ -19,7 +19,7 @@ export function describeStreamFailure(failure: StreamFailure, socketPath: string
     if (/no identity issued/i.test(failure.details)) {
       return (
         `the SPIRE agent answered PERMISSION_DENIED ("${failure.details}"): the driver itself has no registration entry on this node. ` +
-        'Register it (e.g. a ClusterSPIFFEID selecting the spire-csi-driver pods) and list its SPIFFE ID in the agent\'s authorized_delegates'
+        "Register it (e.g. a ClusterSPIFFEID selecting the spire-csi-driver pods) and list its SPIFFE ID in the agent's authorized_delegates"
       );
     }
     return (

@@ -47,9 +47,7 @@ export class BundleWatcher implements BundleSource {
   private readonly listeners = new Set<BundleListener>();
   private stream: ResilientStream<SubscribeToX509BundlesResponse> | undefined;
 
-  constructor(
-    private readonly deps: BundleWatcherDeps,
-  ) {}
+  constructor(private readonly deps: BundleWatcherDeps) {}
 
   get(trustDomainId: string): TrustBundle | undefined {
     return this.bundles.get(trustDomainId)?.bundle;
@@ -105,7 +103,10 @@ export class BundleWatcher implements BundleSource {
       } catch (err) {
         // Keep the last good bundle of this trust domain rather than none.
         this.deps.metrics.bundleRejected.inc();
-        this.deps.logger.error({ trust_domain: trustDomainId, err: errorMessage(err) }, 'rejected a trust bundle from the SPIRE agent; keeping the previous one');
+        this.deps.logger.error(
+          { trust_domain: trustDomainId, err: errorMessage(err) },
+          'rejected a trust bundle from the SPIRE agent; keeping the previous one',
+        );
         continue;
       }
       this.bundles.set(trustDomainId, { raw: Buffer.from(raw), bundle: { trustDomainId, certificates } });

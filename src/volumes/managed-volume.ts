@@ -190,10 +190,7 @@ export class ManagedVolume {
     const seconds = Math.round(timeoutMs / 1000);
     const failure = this.currentFailure();
     if (failure) {
-      return new DriverError(
-        status.UNAVAILABLE,
-        `no SVID after ${seconds}s: ${describeStreamFailure(failure, this.deps.connection.socketPath)}`,
-      );
+      return new DriverError(status.UNAVAILABLE, `no SVID after ${seconds}s: ${describeStreamFailure(failure, this.deps.connection.socketPath)}`);
     }
     return new DriverError(status.DEADLINE_EXCEEDED, `no SVID after ${seconds}s: ${this.problem}`);
   }
@@ -346,7 +343,10 @@ export class ManagedVolume {
     const failedAttempts = this.retry.reset();
     if (failedAttempts === 0) return;
     this.deps.metrics.setWriteFailing(this, false);
-    this.logger.info({ failed_attempts: failedAttempts }, 'no longer retrying the failed write: the newest material from the SPIRE agent has nothing to write');
+    this.logger.info(
+      { failed_attempts: failedAttempts },
+      'no longer retrying the failed write: the newest material from the SPIRE agent has nothing to write',
+    );
   }
 
   private keepPreviousFiles(outcome: 'empty' | 'no_match', why: string): void {

@@ -30,8 +30,7 @@ const DNS1123_SUBDOMAIN = /^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9
 /** UUIDs for API pods, hex hashes for static pods: never a '/', '.' or upper case. */
 const POD_UID = /^[a-z0-9]([-a-z0-9]{0,62}[a-z0-9])?$/;
 
-const PODINFO_REMEDY =
-  'the CSIDriver object for this driver must have podInfoOnMount: true and volumeLifecycleModes: [Ephemeral]';
+const PODINFO_REMEDY = 'the CSIDriver object for this driver must have podInfoOnMount: true and volumeLifecycleModes: [Ephemeral]';
 
 export function readPodInfo(volumeContext: Readonly<Record<string, string>>): PodInfo {
   const ephemeral = volumeContext[POD_INFO_KEYS.ephemeral];
@@ -62,7 +61,9 @@ export function readPodInfo(volumeContext: Readonly<Record<string, string>>): Po
 
 /** kubelet's makeVolumeHandle for inline volumes: "csi-" + hex(sha256(podUID + volumeName)). */
 export function inlineVolumeId(podUid: string, volumeName: string): string {
-  return `csi-${createHash('sha256').update(podUid + volumeName).digest('hex')}`;
+  return `csi-${createHash('sha256')
+    .update(podUid + volumeName)
+    .digest('hex')}`;
 }
 
 export function expectedTargetPath(kubeletRootDir: string, podUid: string, volumeName: string): string {
@@ -88,12 +89,7 @@ export function kubeletVolumeAt(kubeletRootDir: string, targetPath: string): { p
  * Checks target_path and volume_id against the pod UID and returns the volume's
  * name (pod.spec.volumes[].name) read from the path.
  */
-export function checkPodBinding(request: {
-  volumeId: string;
-  targetPath: string;
-  podUid: string;
-  kubeletRootDir: string;
-}): string {
+export function checkPodBinding(request: { volumeId: string; targetPath: string; podUid: string; kubeletRootDir: string }): string {
   const { volumeId, targetPath, podUid, kubeletRootDir } = request;
   const prefix = path.join(kubeletRootDir, 'pods', podUid, 'volumes', 'kubernetes.io~csi') + '/';
   const volumeName = targetPath.startsWith(prefix) ? targetPath.slice(prefix.length, -'/mount'.length) : '';

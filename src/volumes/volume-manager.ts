@@ -93,7 +93,9 @@ export class VolumeManager {
       // Something replaced our directory (or unmounted tmpfs) with a link or a
       // file while the driver was down. Writing there would follow it, so the
       // volume is not resumed: the link itself is removed, never its target.
-      log.error('target path is no longer a directory (a symbolic link or a file replaced it while the driver was down); not resuming the volume, removing what is there');
+      log.error(
+        'target path is no longer a directory (a symbolic link or a file replaced it while the driver was down); not resuming the volume, removing what is there',
+      );
       await this.deps.storage.remove(record.targetPath);
       await this.deps.store.remove(record.volumeId);
       return;
@@ -218,7 +220,10 @@ export class VolumeManager {
     try {
       stepStartedAt = this.clock.now();
       await this.deps.storage.prepare(spec.targetPath, record.tmpfs);
-      log.debug({ tmpfs: record.tmpfs, duration_ms: this.msSince(stepStartedAt) }, record.tmpfs ? 'target path prepared, tmpfs mounted' : 'target path prepared');
+      log.debug(
+        { tmpfs: record.tmpfs, duration_ms: this.msSince(stepStartedAt) },
+        record.tmpfs ? 'target path prepared, tmpfs mounted' : 'target path prepared',
+      );
       volume = this.createVolume(record, false);
       log.info({ selectors: formatSelectors(volume.selectors) }, 'publishing volume; waiting for the SVID');
       stepStartedAt = this.clock.now();

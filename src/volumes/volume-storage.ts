@@ -226,7 +226,10 @@ async function createTargetDir(targetPath: string): Promise<void> {
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') {
-      throw new DriverError(status.FAILED_PRECONDITION, `the parent directory of target_path ${targetPath} does not exist; kubelet creates it before NodePublishVolume`);
+      throw new DriverError(
+        status.FAILED_PRECONDITION,
+        `the parent directory of target_path ${targetPath} does not exist; kubelet creates it before NodePublishVolume`,
+      );
     }
     if (code !== 'EEXIST') throw new DriverError(status.INTERNAL, `creating target_path ${targetPath} failed: ${errorMessage(err)}`);
   }
@@ -282,7 +285,10 @@ async function makeVolumeRoot(targetPath: string): Promise<void> {
     await handle.chown(process.geteuid?.() ?? -1, process.getegid?.() ?? -1);
     await handle.chmod(VOLUME_ROOT_MODE);
   } catch (err) {
-    throw new DriverError(status.INTERNAL, `setting the owner and mode ${VOLUME_ROOT_MODE.toString(8)} of target_path ${targetPath} failed: ${errorMessage(err)}`);
+    throw new DriverError(
+      status.INTERNAL,
+      `setting the owner and mode ${VOLUME_ROOT_MODE.toString(8)} of target_path ${targetPath} failed: ${errorMessage(err)}`,
+    );
   } finally {
     await handle?.close();
   }

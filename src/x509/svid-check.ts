@@ -93,7 +93,10 @@ export function checkSvid(material: SvidMaterial, now: Date = new Date()): SvidC
   }
   const notBefore = new Date(leaf.validFrom);
   if (notBefore.getTime() > now.getTime() + NOT_BEFORE_TOLERANCE_MS) {
-    return { ok: false, reason: `the leaf certificate is not valid before ${notBefore.toISOString()} (is the SPIRE server's or this node's clock wrong?)` };
+    return {
+      ok: false,
+      reason: `the leaf certificate is not valid before ${notBefore.toISOString()} (is the SPIRE server's or this node's clock wrong?)`,
+    };
   }
 
   if (material.bundle.length === 0) {

@@ -243,7 +243,10 @@ function checkRelease(manifests: Manifest[], expected: Expected): void {
   const ports = pod.containers.flatMap((c) => (c.ports ?? []).map((p) => p.containerPort));
   assert.equal(new Set(ports).size, ports.length, `container ports must differ: ${ports.join(', ')}`);
   if (expected.metricsPort !== undefined) {
-    assert.ok((driver.ports ?? []).some((p) => p.name === 'metrics' && p.containerPort === expected.metricsPort), 'metrics port declared');
+    assert.ok(
+      (driver.ports ?? []).some((p) => p.name === 'metrics' && p.containerPort === expected.metricsPort),
+      'metrics port declared',
+    );
   } else {
     assert.ok(!(driver.ports ?? []).some((p) => p.name === 'metrics'), 'no metrics port when metrics are off');
   }
@@ -440,7 +443,7 @@ describe('Helm chart charts/spire-csi-driver', { skip: location.found ? false : 
     assert.equal(id.metadata.labels?.['spire.spiffe.io/class-name'], SPIRE_CLASS);
   });
 
-  test('driver.tmpfs: YAML booleans and the driver\'s words all render as --tmpfs=true|false|auto', () => {
+  test("driver.tmpfs: YAML booleans and the driver's words all render as --tmpfs=true|false|auto", () => {
     for (const [value, flagValue, useTmpfs] of [
       [true, 'true', true],
       [false, 'false', false],
@@ -459,9 +462,39 @@ describe('Helm chart charts/spire-csi-driver', { skip: location.found ? false : 
 
   test('driver.publishTimeout: the chart accepts exactly the durations the driver accepts (above 0, below 2m)', () => {
     const durations: (string | number)[] = [
-      '60s', '1m30s', '500ms', '1m59s', '119999ms', '1m59.5s', '0.5m', '90', '1.5', 90, 1.5, '30s1m', '0.6ms',
-      '2m', '120s', '1m60s', '2m0s', '120000ms', '1h', '0s', '0', 0, 120, '119.9999999s1ms', '119999.6ms', '0.4ms',
-      '1d', '-5s', '5 s', '1m30', '', '30sec', '1e2s',
+      '60s',
+      '1m30s',
+      '500ms',
+      '1m59s',
+      '119999ms',
+      '1m59.5s',
+      '0.5m',
+      '90',
+      '1.5',
+      90,
+      1.5,
+      '30s1m',
+      '0.6ms',
+      '2m',
+      '120s',
+      '1m60s',
+      '2m0s',
+      '120000ms',
+      '1h',
+      '0s',
+      '0',
+      0,
+      120,
+      '119.9999999s1ms',
+      '119999.6ms',
+      '0.4ms',
+      '1d',
+      '-5s',
+      '5 s',
+      '1m30',
+      '',
+      '30sec',
+      '1e2s',
     ];
     for (const value of durations) {
       const what = `publishTimeout: ${JSON.stringify(value)}`;
@@ -610,7 +643,8 @@ function undocumentedValues(source: string): string[] {
     const comment = previous >= 0 && (lines[previous] as string).trim().startsWith('#');
     // A "# --" comment may run over several lines: find its first line.
     let first = previous;
-    while (comment && first > 0 && (lines[first - 1] as string).trim().startsWith('#') && !(lines[first] as string).trim().startsWith('# --')) first--;
+    while (comment && first > 0 && (lines[first - 1] as string).trim().startsWith('#') && !(lines[first] as string).trim().startsWith('# --'))
+      first--;
     const coversSubtree = comment && (lines[first] as string).trim().startsWith('# --');
     const covered = stack.some((entry) => entry.coversSubtree);
     const isSection = (match[3] as string).trim() === '';

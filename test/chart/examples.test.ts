@@ -26,7 +26,11 @@ interface Pod {
     serviceAccountName: string;
     securityContext?: { fsGroup?: number };
     containers: { name: string; volumeMounts?: { name: string; mountPath: string; subPath?: string; readOnly?: boolean }[] }[];
-    volumes: { name: string; csi?: { driver: string; readOnly?: boolean; volumeAttributes?: Record<string, string> }; configMap?: { name: string } }[];
+    volumes: {
+      name: string;
+      csi?: { driver: string; readOnly?: boolean; volumeAttributes?: Record<string, string> };
+      configMap?: { name: string };
+    }[];
   };
 }
 interface ClusterSPIFFEID {
@@ -153,9 +157,7 @@ describe('examples/', () => {
       const generator = kustomization.configMapGenerator.find((g) => g.name === configVolume?.configMap?.name);
       assert.ok(generator, `${pod.metadata.name}: its ConfigMap comes from the configMapGenerator`);
       const files = new Map(generator.files.map((entry) => entry.split('=') as [string, string]));
-      const configMount = pod.spec.containers
-        .flatMap((c) => c.volumeMounts ?? [])
-        .find((m) => m.name === configVolume?.name)?.mountPath;
+      const configMount = pod.spec.containers.flatMap((c) => c.volumeMounts ?? []).find((m) => m.name === configVolume?.name)?.mountPath;
       assert.equal(configMount, '/etc/envoy');
       const bootstrapFile = files.get('envoy.yaml');
       assert.ok(bootstrapFile);

@@ -31,7 +31,6 @@ function findRepoRoot(start: string): string {
 
 export type HelmLocation = { found: true; path: string; source: string } | { found: false; reason: string };
 
-
 export function pinnedHelmPath(env: NodeJS.ProcessEnv = process.env): string {
   return pinnedToolPath('helm', HELM_VERSION, env);
 }

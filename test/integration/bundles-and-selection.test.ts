@@ -32,7 +32,11 @@ describe('trust bundles and SVID selection', () => {
     const federated = await mintCa({ trustDomain: 'partner.org' });
     const volumes = [];
     for (const [i, pod] of pods.entries()) {
-      await h.agent.addEntry({ spiffeId: `spiffe://example.org/b${i}`, selectors: [`k8s:pod-uid:${pod.uid}`], federatesWith: ['spiffe://partner.org'] });
+      await h.agent.addEntry({
+        spiffeId: `spiffe://example.org/b${i}`,
+        selectors: [`k8s:pod-uid:${pod.uid}`],
+        federatesWith: ['spiffe://partner.org'],
+      });
       volumes.push(await h.kubelet.publish(pod));
     }
     h.agent.setFederatedBundle('spiffe://partner.org', [federated.certDer]);
@@ -40,16 +44,25 @@ describe('trust bundles and SVID selection', () => {
     const before = await Promise.all(volumes.map((v) => readVolume(v.targetPath)));
     for (const content of before) {
       assert.deepEqual(bundleSubjects(content.bundlePem), [new X509Certificate(h.agent.bundleDers()[0] as Buffer).fingerprint256]);
-      assert.ok(!bundleSubjects(content.bundlePem).includes(new X509Certificate(federated.certDer).fingerprint256), 'no federated CA in the own-domain bundle');
+      assert.ok(
+        !bundleSubjects(content.bundlePem).includes(new X509Certificate(federated.certDer).fingerprint256),
+        'no federated CA in the own-domain bundle',
+      );
     }
     const writtenBefore = (await h.metrics.svidUpdates.get()).values.find((v) => v.labels['outcome'] === 'written')?.value ?? 0;
 
     // Rotation: the bundle holds old and new CA, and SVIDs are re-signed by the new one.
     await h.agent.rotateCa();
-    const expected = h.agent.bundleDers().map((der) => new X509Certificate(der).fingerprint256).sort();
+    const expected = h.agent
+      .bundleDers()
+      .map((der) => new X509Certificate(der).fingerprint256)
+      .sort();
     assert.equal(expected.length, 2);
     for (const [i, v] of volumes.entries()) {
-      await eventually(`bundle of volume ${i}`, async () => JSON.stringify(bundleSubjects((await readVolume(v.targetPath)).bundlePem).sort()) === JSON.stringify(expected));
+      await eventually(
+        `bundle of volume ${i}`,
+        async () => JSON.stringify(bundleSubjects((await readVolume(v.targetPath)).bundlePem).sort()) === JSON.stringify(expected),
+      );
       await assertValidSvidVolume(v.targetPath, `spiffe://example.org/b${i}`);
     }
 

@@ -108,7 +108,13 @@ async function mintPool(ca: MintedCa, good: { chain: Buffer[]; key: Buffer }): P
 const garbageDer = fc.oneof(
   fc.uint8Array({ maxLength: 1500 }).map((b) => Buffer.from(b)),
   fc.uint8Array({ maxLength: 600 }).map((b) => Buffer.concat([Buffer.from([0x30, 0x82, (b.length >> 8) & 0xff, b.length & 0xff]), Buffer.from(b)])),
-  fc.constantFrom(Buffer.alloc(0), Buffer.from([0x30]), Buffer.from([0x30, 0x00]), Buffer.from([0x30, 0x80, 0x00, 0x00]), Buffer.from('-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n')),
+  fc.constantFrom(
+    Buffer.alloc(0),
+    Buffer.from([0x30]),
+    Buffer.from([0x30, 0x00]),
+    Buffer.from([0x30, 0x80, 0x00, 0x00]),
+    Buffer.from('-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n'),
+  ),
 );
 
 function truncated(der: Buffer): fc.Arbitrary<Buffer> {
@@ -147,25 +153,36 @@ function badSvid(pool: Pool): fc.Arbitrary<SvidCase> {
       key: pool.good.key,
       tailAllowed: true,
     })),
-    fc.constantFrom(
-      ['another leaf\'s key', pool.otherKey],
-      ['an RSA key for the EC leaf', pool.rsaPkcs8Key],
-      ['a SEC 1 (not PKCS#8) key', pool.sec1Key],
-      ['a PKCS#1 (not PKCS#8) key', pool.pkcs1Key],
-      ['the key as PEM text', Buffer.from(createPrivateKey({ key: pool.good.key, format: 'der', type: 'pkcs8' }).export({ type: 'pkcs8', format: 'pem' }))],
-      ['an empty key', Buffer.alloc(0)],
-    ).map(([label, key]) => ({ label, chain: [goodLeaf], key, tailAllowed: true })),
+    fc
+      .constantFrom(
+        ["another leaf's key", pool.otherKey],
+        ['an RSA key for the EC leaf', pool.rsaPkcs8Key],
+        ['a SEC 1 (not PKCS#8) key', pool.sec1Key],
+        ['a PKCS#1 (not PKCS#8) key', pool.pkcs1Key],
+        [
+          'the key as PEM text',
+          Buffer.from(createPrivateKey({ key: pool.good.key, format: 'der', type: 'pkcs8' }).export({ type: 'pkcs8', format: 'pem' })),
+        ],
+        ['an empty key', Buffer.alloc(0)],
+      )
+      .map(([label, key]) => ({ label, chain: [goodLeaf], key, tailAllowed: true })),
     truncated(pool.good.key).map((key) => ({ label: `key truncated to ${key.length} bytes`, chain: [goodLeaf], key, tailAllowed: true })),
     fc.uint8Array({ maxLength: 300 }).map((key) => ({ label: 'garbage key', chain: [goodLeaf], key: Buffer.from(key), tailAllowed: true })),
-    fc.constantFrom(...pool.badLeaves).map(({ label, svid }) => ({ label: `leaf with ${label}`, chain: [svid.certDer], key: svid.keyPkcs8Der, tailAllowed: true })),
-    fc.constantFrom<[string, Buffer[], Buffer]>(
-      ['intermediate before the leaf', [pool.intermediate.certDer, pool.underIntermediate.certDer], pool.underIntermediate.keyPkcs8Der],
-      ['CA before the leaf', [pool.ca.certDer, goodLeaf], pool.good.key],
-      ['the leaf last of three', [pool.intermediate.certDer, pool.ca.certDer, goodLeaf], pool.good.key],
-      ['only the CA', [pool.ca.certDer], pool.good.key],
-    ).map(([label, chain, key]) => ({ label: `out of order: ${label}`, chain, key, tailAllowed: true })),
+    fc
+      .constantFrom(...pool.badLeaves)
+      .map(({ label, svid }) => ({ label: `leaf with ${label}`, chain: [svid.certDer], key: svid.keyPkcs8Der, tailAllowed: true })),
+    fc
+      .constantFrom<[string, Buffer[], Buffer]>(
+        ['intermediate before the leaf', [pool.intermediate.certDer, pool.underIntermediate.certDer], pool.underIntermediate.keyPkcs8Der],
+        ['CA before the leaf', [pool.ca.certDer, goodLeaf], pool.good.key],
+        ['the leaf last of three', [pool.intermediate.certDer, pool.ca.certDer, goodLeaf], pool.good.key],
+        ['only the CA', [pool.ca.certDer], pool.good.key],
+      )
+      .map(([label, chain, key]) => ({ label: `out of order: ${label}`, chain, key, tailAllowed: true })),
     // Two defects at once: a bad leaf with a key that is not its own.
-    fc.tuple(fc.constantFrom(...pool.badLeaves), anyKey).map(([{ label, svid }, key]) => ({ label: `leaf with ${label} and a foreign key`, chain: [svid.certDer], key, tailAllowed: true })),
+    fc
+      .tuple(fc.constantFrom(...pool.badLeaves), anyKey)
+      .map(([{ label, svid }, key]) => ({ label: `leaf with ${label} and a foreign key`, chain: [svid.certDer], key, tailAllowed: true })),
   );
 
   return fc.tuple(primary, tail, expiresAt).map(([p, extra, expires]) => {
@@ -187,10 +204,15 @@ function badBundle(pool: Pool): fc.Arbitrary<BundleCase> {
     truncated(real)
       .filter((b) => b.length > 0)
       .map((raw) => ({ label: `bundle truncated to ${raw.length} bytes`, raw })),
-    fc.tuple(fc.integer({ min: 0, max: 255 }).filter((b) => b !== 0x30), fc.uint8Array({ maxLength: 400 })).map(([first, rest]) => ({
-      label: `garbage bundle starting 0x${first.toString(16)}`,
-      raw: Buffer.concat([Buffer.from([first]), Buffer.from(rest)]),
-    })),
+    fc
+      .tuple(
+        fc.integer({ min: 0, max: 255 }).filter((b) => b !== 0x30),
+        fc.uint8Array({ maxLength: 400 }),
+      )
+      .map(([first, rest]) => ({
+        label: `garbage bundle starting 0x${first.toString(16)}`,
+        raw: Buffer.concat([Buffer.from([first]), Buffer.from(rest)]),
+      })),
     fc.constantFrom(
       { label: 'CA followed by a lone SEQUENCE tag', raw: Buffer.concat([real, Buffer.from([0x30])]) },
       { label: 'indefinite length (BER)', raw: Buffer.from([0x30, 0x80, 0x00, 0x00]) },
@@ -203,22 +225,26 @@ function badBundle(pool: Pool): fc.Arbitrary<BundleCase> {
     fc.constant({ label: 'empty bundle', raw: Buffer.alloc(0) }),
     fc.tuple(fc.uint8Array({ maxLength: 120 }), fc.boolean()).map(([content, first]) => {
       const sequence = Buffer.concat([Buffer.from([0x30, content.length]), Buffer.from(content)]);
-      return { label: `a ${content.length}-byte SEQUENCE that is no certificate ${first ? 'before' : 'after'} the CA`, raw: first ? Buffer.concat([sequence, real]) : Buffer.concat([real, sequence]) };
+      return {
+        label: `a ${content.length}-byte SEQUENCE that is no certificate ${first ? 'before' : 'after'} the CA`,
+        raw: first ? Buffer.concat([sequence, real]) : Buffer.concat([real, sequence]),
+      };
     }),
     fc.constant({ label: 'an empty SEQUENCE', raw: Buffer.from([0x30, 0x00]) }),
   );
   return fc.oneof(
     unsplittable.map((c) => ({ kind: 'unsplittable' as const, trustDomainId: TRUST_DOMAIN_ID, ...c })),
-    unsplittable.map((c) => ({ kind: 'unsplittable' as const, trustDomainId: 'spiffe://other.org', ...c, label: `${c.label}, for another trust domain` })),
+    unsplittable.map((c) => ({
+      kind: 'unsplittable' as const,
+      trustDomainId: 'spiffe://other.org',
+      ...c,
+      label: `${c.label}, for another trust domain`,
+    })),
     notCertificates.map((c) => ({ kind: 'no-certificates' as const, ...c })),
   );
 }
 
-type Step =
-  | { type: 'svid'; svid: SvidCase }
-  | { type: 'bundle'; bundle: BundleCase }
-  | { type: 'resend good svid' }
-  | { type: 'resend bundle' };
+type Step = { type: 'svid'; svid: SvidCase } | { type: 'bundle'; bundle: BundleCase } | { type: 'resend good svid' } | { type: 'resend bundle' };
 
 function describeStep(step: Step): string {
   switch (step.type) {
@@ -254,7 +280,8 @@ async function settle(h: Harness, expected: Counts, what: string): Promise<void>
     const over = keys.filter((key) => now[key] > expected[key]);
     assert.deepEqual(over, [], `${what}: counters went past the model: ${JSON.stringify(now)} vs ${JSON.stringify(expected)}`);
     if (keys.every((key) => now[key] === expected[key])) return;
-    if (Date.now() > deadline) assert.fail(`${what}: counters ${JSON.stringify(now)} never reached ${JSON.stringify(expected)} (hung or dropped update)`);
+    if (Date.now() > deadline)
+      assert.fail(`${what}: counters ${JSON.stringify(now)} never reached ${JSON.stringify(expected)} (hung or dropped update)`);
     await sleep(5);
   }
 }
@@ -268,7 +295,10 @@ async function volumeSnapshot(targetPath: string): Promise<string[]> {
       const stat = await fs.lstat(full);
       let line = `${path.relative(targetPath, full)} ${stat.mode.toString(8)}`;
       if (entry.isSymbolicLink()) line += ` -> ${await fs.readlink(full)}`;
-      if (entry.isFile()) line += ` ${createHash('sha256').update(await fs.readFile(full)).digest('hex')}`;
+      if (entry.isFile())
+        line += ` ${createHash('sha256')
+          .update(await fs.readFile(full))
+          .digest('hex')}`;
       lines.push(line);
       if (entry.isDirectory()) await walk(full);
     }
@@ -454,7 +484,12 @@ describe('a new volume whose first material is bad is never published', () => {
   it('an expired leaf, then a chain of 200 certificates with a truncated leaf: DEADLINE_EXCEEDED naming the reason, nothing left', async () => {
     const expiredPod = h.kubelet.createPod();
     const expiredEntry = await h.agent.addEntry({ spiffeId: SPIFFE_ID, selectors: [`k8s:pod-uid:${expiredPod.uid}`] });
-    const expired = await mintSvid({ ca: h.agent.activeCa(), spiffeId: SPIFFE_ID, notBefore: new Date(Date.now() - 7200_000), notAfter: new Date(Date.now() - 3600_000) });
+    const expired = await mintSvid({
+      ca: h.agent.activeCa(),
+      spiffeId: SPIFFE_ID,
+      notBefore: new Date(Date.now() - 7200_000),
+      notAfter: new Date(Date.now() - 3600_000),
+    });
     h.agent.replaceSvid(expiredEntry, { certChain: expired.certChain, keyPkcs8Der: expired.keyPkcs8Der });
     await assertNotPublished(expiredPod, /was rejected/, /the leaf certificate expired/);
 
@@ -542,12 +577,17 @@ describe('well-formed but invalid material is refused, nothing written', () => {
     restore: () => h.agent.replaceSvid(entryId, good),
   });
 
-  gap('the leaf as PEM text in cert_chain (a DER field)', 'X509Certificate also parses PEM, which would write base64 of PEM text', async (_ca, good) =>
-    svid(good, [Buffer.from(new X509Certificate(good.certChain[0]!).toString())], good.keyPkcs8Der));
+  gap(
+    'the leaf as PEM text in cert_chain (a DER field)',
+    'X509Certificate also parses PEM, which would write base64 of PEM text',
+    async (_ca, good) => svid(good, [Buffer.from(new X509Certificate(good.certChain[0]!).toString())], good.keyPkcs8Der),
+  );
   gap('the leaf DER with trailing bytes', 'Go refuses it ("x509: trailing data")', async (_ca, good) =>
-    svid(good, [Buffer.concat([good.certChain[0]!, Buffer.from([0, 1, 2, 3])])], good.keyPkcs8Der));
+    svid(good, [Buffer.concat([good.certChain[0]!, Buffer.from([0, 1, 2, 3])])], good.keyPkcs8Der),
+  );
   gap('the PKCS#8 key DER with trailing bytes', 'a key is exactly one DER structure', async (_ca, good) =>
-    svid(good, good.certChain, Buffer.concat([good.keyPkcs8Der, Buffer.from([0, 1, 2, 3])])));
+    svid(good, good.certChain, Buffer.concat([good.keyPkcs8Der, Buffer.from([0, 1, 2, 3])])),
+  );
   gap('a leaf that is not valid yet (NotBefore in an hour)', 'NotBefore beyond the clock-skew tolerance', async (ca, good) => {
     const leaf = await mintSvid({ ca, spiffeId: SPIFFE_ID, notBefore: new Date(Date.now() + 3600_000), notAfter: new Date(Date.now() + 7200_000) });
     return svid(good, leaf.certChain, leaf.keyPkcs8Der);
@@ -561,7 +601,8 @@ describe('well-formed but invalid material is refused, nothing written', () => {
     return svid(good, leaf.certChain, leaf.keyPkcs8Der);
   });
   gap('the leaf followed by 200 copies of itself', 'each certificate must be signed by the next', async (_ca, good) =>
-    svid(good, Array<Buffer>(201).fill(good.certChain[0]!), good.keyPkcs8Der));
+    svid(good, Array<Buffer>(201).fill(good.certChain[0]!), good.keyPkcs8Der),
+  );
   gap('a bundle holding the CA twice', 'the copy is dropped, so nothing changes', async (ca) => ({
     push: () => h.agent.injectBundle(TRUST_DOMAIN_ID, Buffer.concat([ca.certDer, ca.certDer])),
     restore: () => h.agent.resendBundles(),

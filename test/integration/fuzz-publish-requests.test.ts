@@ -84,7 +84,11 @@ const SPIRE_PREFIX = 'csi.spire.io/';
 const KUBELET_PREFIX = 'csi.storage.k8s.io/';
 const SUPPORTED = ['cert-file', 'key-file', 'bundle-file', 'fs-group', 'spiffe-id', 'hint'];
 const FILE_KEYS = ['cert-file', 'key-file', 'bundle-file'] as const;
-const DEFAULT_NAMES: Record<(typeof FILE_KEYS)[number], string> = { 'cert-file': 'svid.pem', 'key-file': 'svid_key.pem', 'bundle-file': 'svid_bundle.pem' };
+const DEFAULT_NAMES: Record<(typeof FILE_KEYS)[number], string> = {
+  'cert-file': 'svid.pem',
+  'key-file': 'svid_key.pem',
+  'bundle-file': 'svid_bundle.pem',
+};
 const SINGLE_NODE_MODES = ['SINGLE_NODE_WRITER', 'SINGLE_NODE_READER_ONLY', 'SINGLE_NODE_SINGLE_WRITER', 'SINGLE_NODE_MULTI_WRITER'];
 
 /** RFC 1123 label: at most 63 of [a-z0-9-], alphanumeric at both ends. */
@@ -106,7 +110,13 @@ function isGid(s: string): boolean {
 function isSpiffeId(s: string): boolean {
   if (s.length > 2048) return false;
   const match = /^spiffe:\/\/[a-z0-9._-]+((?:\/[A-Za-z0-9._-]+)*)$/.exec(s);
-  return match !== null && (match[1] ?? '').split('/').slice(1).every((segment) => segment !== '.' && segment !== '..');
+  return (
+    match !== null &&
+    (match[1] ?? '')
+      .split('/')
+      .slice(1)
+      .every((segment) => segment !== '.' && segment !== '..')
+  );
 }
 /** A plain, visible file name at the volume root that fits NAME_MAX. */
 function isFileName(s: string): boolean {
@@ -114,7 +124,9 @@ function isFileName(s: string): boolean {
 }
 
 function inlineVolumeId(uid: string, volumeName: string): string {
-  return `csi-${createHash('sha256').update(uid + volumeName).digest('hex')}`;
+  return `csi-${createHash('sha256')
+    .update(uid + volumeName)
+    .digest('hex')}`;
 }
 
 /** Every rule the request breaks, read from the rules rather than from src/. Empty means the driver must accept it. */
@@ -141,7 +153,10 @@ function specViolations(w: NodePublishVolumeRequest, kubeletRootDir: string): st
   if (uid === undefined || !isPodUid(uid)) violations.push('pod uid');
   const namespace = get(K.namespace);
   if (namespace === undefined || !isDnsLabel(namespace)) violations.push('namespace');
-  for (const [key, what] of [[K.name, 'pod name'], [K.serviceAccount, 'service account']] as const) {
+  for (const [key, what] of [
+    [K.name, 'pod name'],
+    [K.serviceAccount, 'service account'],
+  ] as const) {
     const value = get(key);
     if (value === undefined || !isDnsSubdomain(value)) violations.push(what);
   }
@@ -178,7 +193,28 @@ function specViolations(w: NodePublishVolumeRequest, kubeletRootDir: string): st
 // ------------------------------------------------------------- generators
 
 /** Characters that no pod UID, namespace, pod name or service account may contain, whatever the wire does to them. */
-const hostileChar = fc.constantFrom('/', '\\', '\0', ' ', '\t', '\n', 'A', 'Z', '_', ':', '@', '%2e', '*', 'é', 'ı', '\u202e', '\ufeff', '\ud800', '\udfff', '😀');
+const hostileChar = fc.constantFrom(
+  '/',
+  '\\',
+  '\0',
+  ' ',
+  '\t',
+  '\n',
+  'A',
+  'Z',
+  '_',
+  ':',
+  '@',
+  '%2e',
+  '*',
+  'é',
+  'ı',
+  '\u202e',
+  '\ufeff',
+  '\ud800',
+  '\udfff',
+  '😀',
+);
 const hostileText = fc.oneof(
   fc.string({ unit: 'binary', maxLength: 64 }),
   fc.string({ unit: 'grapheme', maxLength: 64 }),
@@ -214,11 +250,27 @@ const invalidSpiffeId = fc.oneof(
     `spiffe://example.org/${'a'.repeat(2048)}`,
   ),
   // Upper case and "_" are fine in the path but not in the trust domain.
-  fc.tuple(dnsLabel, hostileChar).map(([segment, c]) => (/^[A-Z_]$/.test(c) ? `spiffe://exam${c}ple.org/${segment}` : `spiffe://example.org/${segment}/x${c}`)),
+  fc
+    .tuple(dnsLabel, hostileChar)
+    .map(([segment, c]) => (/^[A-Z_]$/.test(c) ? `spiffe://exam${c}ple.org/${segment}` : `spiffe://example.org/${segment}/x${c}`)),
   fc.string({ unit: 'binary', maxLength: 80 }).filter((s) => !isSpiffeId(wire(s))),
 );
 const invalidFileName = fc.oneof(
-  fc.constantFrom('', '.', '..', '..data', '..data_tmp', '..2026_01_01_00_00_00.x', '.hidden', 'a/b', '/etc/passwd', '../../../../etc/cron.d/x', 'x\0y', 'é'.repeat(128), 'a'.repeat(256)),
+  fc.constantFrom(
+    '',
+    '.',
+    '..',
+    '..data',
+    '..data_tmp',
+    '..2026_01_01_00_00_00.x',
+    '.hidden',
+    'a/b',
+    '/etc/passwd',
+    '../../../../etc/cron.d/x',
+    'x\0y',
+    'é'.repeat(128),
+    'a'.repeat(256),
+  ),
   fc.tuple(fc.string({ unit: 'binary', maxLength: 20 }), fc.string({ unit: 'binary', maxLength: 20 })).map(([a, b]) => `${a}/${b}`),
   fc.string({ unit: 'binary', maxLength: 40 }).map((s) => `.${s}`),
   fc.string({ unit: 'binary', maxLength: 40 }).filter((s) => !isFileName(wire(s))),
@@ -280,7 +332,8 @@ function baseArbitrary(): fc.Arbitrary<Base> {
         if (hint) attributes[`${SPIRE_PREFIX}hint`] = hint;
         for (const [key, value] of Object.entries(kubeletExtras)) attributes[KUBELET_PREFIX + key] = value;
         // kubelet's tokenRequests: a service-account token, as secret as csi_secret fields.
-        if (token) attributes[`${KUBELET_PREFIX}serviceAccount.tokens`] = JSON.stringify({ spire: { token, expirationTimestamp: '2030-01-01T00:00:00Z' } });
+        if (token)
+          attributes[`${KUBELET_PREFIX}serviceAccount.tokens`] = JSON.stringify({ spire: { token, expirationTimestamp: '2030-01-01T00:00:00Z' } });
         return attributes;
       }),
     fsGroup: fc.option(fc.integer({ min: 0, max: 4294967294 }), { nil: undefined }),
@@ -293,15 +346,18 @@ function baseArbitrary(): fc.Arbitrary<Base> {
 }
 
 function mutationArbitraries(kubeletRootDir: string, symlinkedRoot: string, others: Others): fc.Arbitrary<Mutation>[] {
-  const expectedPath = (uid: string, volumeName: string): string => path.join(kubeletRootDir, 'pods', uid, 'volumes', 'kubernetes.io~csi', volumeName, 'mount');
+  const expectedPath = (uid: string, volumeName: string): string =>
+    path.join(kubeletRootDir, 'pods', uid, 'volumes', 'kubernetes.io~csi', volumeName, 'mount');
 
   const podField = (key: string, limit: number, field: string): fc.Arbitrary<Mutation> =>
     fc.oneof(
       fc.constant(mutation(field, `${field} removed`, (r) => void delete r.volume_context[key])),
       fc.constant(mutation(field, `${field} empty`, (r) => void (r.volume_context[key] = ''))),
-      fc.tuple(hostileChar, fc.nat()).map(([c, at]) =>
-        mutation(field, `${field} with ${JSON.stringify(c)}`, (r) => void (r.volume_context[key] = insertAt(r.volume_context[key] ?? 'x', at, c))),
-      ),
+      fc
+        .tuple(hostileChar, fc.nat())
+        .map(([c, at]) =>
+          mutation(field, `${field} with ${JSON.stringify(c)}`, (r) => void (r.volume_context[key] = insertAt(r.volume_context[key] ?? 'x', at, c))),
+        ),
       fc.constantFrom('-', '.').chain((edge) =>
         fc.boolean().map((front) =>
           mutation(field, `${field} ${front ? 'starting' : 'ending'} with ${edge}`, (r) => {
@@ -319,51 +375,66 @@ function mutationArbitraries(kubeletRootDir: string, symlinkedRoot: string, othe
     );
 
   const targetPath: fc.Arbitrary<Mutation> = fc.oneof(
-    fc.constantFrom<[string, (p: string, b: Base) => string]>(
-      ['relative', (p) => p.slice(1)],
-      ['trailing slash', (p) => `${p}/`],
-      ['"/../" inside', (p) => p.replace('/volumes/', '/volumes/../volumes/')],
-      ['"/./" inside', (p) => p.replace('/volumes/', '/./volumes/')],
-      ['double slash', (p) => p.replace('/pods/', '//pods/')],
-      ['escapes the pod directory', (p, b) => `${path.dirname(p)}/../../../../${others.pathOf.uid}/volumes/kubernetes.io~csi/${b.volumeName}/mount`],
-      ["another pod's path", (_p, b) => expectedPath(others.pathOf.uid, b.volumeName)],
-      ['another volume of the same pod', (_p, b) => expectedPath(b.pod.uid, 'other-path-vol')],
-      ['another kubelet root', (_p, b) => path.join('/var/lib/kubelet/pods', b.pod.uid, 'volumes/kubernetes.io~csi', b.volumeName, 'mount')],
-      ['through a symlink to the kubelet root', (p) => symlinkedRoot + p.slice(kubeletRootDir.length)],
-      ['below mount', (p) => `${p}/..data`],
-      ['mount/../mount', (p) => `${p}/../mount`],
-      ['without /mount', (p) => path.dirname(p)],
-      ['empty-dir plugin', (p) => p.replace('kubernetes.io~csi', 'kubernetes.io~empty-dir')],
-      ['a PV global mount', () => path.join(kubeletRootDir, 'plugins/kubernetes.io/csi/csi.spire.io/abc/globalmount')],
-      ['the pod directory', (_p, b) => path.join(kubeletRootDir, 'pods', b.pod.uid)],
-      ['empty', () => ''],
-      ['/', () => '/'],
-      ['/etc', () => '/etc'],
-      ['/proc/self/root prefix', (p) => `/proc/self/root${p}`],
-      ['4096-byte volume name', (_p, b) => expectedPath(b.pod.uid, 'v'.repeat(4096))],
-    ).map(([label, change]) => mutation('target_path', `target_path ${label}`, (r, b) => void (r.target_path = change(r.target_path, b)))),
-    fc.constantFrom('SVID', 'a_b', 'x'.repeat(64), '..', '.', '', 'a/b', '-a', 'a.b', 'a-', 'é').map((name) =>
-      mutation('target_path', `target_path with volume name ${JSON.stringify(name)}`, (r, b) => void (r.target_path = expectedPath(b.pod.uid, name))),
-    ),
-    fc.tuple(hostileChar, fc.nat()).map(([c, at]) =>
-      mutation('target_path', `target_path with ${JSON.stringify(c)} inserted`, (r) => void (r.target_path = insertAt(r.target_path, at, c))),
-    ),
+    fc
+      .constantFrom<[string, (p: string, b: Base) => string]>(
+        ['relative', (p) => p.slice(1)],
+        ['trailing slash', (p) => `${p}/`],
+        ['"/../" inside', (p) => p.replace('/volumes/', '/volumes/../volumes/')],
+        ['"/./" inside', (p) => p.replace('/volumes/', '/./volumes/')],
+        ['double slash', (p) => p.replace('/pods/', '//pods/')],
+        [
+          'escapes the pod directory',
+          (p, b) => `${path.dirname(p)}/../../../../${others.pathOf.uid}/volumes/kubernetes.io~csi/${b.volumeName}/mount`,
+        ],
+        ["another pod's path", (_p, b) => expectedPath(others.pathOf.uid, b.volumeName)],
+        ['another volume of the same pod', (_p, b) => expectedPath(b.pod.uid, 'other-path-vol')],
+        ['another kubelet root', (_p, b) => path.join('/var/lib/kubelet/pods', b.pod.uid, 'volumes/kubernetes.io~csi', b.volumeName, 'mount')],
+        ['through a symlink to the kubelet root', (p) => symlinkedRoot + p.slice(kubeletRootDir.length)],
+        ['below mount', (p) => `${p}/..data`],
+        ['mount/../mount', (p) => `${p}/../mount`],
+        ['without /mount', (p) => path.dirname(p)],
+        ['empty-dir plugin', (p) => p.replace('kubernetes.io~csi', 'kubernetes.io~empty-dir')],
+        ['a PV global mount', () => path.join(kubeletRootDir, 'plugins/kubernetes.io/csi/csi.spire.io/abc/globalmount')],
+        ['the pod directory', (_p, b) => path.join(kubeletRootDir, 'pods', b.pod.uid)],
+        ['empty', () => ''],
+        ['/', () => '/'],
+        ['/etc', () => '/etc'],
+        ['/proc/self/root prefix', (p) => `/proc/self/root${p}`],
+        ['4096-byte volume name', (_p, b) => expectedPath(b.pod.uid, 'v'.repeat(4096))],
+      )
+      .map(([label, change]) => mutation('target_path', `target_path ${label}`, (r, b) => void (r.target_path = change(r.target_path, b)))),
+    fc
+      .constantFrom('SVID', 'a_b', 'x'.repeat(64), '..', '.', '', 'a/b', '-a', 'a.b', 'a-', 'é')
+      .map((name) =>
+        mutation(
+          'target_path',
+          `target_path with volume name ${JSON.stringify(name)}`,
+          (r, b) => void (r.target_path = expectedPath(b.pod.uid, name)),
+        ),
+      ),
+    fc
+      .tuple(hostileChar, fc.nat())
+      .map(([c, at]) =>
+        mutation('target_path', `target_path with ${JSON.stringify(c)} inserted`, (r) => void (r.target_path = insertAt(r.target_path, at, c))),
+      ),
     fc.string({ unit: 'binary', maxLength: 300 }).map((p) => mutation('target_path', 'target_path random', (r) => void (r.target_path = p))),
   );
 
   const volumeId: fc.Arbitrary<Mutation> = fc.oneof(
-    fc.constantFrom<[string, (id: string, b: Base) => string]>(
-      ['empty', () => ''],
-      ["another pod's id", (_id, b) => inlineVolumeId(others.idOf.uid, b.volumeName)],
-      ['another volume of the same pod', (_id, b) => inlineVolumeId(b.pod.uid, 'other-id-vol')],
-      ['upper case', (id) => id.toUpperCase()],
-      ['one hex digit changed', (id) => id.slice(0, -1) + (id.endsWith('0') ? '1' : '0')],
-      ['truncated', (id) => id.slice(0, -1)],
-      ['with a trailing NUL', (id) => `${id}\0`],
-      ['without the csi- prefix', (id) => id.slice(4)],
-      ['a PV handle', () => 'pvc-0f5e8d6a-3c2b-4e1f-9a7d-5b6c8e9f0a1b'],
-      ['sha256 of uid alone', (_id, b) => `csi-${createHash('sha256').update(b.pod.uid).digest('hex')}`],
-    ).map(([label, change]) => mutation('volume_id', `volume_id ${label}`, (r, b) => void (r.volume_id = change(r.volume_id, b)))),
+    fc
+      .constantFrom<[string, (id: string, b: Base) => string]>(
+        ['empty', () => ''],
+        ["another pod's id", (_id, b) => inlineVolumeId(others.idOf.uid, b.volumeName)],
+        ['another volume of the same pod', (_id, b) => inlineVolumeId(b.pod.uid, 'other-id-vol')],
+        ['upper case', (id) => id.toUpperCase()],
+        ['one hex digit changed', (id) => id.slice(0, -1) + (id.endsWith('0') ? '1' : '0')],
+        ['truncated', (id) => id.slice(0, -1)],
+        ['with a trailing NUL', (id) => `${id}\0`],
+        ['without the csi- prefix', (id) => id.slice(4)],
+        ['a PV handle', () => 'pvc-0f5e8d6a-3c2b-4e1f-9a7d-5b6c8e9f0a1b'],
+        ['sha256 of uid alone', (_id, b) => `csi-${createHash('sha256').update(b.pod.uid).digest('hex')}`],
+      )
+      .map(([label, change]) => mutation('volume_id', `volume_id ${label}`, (r, b) => void (r.volume_id = change(r.volume_id, b)))),
     fc.string({ unit: 'binary', maxLength: 200 }).map((id) => mutation('volume_id', 'volume_id random', (r) => void (r.volume_id = id))),
   );
 
@@ -399,10 +470,16 @@ function mutationArbitraries(kubeletRootDir: string, symlinkedRoot: string, othe
     )
     .map((value) => mountField('fs_type', `fs_type ${JSON.stringify(value).slice(0, 40)}`, value));
   const mountFlags = fc
-    .array(fc.oneof(fc.constantFrom('ro', 'rw', 'bind', 'remount', 'nosuid', 'exec', '', 'suid,dev', 'context="system_u:object_r:container_file_t:s0"'), hostileText), {
-      minLength: 1,
-      maxLength: 5,
-    })
+    .array(
+      fc.oneof(
+        fc.constantFrom('ro', 'rw', 'bind', 'remount', 'nosuid', 'exec', '', 'suid,dev', 'context="system_u:object_r:container_file_t:s0"'),
+        hostileText,
+      ),
+      {
+        minLength: 1,
+        maxLength: 5,
+      },
+    )
     .map((flags) => mountField('mount_flags', `${flags.length} mount flags`, flags));
   const mountGroup = invalidGid.map((value) => mountField('volume_mount_group', `volume_mount_group ${JSON.stringify(value).slice(0, 40)}`, value));
 
@@ -419,23 +496,59 @@ function mutationArbitraries(kubeletRootDir: string, symlinkedRoot: string, othe
   );
 
   const setAttribute = (label: string, key: string, value: string): Mutation =>
-    mutation('attributes', label, (r) => void Object.defineProperty(r.volume_context, key, { value, enumerable: true, writable: true, configurable: true }));
+    mutation(
+      'attributes',
+      label,
+      (r) => void Object.defineProperty(r.volume_context, key, { value, enumerable: true, writable: true, configurable: true }),
+    );
   const attributes: fc.Arbitrary<Mutation> = fc.oneof(
     fc
       .tuple(
-        fc.oneof(
-          fc.constantFrom('selectors', 'selector', 'pod-uid', 'spiffe_id', 'certFile', 'Cert-File', 'cert-file ', '__proto__', 'constructor', 'toString', 'hasOwnProperty', 'valueOf', '', 'fs-group/../x', 'hint\0'),
-          fc.string({ unit: 'binary', maxLength: 30 }),
-        ).filter((suffix) => !SUPPORTED.includes(wire(suffix))),
+        fc
+          .oneof(
+            fc.constantFrom(
+              'selectors',
+              'selector',
+              'pod-uid',
+              'spiffe_id',
+              'certFile',
+              'Cert-File',
+              'cert-file ',
+              '__proto__',
+              'constructor',
+              'toString',
+              'hasOwnProperty',
+              'valueOf',
+              '',
+              'fs-group/../x',
+              'hint\0',
+            ),
+            fc.string({ unit: 'binary', maxLength: 30 }),
+          )
+          .filter((suffix) => !SUPPORTED.includes(wire(suffix))),
         hostileText,
       )
       .map(([suffix, value]) => setAttribute(`unknown key ${JSON.stringify(SPIRE_PREFIX + suffix).slice(0, 60)}`, SPIRE_PREFIX + suffix, value)),
     fc
       .tuple(
-        fc.oneof(
-          fc.constantFrom('selectors', 'k8s:ns', '__proto__', 'constructor', '', 'CSI.SPIRE.IO/cert-file', 'csi.spire.io', 'csi.storage.k8s.io', 'spire.io/x', 'csi.spire.io\0/cert-file', ' csi.spire.io/hint'),
-          fc.string({ unit: 'binary', maxLength: 30 }),
-        ).filter((key) => !wire(key).startsWith(SPIRE_PREFIX) && !wire(key).startsWith(KUBELET_PREFIX)),
+        fc
+          .oneof(
+            fc.constantFrom(
+              'selectors',
+              'k8s:ns',
+              '__proto__',
+              'constructor',
+              '',
+              'CSI.SPIRE.IO/cert-file',
+              'csi.spire.io',
+              'csi.storage.k8s.io',
+              'spire.io/x',
+              'csi.spire.io\0/cert-file',
+              ' csi.spire.io/hint',
+            ),
+            fc.string({ unit: 'binary', maxLength: 30 }),
+          )
+          .filter((key) => !wire(key).startsWith(SPIRE_PREFIX) && !wire(key).startsWith(KUBELET_PREFIX)),
         hostileText,
       )
       .map(([key, value]) => setAttribute(`foreign key ${JSON.stringify(key).slice(0, 60)}`, key, value)),
@@ -459,7 +572,12 @@ function mutationArbitraries(kubeletRootDir: string, symlinkedRoot: string, othe
     invalidGid.map((value) => setAttribute(`fs-group ${JSON.stringify(value).slice(0, 40)}`, `${SPIRE_PREFIX}fs-group`, value)),
     fc.constant(setAttribute('fs-group empty', `${SPIRE_PREFIX}fs-group`, '')),
     invalidSpiffeId.map((value) => setAttribute(`spiffe-id ${JSON.stringify(value).slice(0, 40)}`, `${SPIRE_PREFIX}spiffe-id`, value)),
-    fc.oneof(fc.constant(''), fc.integer({ min: 1025, max: 4000 }).map((n) => 'h'.repeat(n)), fc.string({ unit: 'binary', minLength: 1025, maxLength: 1100 }))
+    fc
+      .oneof(
+        fc.constant(''),
+        fc.integer({ min: 1025, max: 4000 }).map((n) => 'h'.repeat(n)),
+        fc.string({ unit: 'binary', minLength: 1025, maxLength: 1100 }),
+      )
       .map((value) => setAttribute(`hint of ${value.length} characters`, `${SPIRE_PREFIX}hint`, value)),
   );
 
@@ -501,7 +619,10 @@ async function snapshot(root: string): Promise<string[]> {
       const full = path.join(dir, entry.name);
       const stat = await fs.lstat(full);
       let line = `${path.relative(root, full)} ${stat.mode.toString(8)} ${stat.uid}:${stat.gid}`;
-      if (entry.isFile()) line += ` ${createHash('sha256').update(await fs.readFile(full)).digest('hex')}`;
+      if (entry.isFile())
+        line += ` ${createHash('sha256')
+          .update(await fs.readFile(full))
+          .digest('hex')}`;
       if (entry.isSymbolicLink()) line += ` -> ${await fs.readlink(full)}`;
       lines.push(line);
       if (entry.isDirectory()) await walk(full);
@@ -534,7 +655,11 @@ describe('fuzzing NodePublishVolume requests: only INVALID_ARGUMENT, nothing tou
   });
 
   /** Sends `request`, asserts INVALID_ARGUMENT within the bound, that nothing was touched and that no secret leaked. */
-  async function assertRefusedUntouched(request: object, secrets: string[], kubeletPrepares?: { podUid: string; targetPath: string }): Promise<string> {
+  async function assertRefusedUntouched(
+    request: object,
+    secrets: string[],
+    kubeletPrepares?: { podUid: string; targetPath: string },
+  ): Promise<string> {
     // kubelet creates the parent of the pod's own target path before calling.
     if (kubeletPrepares) await fs.mkdir(path.dirname(kubeletPrepares.targetPath), { recursive: true, mode: 0o750 });
     const targetPath = (request as { target_path?: unknown }).target_path;
@@ -567,7 +692,10 @@ describe('fuzzing NodePublishVolume requests: only INVALID_ARGUMENT, nothing tou
   }
 
   /** A kubelet request for `base`, checked valid, then broken by `chosen`. */
-  function buildCase(base: Base, chosen: Mutation[]): { request: NodePublishVolumeRequest; validTargetPath: string; violations: string[]; secrets: string[] } {
+  function buildCase(
+    base: Base,
+    chosen: Mutation[],
+  ): { request: NodePublishVolumeRequest; validTargetPath: string; violations: string[]; secrets: string[] } {
     const root = h.config.kubeletRootDir;
     const request = h.kubelet.publishRequest(base.pod, { volumeName: base.volumeName, attributes: base.attributes, fsGroup: base.fsGroup });
     request.secrets = { ...base.secrets };
@@ -641,8 +769,24 @@ describe('fuzzing NodePublishVolume requests: only INVALID_ARGUMENT, nothing tou
       volume_capability: fc.option(
         fc.record({
           block: fc.option(fc.constant({})),
-          mount: fc.option(fc.record({ fs_type: fc.oneof(fc.constant(''), anyString), mount_flags: fc.array(anyString, { maxLength: 3 }), volume_mount_group: anyString })),
-          access_mode: fc.option(fc.record({ mode: fc.constantFrom('UNKNOWN', 'SINGLE_NODE_WRITER', 'SINGLE_NODE_READER_ONLY', 'MULTI_NODE_MULTI_WRITER', 'SINGLE_NODE_MULTI_WRITER') })),
+          mount: fc.option(
+            fc.record({
+              fs_type: fc.oneof(fc.constant(''), anyString),
+              mount_flags: fc.array(anyString, { maxLength: 3 }),
+              volume_mount_group: anyString,
+            }),
+          ),
+          access_mode: fc.option(
+            fc.record({
+              mode: fc.constantFrom(
+                'UNKNOWN',
+                'SINGLE_NODE_WRITER',
+                'SINGLE_NODE_READER_ONLY',
+                'MULTI_NODE_MULTI_WRITER',
+                'SINGLE_NODE_MULTI_WRITER',
+              ),
+            }),
+          ),
         }),
       ),
       readonly: fc.boolean(),
@@ -666,9 +810,7 @@ describe('fuzzing NodePublishVolume requests: only INVALID_ARGUMENT, nothing tou
 
   it(`raw bytes as the request body (${runs(RUNS.rawBytes)} cases): INVALID_ARGUMENT when they decode, grpc-js's INTERNAL when not`, async (t) => {
     const root = h.config.kubeletRootDir;
-    const valid = publishMethod.requestSerialize(
-      h.kubelet.publishRequest(h.kubelet.createPod(), { attributes: { 'csi.spire.io/hint': 'h' } }),
-    );
+    const valid = publishMethod.requestSerialize(h.kubelet.publishRequest(h.kubelet.createPod(), { attributes: { 'csi.spire.io/hint': 'h' } }));
     const bytes = fc.oneof(
       fc.uint8Array({ maxLength: 2048 }).map((b) => Buffer.from(b)),
       fc.integer({ min: 0, max: valid.length - 1 }).map((n) => valid.subarray(0, n)),
@@ -727,7 +869,11 @@ describe('fuzzing NodePublishVolume requests: only INVALID_ARGUMENT, nothing tou
     const published = await h.metrics.publishTotal.get();
     const invalid = published.values.find((v) => v.labels['result'] === 'INVALID_ARGUMENT')?.value ?? 0;
     assert.equal(invalid, handledCalls, 'every call that reached the handler was counted as INVALID_ARGUMENT');
-    assert.deepEqual(published.values.filter((v) => v.labels['result'] !== 'INVALID_ARGUMENT'), [], 'and nothing else');
+    assert.deepEqual(
+      published.values.filter((v) => v.labels['result'] !== 'INVALID_ARGUMENT'),
+      [],
+      'and nothing else',
+    );
     const pod = h.kubelet.createPod();
     const spiffeId = `spiffe://example.org/after-fuzz-${randomBytes(4).toString('hex')}`;
     await h.agent.addEntry({ spiffeId, selectors: [`k8s:pod-uid:${pod.uid}`] });

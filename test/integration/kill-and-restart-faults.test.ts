@@ -79,7 +79,10 @@ function startReaders(volumes: readonly LiveVolume[]): { stop: () => Promise<Rea
 async function assertCurrentAndRotating(harness: Harness, live: readonly LiveVolume[]): Promise<void> {
   for (const v of live) {
     const current = harness.agent.currentSvid(v.entryId).serialHex;
-    await eventually(`${v.spiffeId} holds the agent's current SVID`, async () => (await readVolume(v.volume.targetPath)).leaf.serialNumber.toLowerCase() === current);
+    await eventually(
+      `${v.spiffeId} holds the agent's current SVID`,
+      async () => (await readVolume(v.volume.targetPath)).leaf.serialNumber.toLowerCase() === current,
+    );
     await assertValidSvidVolume(v.volume.targetPath, v.spiffeId);
   }
   const before = await Promise.all(live.map((v) => readVolume(v.volume.targetPath)));
@@ -119,8 +122,14 @@ describe('crash faults with readers running', () => {
     } finally {
       const tally = await readers.stop();
       // Printed for the README's reliability figures.
-      console.log(`# sigkill faults: seed ${seed}, ${kills} kills, ${tally.pairs} pairs read, ${tally.missing} missing, ${tally.mismatched} mismatched`);
-      assert.deepEqual({ missing: tally.missing, mismatched: tally.mismatched }, { missing: 0, mismatched: 0 }, `seed ${seed}: ${tally.samples.join('; ')}`);
+      console.log(
+        `# sigkill faults: seed ${seed}, ${kills} kills, ${tally.pairs} pairs read, ${tally.missing} missing, ${tally.mismatched} mismatched`,
+      );
+      assert.deepEqual(
+        { missing: tally.missing, mismatched: tally.mismatched },
+        { missing: 0, mismatched: 0 },
+        `seed ${seed}: ${tally.samples.join('; ')}`,
+      );
       assert.ok(tally.pairs > kills * live.length, `readers kept reading (${tally.pairs} pairs)`);
     }
     await assertCurrentAndRotating(h, live);
@@ -144,7 +153,10 @@ describe('crash faults with readers running', () => {
         await h.agent.rotateSvids();
         await Promise.all(
           live.map((v, j) =>
-            eventually(`rotation of ${v.spiffeId} after agent restart ${i + 1}`, async () => (await readVolume(v.volume.targetPath)).leaf.serialNumber !== before[j]?.leaf.serialNumber),
+            eventually(
+              `rotation of ${v.spiffeId} after agent restart ${i + 1}`,
+              async () => (await readVolume(v.volume.targetPath)).leaf.serialNumber !== before[j]?.leaf.serialNumber,
+            ),
           ),
         );
       }

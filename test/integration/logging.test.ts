@@ -26,7 +26,9 @@ describe('logs', () => {
     await h.agent.addEntry({ spiffeId: 'spiffe://example.org/logged', selectors: [`k8s:pod-uid:${pod.uid}`] });
     const request = h.kubelet.publishRequest(pod);
     request.secrets = { password: secret };
-    request.volume_context['csi.storage.k8s.io/serviceAccount.tokens'] = JSON.stringify({ '': { token, expirationTimestamp: '2030-01-01T00:00:00Z' } });
+    request.volume_context['csi.storage.k8s.io/serviceAccount.tokens'] = JSON.stringify({
+      '': { token, expirationTimestamp: '2030-01-01T00:00:00Z' },
+    });
     const volume = await h.kubelet.sendPublish(request);
     const { keyPem } = await readVolume(volume.targetPath);
     const entryId = h.agent.listEntries().at(-1)?.id as string;
@@ -70,7 +72,10 @@ describe('logs', () => {
       (err) => isServiceError(err) && err.code === grpc.status.INVALID_ARGUMENT,
     );
 
-    const failed = h.logs.entries().slice(mark).filter((e) => typeof e['msg'] === 'string' && / failed$/.test(e['msg']));
+    const failed = h.logs
+      .entries()
+      .slice(mark)
+      .filter((e) => typeof e['msg'] === 'string' && / failed$/.test(e['msg']));
     assert.deepEqual(
       failed.map((e) => [e['msg'], e['method'], e['code'], e['level']]),
       [
@@ -92,11 +97,14 @@ describe('logs', () => {
   it('redacts key material and secrets if an object carrying them is ever logged', () => {
     const capture = new LogCapture();
     const logger = createLogger({ level: 'info', destination: capture });
-    logger.info({
-      response: { x509_svids: [{ x509_svid_key: 'KEYBYTES' }] },
-      request: { secrets: { a: 'SECRETVALUE' }, volume_context: { 'csi.storage.k8s.io/serviceAccount.tokens': 'TOKENVALUE' } },
-      x509_svid_key: 'TOPKEY',
-    }, 'oops');
+    logger.info(
+      {
+        response: { x509_svids: [{ x509_svid_key: 'KEYBYTES' }] },
+        request: { secrets: { a: 'SECRETVALUE' }, volume_context: { 'csi.storage.k8s.io/serviceAccount.tokens': 'TOKENVALUE' } },
+        x509_svid_key: 'TOPKEY',
+      },
+      'oops',
+    );
     logger.flush();
     const text = capture.text();
     for (const secret of ['KEYBYTES', 'SECRETVALUE', 'TOKENVALUE', 'TOPKEY']) assert.equal(text.includes(secret), false, `${secret} redacted`);

@@ -73,7 +73,12 @@ describe(`--max-volumes=${MAX_VOLUMES} through the CSI socket`, () => {
     await h.close();
   });
 
-  const pods = Array.from({ length: 6 }, (_, i) => ({ uid: `00000000-0000-4000-8000-00000000000${i}`, name: `pod-${i}`, namespace: NAMESPACE, serviceAccount: 'app' }));
+  const pods = Array.from({ length: 6 }, (_, i) => ({
+    uid: `00000000-0000-4000-8000-00000000000${i}`,
+    name: `pod-${i}`,
+    namespace: NAMESPACE,
+    serviceAccount: 'app',
+  }));
 
   it('NodeGetInfo reports the limit as max_volumes_per_node', async () => {
     const info = (await h.kubelet.nodeCall('NodeGetInfo', {})) as { node_id: string; max_volumes_per_node: number };

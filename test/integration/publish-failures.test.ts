@@ -29,7 +29,8 @@ function expectCode(code: grpc.status, ...messageParts: (string | RegExp)[]): (e
   return (err) => {
     assert.ok(isServiceError(err), `expected a gRPC error, got ${String(err)}`);
     assert.equal(grpc.status[err.code], grpc.status[code], err.details);
-    for (const part of messageParts) assert.match(err.details, typeof part === 'string' ? new RegExp(part.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')) : part);
+    for (const part of messageParts)
+      assert.match(err.details, typeof part === 'string' ? new RegExp(part.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')) : part);
     return true;
   };
 }
@@ -121,9 +122,15 @@ describe('NodePublishVolume failures', () => {
     h = await Harness.start({ publishTimeoutMs: 8000 });
     const pod = h.kubelet.createPod();
     const volume = h.kubelet.volumeFor(pod);
-    const first = h.kubelet.publish(pod).then(() => undefined, (err: unknown) => err);
+    const first = h.kubelet.publish(pod).then(
+      () => undefined,
+      (err: unknown) => err,
+    );
     await eventually('the first publish to reach the agent', () => h?.agent.receivedSelectorSets().length === 1);
-    const queued = h.kubelet.publish(pod).then(() => undefined, (err: unknown) => err);
+    const queued = h.kubelet.publish(pod).then(
+      () => undefined,
+      (err: unknown) => err,
+    );
     await sleep(200);
     const started = Date.now();
     await h.kubelet.unpublish(volume);
@@ -154,10 +161,16 @@ describe('NodePublishVolume failures', () => {
     const pod = h.kubelet.createPod();
     const volume = h.kubelet.volumeFor(pod);
     const publishing = h.kubelet.publish(pod);
-    const outcome = publishing.then(() => undefined, (err: unknown) => err);
+    const outcome = publishing.then(
+      () => undefined,
+      (err: unknown) => err,
+    );
     await eventually('the publish to reach the agent', () => h?.agent.receivedSelectorSets().length === 1);
     await h.kubelet.unpublish(volume);
-    await assert.rejects(outcome.then((err) => Promise.reject(err instanceof Error ? err : new Error(String(err)))), expectCode(grpc.status.ABORTED, 'unpublished while it was being published'));
+    await assert.rejects(
+      outcome.then((err) => Promise.reject(err instanceof Error ? err : new Error(String(err)))),
+      expectCode(grpc.status.ABORTED, 'unpublished while it was being published'),
+    );
     await assertNothingLeft(h, volume);
   });
 });
@@ -171,7 +184,11 @@ describe('a live volume keeps its files when the agent sends nothing usable', ()
     const original = await readVolume(volume.targetPath);
 
     // An SVID for another SPIFFE ID than the entry's: rejected.
-    const wrongSan = await mintSvid({ ca: h.agent.activeCa(), spiffeId: 'spiffe://example.org/keep', uriSans: ['spiffe://example.org/keep', 'spiffe://example.org/admin'] });
+    const wrongSan = await mintSvid({
+      ca: h.agent.activeCa(),
+      spiffeId: 'spiffe://example.org/keep',
+      uriSans: ['spiffe://example.org/keep', 'spiffe://example.org/admin'],
+    });
     h.agent.replaceSvid(entryId, { certChain: [wrongSan.certDer], keyPkcs8Der: wrongSan.keyPkcs8Der });
     await eventually('the rejection to be logged', () => h?.logs.text().includes('rejected an SVID from the SPIRE agent'));
     assert.equal((await readVolume(volume.targetPath)).version, original.version);
@@ -179,7 +196,9 @@ describe('a live volume keeps its files when the agent sends nothing usable', ()
     assert.equal(rejected.values.find((v) => v.labels['outcome'] === 'rejected')?.value, 1);
 
     h.agent.removeEntry(entryId);
-    await eventually('the empty response to be logged', () => h?.logs.text().includes('the SPIRE agent sent no SVID for this pod (entry deleted?); keeping the last files'));
+    await eventually('the empty response to be logged', () =>
+      h?.logs.text().includes('the SPIRE agent sent no SVID for this pod (entry deleted?); keeping the last files'),
+    );
     const after = await readVolume(volume.targetPath);
     assert.equal(after.version, original.version);
     assert.equal(after.certPem, original.certPem);

@@ -28,7 +28,10 @@ describe('publish, rotate, unpublish through the CSI socket', () => {
     // The harness's Config sets no maxVolumes: the driver applies the default.
     assert.equal(nodeInfo.max_volumes_per_node, DEFAULT_MAX_VOLUMES);
     const caps = (await h.kubelet.nodeCall('NodeGetCapabilities', {})) as { capabilities: { rpc: { type: string } }[] };
-    assert.deepEqual(caps.capabilities.map((c) => c.rpc.type), ['VOLUME_MOUNT_GROUP']);
+    assert.deepEqual(
+      caps.capabilities.map((c) => c.rpc.type),
+      ['VOLUME_MOUNT_GROUP'],
+    );
   });
 
   it('answers UNIMPLEMENTED for RPCs a node-only driver does not serve', async () => {
@@ -49,7 +52,9 @@ describe('publish, rotate, unpublish through the CSI socket', () => {
       { type: 'k8s', value: `pod-name:${pod.name}` },
       { type: 'k8s', value: 'node-name:node-a' },
     ]);
-    const modes = await Promise.all(['svid.pem', 'svid_key.pem', 'svid_bundle.pem'].map(async (name) => (await fs.stat(path.join(volume.targetPath, name))).mode & 0o777));
+    const modes = await Promise.all(
+      ['svid.pem', 'svid_key.pem', 'svid_bundle.pem'].map(async (name) => (await fs.stat(path.join(volume.targetPath, name))).mode & 0o777),
+    );
     assert.deepEqual(modes, [0o644, 0o600, 0o644]);
     for (const name of ['svid.pem', 'svid_key.pem', 'svid_bundle.pem']) {
       assert.equal(await fs.readlink(path.join(volume.targetPath, name)), `..data/${name}`);
@@ -69,7 +74,10 @@ describe('publish, rotate, unpublish through the CSI socket', () => {
       return content.leaf.serialNumber !== before.leaf.serialNumber ? content : undefined;
     });
     assert.notEqual(after.version, before.version, '..data points at a new version');
-    assert.equal(after.leaf.serialNumber.toLowerCase(), h.agent.currentSvid(entryId).serialHex.toLowerCase().replace(/^0+/, '').padStart(after.leaf.serialNumber.length, '0'));
+    assert.equal(
+      after.leaf.serialNumber.toLowerCase(),
+      h.agent.currentSvid(entryId).serialHex.toLowerCase().replace(/^0+/, '').padStart(after.leaf.serialNumber.length, '0'),
+    );
     await assertValidSvidVolume(volume.targetPath, 'spiffe://example.org/billing/api');
     const entries = await fs.readdir(volume.targetPath);
     assert.deepEqual(entries.filter((e) => e.startsWith('..')).length, 2, 'one version dir and ..data: the old version was removed');

@@ -97,7 +97,9 @@ describe('restarts', () => {
     for (const v of live) {
       const before = await readVolume(v.volume.targetPath);
       const pod = { uid: v.volume.targetPath.split('/pods/')[1]?.split('/')[0] as string, name: '', namespace: 'default', serviceAccount: 'app' };
-      const record = JSON.parse(await fs.readFile(path.join(h.config.stateDir, 'volumes', `${v.volume.volumeId}.json`), 'utf8')) as { pod: { name: string } };
+      const record = JSON.parse(await fs.readFile(path.join(h.config.stateDir, 'volumes', `${v.volume.volumeId}.json`), 'utf8')) as {
+        pod: { name: string };
+      };
       pod.name = record.pod.name;
       await h.kubelet.publish(pod);
       assert.equal((await readVolume(v.volume.targetPath)).version, before.version);
@@ -164,7 +166,12 @@ describe('restarts', () => {
     const record = JSON.parse(await fs.readFile(path.join(volumesDir, `${healthy.volume.volumeId}.json`), 'utf8')) as Record<string, unknown>;
     await fs.writeFile(
       path.join(volumesDir, `${interrupted.volumeId}.json`),
-      JSON.stringify({ ...record, volumeId: interrupted.volumeId, targetPath: interrupted.targetPath, pod: { ...(record['pod'] as object), uid: interruptedPod.uid } }),
+      JSON.stringify({
+        ...record,
+        volumeId: interrupted.volumeId,
+        targetPath: interrupted.targetPath,
+        pod: { ...(record['pod'] as object), uid: interruptedPod.uid },
+      }),
     );
 
     await h.startDriver();

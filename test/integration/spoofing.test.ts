@@ -57,7 +57,7 @@ describe('spoofing attempts are refused with INVALID_ARGUMENT', () => {
     await assertRefused(request, 'does not belong to pod');
   });
 
-  it('a volume id that is not kubelet\'s hash of this pod and volume', async () => {
+  it("a volume id that is not kubelet's hash of this pod and volume", async () => {
     const request = h.kubelet.publishRequest(attacker);
     request.volume_id = h.kubelet.volumeFor(victim).volumeId;
     await assertRefused(request, 'volume_id');

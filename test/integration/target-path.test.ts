@@ -56,7 +56,10 @@ for (const useTmpfs of [true, false]) {
       const volume = h.kubelet.volumeFor(pod);
       await plant(volume, (target) => fs.symlink(elsewhere, target));
 
-      await assert.rejects(h.kubelet.publish(pod), refusedAs(grpc.status.FAILED_PRECONDITION, /target_path .* is a symbolic link \(to .*elsewhere\), not a directory/));
+      await assert.rejects(
+        h.kubelet.publish(pod),
+        refusedAs(grpc.status.FAILED_PRECONDITION, /target_path .* is a symbolic link \(to .*elsewhere\), not a directory/),
+      );
       assert.deepEqual(await mountsUnder(elsewhere), [], 'no tmpfs on the directory the link points to');
       assert.deepEqual(await fs.readdir(elsewhere), ['precious'], 'nothing written through the link');
       assert.equal(await fs.readFile(path.join(elsewhere, 'precious'), 'utf8'), 'untouched');

@@ -46,7 +46,8 @@ describe('per-volume tmpfs, modes and fsGroup (root)', { skip }, () => {
     assert.ok(mount, 'a mount at the target path');
     assert.equal(mount.fsType, 'tmpfs');
     assert.equal(mount.source, 'csi.spire.io');
-    for (const option of ['nosuid', 'nodev', 'noexec']) assert.ok(mount.mountOptions.includes(option), `${option} in ${mount.mountOptions.join(',')}`);
+    for (const option of ['nosuid', 'nodev', 'noexec'])
+      assert.ok(mount.mountOptions.includes(option), `${option} in ${mount.mountOptions.join(',')}`);
     assert.ok(mount.superOptions.includes('size=1024k'), `size limit in ${mount.superOptions.join(',')}`);
     await assertValidSvidVolume(volume.targetPath, 'spiffe://example.org/tmpfs');
     assert.deepEqual(await statFiles(volume.targetPath, ['svid.pem', 'svid_key.pem', 'svid_bundle.pem']), [
@@ -190,7 +191,10 @@ for (const useTmpfs of [true, false]) {
       await h.agent.addEntry({ spiffeId: 'spiffe://example.org/root-mode', selectors: [`k8s:pod-uid:${pod.uid}`] });
       const volume = await h.kubelet.publish(pod, { fsGroup: FS_GROUP });
       const stat = await fs.stat(volume.targetPath);
-      assert.deepEqual({ mode: stat.mode & 0o7777, uid: stat.uid, gid: stat.gid }, { mode: 0o755, uid: process.geteuid?.(), gid: process.getegid?.() });
+      assert.deepEqual(
+        { mode: stat.mode & 0o7777, uid: stat.uid, gid: stat.gid },
+        { mode: 0o755, uid: process.geteuid?.(), gid: process.getegid?.() },
+      );
       await h.kubelet.unpublish(volume);
     });
 

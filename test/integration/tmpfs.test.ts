@@ -42,7 +42,8 @@ test('mount a size-limited tmpfs, see it in mountinfo, fill it, unmount it', { s
     assert.equal(entry.source, SOURCE);
     assert.ok(isOurTmpfs(entry, SOURCE));
     assert.ok(!isOurTmpfs(entry, 'someone-else'));
-    for (const option of ['nosuid', 'nodev', 'noexec']) assert.ok(entry.mountOptions.includes(option), `${option} in ${entry.mountOptions.join(',')}`);
+    for (const option of ['nosuid', 'nodev', 'noexec'])
+      assert.ok(entry.mountOptions.includes(option), `${option} in ${entry.mountOptions.join(',')}`);
     assert.ok(entry.superOptions.includes(`size=${SIZE / 1024}k`), `size in ${entry.superOptions.join(',')}`);
     assert.ok(entry.superOptions.includes('mode=750'), `mode in ${entry.superOptions.join(',')}`);
     assert.equal((await fs.stat(target)).mode & 0o7777, 0o750);
@@ -72,7 +73,7 @@ test('the default mode is 0755', { skip }, async () => {
   }
 });
 
-test('failures say what failed and include the command\'s stderr', { skip }, async () => {
+test("failures say what failed and include the command's stderr", { skip }, async () => {
   const notMounted = path.join(scratch, 'not-mounted');
   await fs.mkdir(notMounted);
   await assert.rejects(unmount(notMounted), (err: Error) => {

@@ -39,7 +39,10 @@ describe('two driver instances on one node', () => {
     harness.child = second; // h.close() stops it
     const waitingLine = await eventually(
       'the second instance to log that it waits for the lock',
-      () => /another spire-csi-driver instance holds the state directory lock .*driver\.lock \(pid \d+ on host [^,]+, started [^)]+\); waiting for it to exit — two instances must never manage one state directory/.exec(second.output())?.[0],
+      () =>
+        /another spire-csi-driver instance holds the state directory lock .*driver\.lock \(pid \d+ on host [^,]+, started [^)]+\); waiting for it to exit — two instances must never manage one state directory/.exec(
+          second.output(),
+        )?.[0],
     );
     assert.match(waitingLine, new RegExp(`\\(pid ${process.pid} on host`), 'it names the holder');
 
@@ -64,7 +67,10 @@ describe('two driver instances on one node', () => {
 
     const before = await readVolume(volume.targetPath);
     await harness.agent.rotateSvids();
-    await eventually('rotation under the second instance', async () => (await readVolume(volume.targetPath)).leaf.serialNumber !== before.leaf.serialNumber);
+    await eventually(
+      'rotation under the second instance',
+      async () => (await readVolume(volume.targetPath)).leaf.serialNumber !== before.leaf.serialNumber,
+    );
     await assertValidSvidVolume(volume.targetPath, spiffeId);
     await harness.kubelet.unpublish(volume);
 

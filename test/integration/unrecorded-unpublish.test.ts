@@ -73,7 +73,11 @@ describe('unpublish without a usable metadata record', () => {
 
     await h.startDriver();
     assert.equal(h.driver?.volumes.volumeCount, 1, 'only the record with added fields resumes');
-    assert.equal(await pathExists(path.join(h.config.stateDir, 'tombstones', corrupt.volume.volumeId)), true, 'the quarantined record left a tombstone');
+    assert.equal(
+      await pathExists(path.join(h.config.stateDir, 'tombstones', corrupt.volume.volumeId)),
+      true,
+      'the quarantined record left a tombstone',
+    );
     assert.equal(await pathExists(recordPath(h, newerFormat.volume)), true, 'a newer-format record stays in place for the newer driver');
     assert.match(h.logs.text(), /written by a newer driver version/);
 
@@ -86,7 +90,10 @@ describe('unpublish without a usable metadata record', () => {
 
     const before = await readVolume(newerFields.volume.targetPath);
     await h.agent.rotateSvids();
-    await eventually('rotation of the volume whose record has newer fields', async () => (await readVolume(newerFields.volume.targetPath)).version !== before.version);
+    await eventually(
+      'rotation of the volume whose record has newer fields',
+      async () => (await readVolume(newerFields.volume.targetPath)).version !== before.version,
+    );
     await assertValidSvidVolume(newerFields.volume.targetPath, newerFields.spiffeId);
     await unpublishOnly(h, newerFields.volume);
     await assertGone(h, newerFields.volume);

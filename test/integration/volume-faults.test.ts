@@ -66,7 +66,10 @@ describe('filesystem faults', () => {
     await assert.rejects(h.kubelet.publish(pod), (err: unknown) => {
       assert.ok(isServiceError(err));
       assert.equal(err.code, status.INTERNAL);
-      assert.match(err.details, /recording it in the state directory .* failed .*read-only file system.*needs that directory writable \(--state-dir/i);
+      assert.match(
+        err.details,
+        /recording it in the state directory .* failed .*read-only file system.*needs that directory writable \(--state-dir/i,
+      );
       return true;
     });
     assert.equal(await findMount(blocked.targetPath), undefined, 'nothing mounted for the refused publish');
@@ -138,7 +141,11 @@ describe('filesystem faults', () => {
       await execFileAsync('prlimit', ['--pid', String(pid), `--nofile=${soft}:${hard}`]);
     }
     const rotated = h.agent.currentSvid(v.entryId).serialHex;
-    await eventually('the rotated SVID written by a retry', async () => (await readVolume(v.volume.targetPath)).leaf.serialNumber.toLowerCase() === rotated, 15_000);
+    await eventually(
+      'the rotated SVID written by a retry',
+      async () => (await readVolume(v.volume.targetPath)).leaf.serialNumber.toLowerCase() === rotated,
+      15_000,
+    );
     assert.match(h.child?.output() ?? '', /SVID files written after failed attempts/);
     await h.kubelet.unpublish(v.volume);
   });

@@ -30,7 +30,9 @@ async function main(): Promise<void> {
   const h = await Harness.start({ driverProcess: true, useTmpfs, publishTimeoutMs: 20_000 });
   try {
     say(`development SPIRE agent: ${h.config.agentAdminSocketPath} (trust domain ${h.agent.trustDomain})`);
-    say(`driver: node dist/src/main.js, CSI socket ${h.config.csiSocketPath}, per-volume tmpfs: ${useTmpfs ? 'yes (running as root)' : 'no (not root)'}`);
+    say(
+      `driver: node dist/src/main.js, CSI socket ${h.config.csiSocketPath}, per-volume tmpfs: ${useTmpfs ? 'yes (running as root)' : 'no (not root)'}`,
+    );
 
     const pod = h.kubelet.createPod({ namespace: 'demo', serviceAccount: 'web', name: 'web-0' });
     const spiffeId = 'spiffe://example.org/ns/demo/sa/web';

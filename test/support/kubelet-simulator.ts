@@ -68,7 +68,9 @@ export class KubeletSimulator {
 
   volumeFor(pod: Pod, volumeName = 'svid'): PublishedVolume {
     return {
-      volumeId: `csi-${createHash('sha256').update(pod.uid + volumeName).digest('hex')}`,
+      volumeId: `csi-${createHash('sha256')
+        .update(pod.uid + volumeName)
+        .digest('hex')}`,
       targetPath: path.join(this.options.kubeletRootDir, 'pods', pod.uid, 'volumes', 'kubernetes.io~csi', volumeName, 'mount'),
     };
   }

@@ -10,8 +10,7 @@ import path from 'node:path';
  */
 export async function makeScratchDir(label: string): Promise<string> {
   const base =
-    process.env['SPIRE_CSI_SCRATCH'] ??
-    path.join(process.env['XDG_CACHE_HOME'] ?? path.join(os.homedir(), '.cache'), 'spire-csi-driver', 'scratch');
+    process.env['SPIRE_CSI_SCRATCH'] ?? path.join(process.env['XDG_CACHE_HOME'] ?? path.join(os.homedir(), '.cache'), 'spire-csi-driver', 'scratch');
   await fs.mkdir(base, { recursive: true });
   return fs.mkdtemp(path.join(base, `${label}-`));
 }

@@ -191,26 +191,30 @@ test('duplicate names are rejected', async () => {
   assert.deepEqual(await fs.readdir(dir), [], 'nothing was written');
 });
 
-test('gid: files are group-owned before the swap and the key can be 0640', { skip: process.getuid?.() !== 0 ? 'chown to another group needs root' : false }, async () => {
-  const dir = await freshVolume();
-  const writer = new AtomicWriter(dir);
-  const files = svidFiles(1).map((f) => (f.name === 'svid_key.pem' ? { ...f, mode: 0o640 } : f));
-  const first = await writer.write(files, { gid: 4242 });
-  for (const file of files) {
-    const stat = await fs.stat(path.join(dir, file.name));
-    assert.equal(stat.gid, 4242, `${file.name} gid`);
-    assert.equal(stat.mode & 0o7777, file.mode, `${file.name} mode`);
-  }
-  assert.equal((await fs.stat(path.join(dir, 'svid_key.pem'))).mode & 0o7777, 0o640);
+test(
+  'gid: files are group-owned before the swap and the key can be 0640',
+  { skip: process.getuid?.() !== 0 ? 'chown to another group needs root' : false },
+  async () => {
+    const dir = await freshVolume();
+    const writer = new AtomicWriter(dir);
+    const files = svidFiles(1).map((f) => (f.name === 'svid_key.pem' ? { ...f, mode: 0o640 } : f));
+    const first = await writer.write(files, { gid: 4242 });
+    for (const file of files) {
+      const stat = await fs.stat(path.join(dir, file.name));
+      assert.equal(stat.gid, 4242, `${file.name} gid`);
+      assert.equal(stat.mode & 0o7777, file.mode, `${file.name} mode`);
+    }
+    assert.equal((await fs.stat(path.join(dir, 'svid_key.pem'))).mode & 0o7777, 0o640);
 
-  assert.deepEqual(await writer.write(files, { gid: 4242 }), { changed: false, version: first.version }, 'same gid: unchanged');
-  const other = await writer.write(files, { gid: 4343 });
-  assert.equal(other.changed, true, 'another gid is a change');
-  assert.equal((await fs.stat(path.join(dir, 'svid_key.pem'))).gid, 4343);
-  const none = await writer.write(files);
-  assert.equal(none.changed, true, 'dropping the gid is a change');
-  assert.equal((await fs.stat(path.join(dir, 'svid_key.pem'))).gid, process.getegid?.());
-});
+    assert.deepEqual(await writer.write(files, { gid: 4242 }), { changed: false, version: first.version }, 'same gid: unchanged');
+    const other = await writer.write(files, { gid: 4343 });
+    assert.equal(other.changed, true, 'another gid is a change');
+    assert.equal((await fs.stat(path.join(dir, 'svid_key.pem'))).gid, 4343);
+    const none = await writer.write(files);
+    assert.equal(none.changed, true, 'dropping the gid is a change');
+    assert.equal((await fs.stat(path.join(dir, 'svid_key.pem'))).gid, process.getegid?.());
+  },
+);
 
 test('concurrent writes are serialised: the last payload wins and one version dir remains', async () => {
   const dir = await freshVolume();

@@ -244,7 +244,18 @@ describe('refused command lines', () => {
 
 describe('state directory', () => {
   test('a state directory under /tmp or /var/tmp is refused', () => {
-    for (const dir of ['/tmp', '/tmp/', '/tmp/x', '/var/tmp', '/var/tmp/x', '/var/tmp/a/b', '//tmp/x', '/var//tmp/x', '/var/lib/../../tmp/x', '/tmp/./x']) {
+    for (const dir of [
+      '/tmp',
+      '/tmp/',
+      '/tmp/x',
+      '/var/tmp',
+      '/var/tmp/x',
+      '/var/tmp/a/b',
+      '//tmp/x',
+      '/var//tmp/x',
+      '/var/lib/../../tmp/x',
+      '/tmp/./x',
+    ]) {
       const message = configError([`--state-dir=${dir}`]);
       assert.match(message, /--state-dir \(env SPIRE_CSI_STATE_DIR\): must not be under \/tmp or \/var\/tmp/, dir);
       assert.match(message, /systemd-tmpfiles/, dir);
@@ -333,14 +344,11 @@ describe('metrics address', () => {
     }
   });
 
-  test(
-    'a host that is not a host name or address is refused',
-    () => {
-      for (const value of ['http://127.0.0.1:9402', 'my host:9402']) {
-        assert.match(configError([`--metrics-address=${value}`]), /must be host:port or :port/, value);
-      }
-    },
-  );
+  test('a host that is not a host name or address is refused', () => {
+    for (const value of ['http://127.0.0.1:9402', 'my host:9402']) {
+      assert.match(configError([`--metrics-address=${value}`]), /must be host:port or :port/, value);
+    }
+  });
 });
 
 describe('max volumes', () => {
@@ -364,7 +372,10 @@ describe('max volumes', () => {
       assert.match(message, /--max-volumes \(env SPIRE_CSI_MAX_VOLUMES\): must be a whole number of volumes, at least 1 \(e\.g\. 1000\)/, value);
       assert.ok(message.includes(`got "${value}"`), value);
     }
-    assert.match(configError([], { NODE_NAME: 'n', SPIRE_CSI_MAX_VOLUMES: '0' }), /--max-volumes \(env SPIRE_CSI_MAX_VOLUMES\): must be a whole number/);
+    assert.match(
+      configError([], { NODE_NAME: 'n', SPIRE_CSI_MAX_VOLUMES: '0' }),
+      /--max-volumes \(env SPIRE_CSI_MAX_VOLUMES\): must be a whole number/,
+    );
   });
 
   test('--help shows the flag, its default and that the limit is reported to kubelet', () => {

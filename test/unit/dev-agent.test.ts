@@ -115,10 +115,7 @@ interface Harness {
 }
 
 /** A fresh agent, socket and client per test; everything is torn down even when the test fails. */
-async function withAgent(
-  options: Omit<DevAgentOptions, 'socketPath'>,
-  body: (harness: Harness) => Promise<void>,
-): Promise<void> {
+async function withAgent(options: Omit<DevAgentOptions, 'socketPath'>, body: (harness: Harness) => Promise<void>): Promise<void> {
   const dir = await makeScratchDir('dev-agent');
   const socketPath = path.join(dir, 'admin.sock');
   const agent = await DevAgent.start({ ...options, socketPath });
@@ -188,17 +185,12 @@ describe('certs', () => {
   it('mints deliberately broken material on request', async () => {
     const ca = await mintCa({ trustDomain: 'example.org' });
     const twoUris = await mintSvid({ ca, spiffeId: WEB_ID, extraUriSans: ['spiffe://example.org/other'], dnsNames: ['web'] });
-    assert.equal(
-      new X509Certificate(twoUris.certDer).subjectAltName,
-      `URI:${WEB_ID}, URI:spiffe://example.org/other, DNS:web`,
-    );
+    assert.equal(new X509Certificate(twoUris.certDer).subjectAltName, `URI:${WEB_ID}, URI:spiffe://example.org/other, DNS:web`);
     const noSan = await mintSvid({ ca, spiffeId: WEB_ID, uriSans: [] });
     assert.equal(new X509Certificate(noSan.certDer).subjectAltName, undefined);
     const other = await mintSvid({ ca, spiffeId: WEB_ID });
     assert.equal(
-      new X509Certificate(twoUris.certDer).checkPrivateKey(
-        createPrivateKey({ key: other.keyPkcs8Der, format: 'der', type: 'pkcs8' }),
-      ),
+      new X509Certificate(twoUris.certDer).checkPrivateKey(createPrivateKey({ key: other.keyPkcs8Der, format: 'der', type: 'pkcs8' })),
       false,
     );
     for (const der of [mintRsaPkcs1KeyDer(), mintEcSec1KeyDer()]) {
@@ -251,7 +243,12 @@ describe('DevAgent', () => {
     await withAgent({}, async ({ agent, subscribe }) => {
       const otherCa = await mintCa({ trustDomain: 'other.org' });
       agent.setFederatedBundle('spiffe://other.org', [otherCa.certDer]);
-      await agent.addEntry({ id: 'b', spiffeId: 'spiffe://example.org/b', selectors: ['k8s:ns:default'], federatesWith: ['other.org', 'missing.org'] });
+      await agent.addEntry({
+        id: 'b',
+        spiffeId: 'spiffe://example.org/b',
+        selectors: ['k8s:ns:default'],
+        federatesWith: ['other.org', 'missing.org'],
+      });
       await agent.addEntry({ id: 'a', spiffeId: 'spiffe://example.org/a', selectors: ['k8s:sa:web'] });
       await agent.addEntry({ id: '0', spiffeId: 'spiffe://example.org/admin', selectors: ['k8s:ns:default'], admin: true });
       const response = await subscribe(POD_SELECTORS).next();
@@ -267,9 +264,21 @@ describe('DevAgent', () => {
     await withAgent({}, async ({ agent, client }) => {
       const cases: { request: SubscribeToX509SvidsRequest; code: grpc.status; details: RegExp }[] = [
         { request: { selectors: [] }, code: grpc.status.INVALID_ARGUMENT, details: /^must provide either selectors or non-zero PID, but not both$/ },
-        { request: { selectors: [toSelector('k8s:ns:a')], pid: 42 }, code: grpc.status.INVALID_ARGUMENT, details: /^must provide either selectors or non-zero PID, but not both$/ },
-        { request: { selectors: [{ type: '', value: 'ns:a' }] }, code: grpc.status.INVALID_ARGUMENT, details: /^could not parse provided selectors$/ },
-        { request: { selectors: [{ type: 'k8s:ns', value: 'a' }] }, code: grpc.status.INVALID_ARGUMENT, details: /^could not parse provided selectors$/ },
+        {
+          request: { selectors: [toSelector('k8s:ns:a')], pid: 42 },
+          code: grpc.status.INVALID_ARGUMENT,
+          details: /^must provide either selectors or non-zero PID, but not both$/,
+        },
+        {
+          request: { selectors: [{ type: '', value: 'ns:a' }] },
+          code: grpc.status.INVALID_ARGUMENT,
+          details: /^could not parse provided selectors$/,
+        },
+        {
+          request: { selectors: [{ type: 'k8s:ns', value: 'a' }] },
+          code: grpc.status.INVALID_ARGUMENT,
+          details: /^could not parse provided selectors$/,
+        },
         { request: { selectors: [{ type: 'k8s', value: '' }] }, code: grpc.status.INVALID_ARGUMENT, details: /^could not parse provided selectors$/ },
         { request: { selectors: [], pid: 42 }, code: grpc.status.UNIMPLEMENTED, details: /only supports selectors/ },
       ];
@@ -278,7 +287,10 @@ describe('DevAgent', () => {
         assert.equal(error.code, code, JSON.stringify(request));
         assert.match(error.details, details);
       }
-      assert.deepEqual(agent.receivedSelectorSets(), cases.map((c) => c.request.selectors));
+      assert.deepEqual(
+        agent.receivedSelectorSets(),
+        cases.map((c) => c.request.selectors),
+      );
       assert.equal(agent.openSvidStreams(), 0);
 
       const jwt = await new Promise<grpc.ServiceError | null>((resolve) =>

@@ -3,7 +3,17 @@ import { test } from 'node:test';
 import { describeFileNameProblem, MAX_FILE_NAME_BYTES } from '../../src/fs/file-names.js';
 
 test('plain names are accepted', () => {
-  for (const name of ['svid.pem', 'svid_key.pem', 'tls.crt', 'ca.crt', 'a', 'x..y', 'name.', 'example.org.spiffe-trust-bundle.x509.pem', 'schlüssel.pem']) {
+  for (const name of [
+    'svid.pem',
+    'svid_key.pem',
+    'tls.crt',
+    'ca.crt',
+    'a',
+    'x..y',
+    'name.',
+    'example.org.spiffe-trust-bundle.x509.pem',
+    'schlüssel.pem',
+  ]) {
     assert.equal(describeFileNameProblem(name), undefined, name);
   }
 });

@@ -165,14 +165,20 @@ describe('write retry', () => {
     try {
       await eventually('the first attempt', () => writer.attempts.length === 1);
       const firstSerial = serialOf(writer.attempts[0]);
-      assert.deepEqual(timers.pending().map((t) => t.delayMs), [1000]);
+      assert.deepEqual(
+        timers.pending().map((t) => t.delayMs),
+        [1000],
+      );
       assert.equal(await failureCount(metrics, 'ENOSPC'), 1);
       assert.equal(await failingVolumes(metrics), 1);
       // What kubelet's event would say if the publish timed out now.
       await assert.rejects(volume.waitUntilWritten(1, new AbortController().signal), (err: unknown) => {
         assert.ok(err instanceof DriverError);
         assert.equal(err.code, status.DEADLINE_EXCEEDED);
-        assert.match(err.message, /writing the SVID files into \/volumes\/retry-pod-\d+ is failing \(1 failed attempt, last: .*ENOSPC.*\); the driver keeps retrying with backoff/);
+        assert.match(
+          err.message,
+          /writing the SVID files into \/volumes\/retry-pod-\d+ is failing \(1 failed attempt, last: .*ENOSPC.*\); the driver keeps retrying with backoff/,
+        );
         return true;
       });
 
@@ -183,7 +189,10 @@ describe('write retry', () => {
       assert.notEqual(newestSerial, firstSerial);
       assert.equal(serialOf(writer.attempts[1]), newestSerial);
       assert.equal(timers.all[0]?.cancelled, true, 'the first retry was superseded');
-      assert.deepEqual(timers.pending().map((t) => t.delayMs), [2000]);
+      assert.deepEqual(
+        timers.pending().map((t) => t.delayMs),
+        [2000],
+      );
 
       // From here on only the timers drive the attempts.
       for (let attempt = 3; attempt <= 8; attempt++) {
@@ -191,11 +200,18 @@ describe('write retry', () => {
         await eventually(`attempt ${attempt}`, () => writer.attempts.length === attempt);
       }
       await published;
-      assert.deepEqual(timers.all.map((t) => t.delayMs), [1000, 2000, 4000, 8000, 16000, 30000, 30000], 'doubling from 1 s, capped at 30 s');
+      assert.deepEqual(
+        timers.all.map((t) => t.delayMs),
+        [1000, 2000, 4000, 8000, 16000, 30000, 30000],
+        'doubling from 1 s, capped at 30 s',
+      );
       assert.equal(timers.pending().length, 0, 'no timer once the files are written');
       assert.equal(writer.written.length, 1);
       assert.equal(serialOf(writer.written[0]), newestSerial, 'the newest material landed');
-      assert.ok(writer.attempts.slice(1).every((files) => serialOf(files) === newestSerial), 'every retry used the newest material');
+      assert.ok(
+        writer.attempts.slice(1).every((files) => serialOf(files) === newestSerial),
+        'every retry used the newest material',
+      );
       assert.equal(await failureCount(metrics, 'ENOSPC'), 7);
       assert.equal(await failingVolumes(metrics), 0);
 
@@ -231,14 +247,21 @@ describe('write retry', () => {
       await eventually('the second attempt', () => writer.attempts.length === 2);
       timers.fire();
       await eventually('the files', () => writer.written.length === 1);
-      assert.deepEqual(timers.all.map((t) => t.delayMs), [500, 1000], 'the bottom of the jitter range: half of each step');
+      assert.deepEqual(
+        timers.all.map((t) => t.delayMs),
+        [500, 1000],
+        'the bottom of the jitter range: half of each step',
+      );
       assert.equal(await failureCount(metrics, 'EIO'), 2);
 
       // A later run of failures starts from the first step again.
       writer.failures = 1;
       await agent.rotateSvids(entryId);
       await eventually('the failed write of the rotation', () => writer.attempts.length === 4);
-      assert.deepEqual(timers.pending().map((t) => t.delayMs), [500]);
+      assert.deepEqual(
+        timers.pending().map((t) => t.delayMs),
+        [500],
+      );
     } finally {
       await volume.close();
     }
@@ -338,7 +361,8 @@ describe('failure reasons', () => {
   });
 
   it('maps known codes to themselves and everything else to other, so the label stays bounded', () => {
-    for (const code of ['ENOSPC', 'EIO', 'EMFILE', 'ENFILE', 'EROFS', 'EACCES', 'EPERM', 'EDQUOT', 'ENOENT']) assert.equal(writeFailureReason(code), code);
+    for (const code of ['ENOSPC', 'EIO', 'EMFILE', 'ENFILE', 'EROFS', 'EACCES', 'EPERM', 'EDQUOT', 'ENOENT'])
+      assert.equal(writeFailureReason(code), code);
     assert.equal(writeFailureReason('EBUSY'), 'other');
     assert.equal(writeFailureReason(undefined), 'other');
   });

@@ -10,7 +10,9 @@ import { makeScratchDir, removeScratchDir } from '../support/scratch.js';
 const KUBELET_ROOT = '/var/lib/kubelet';
 
 function volumeIdFor(uid: string, name: string): string {
-  return `csi-${createHash('sha256').update(uid + name).digest('hex')}`;
+  return `csi-${createHash('sha256')
+    .update(uid + name)
+    .digest('hex')}`;
 }
 
 function record(uid: string, overrides: Partial<VolumeRecord> = {}): VolumeRecord {
@@ -351,26 +353,16 @@ describe('loadAll quarantines bad files, never failing the others (invariant 6)'
 });
 
 describe('volume ids that are not kubelet volume handles (NodeUnpublishVolume passes volume_id through unchecked)', () => {
-  test(
-    'remove() with a path-like volume id does not delete files outside volumes/',
-    {
-    },
-    async () => {
-      const outside = path.join(stateDir, 'outside.json');
-      await fs.writeFile(outside, '{}');
-      await store.remove('../outside');
-      await fs.access(outside);
-    },
-  );
+  test('remove() with a path-like volume id does not delete files outside volumes/', {}, async () => {
+    const outside = path.join(stateDir, 'outside.json');
+    await fs.writeFile(outside, '{}');
+    await store.remove('../outside');
+    await fs.access(outside);
+  });
 
-  test(
-    'read() does not return a record whose volumeId is not the one asked for',
-    {
-    },
-    async () => {
-      const a = record(UID_A);
-      await store.write(a);
-      assert.equal(await store.read(`../volumes/${a.volumeId}`), undefined);
-    },
-  );
+  test('read() does not return a record whose volumeId is not the one asked for', {}, async () => {
+    const a = record(UID_A);
+    await store.write(a);
+    assert.equal(await store.read(`../volumes/${a.volumeId}`), undefined);
+  });
 });

@@ -88,7 +88,7 @@ test('malformed lines are rejected with the line number', () => {
   assert.throws(() => parseMountInfo(`${FIXTURE}\nx y 0:1 / /a rw - tmpfs t rw`), /line 10.*non-numeric/);
 });
 
-test('reads this process\'s real mountinfo', async () => {
+test("reads this process's real mountinfo", async () => {
   const entries = await readMountInfo();
   assert.ok(entries.some((e) => e.mountPoint === '/'));
   const proc = entries.find((e) => e.mountPoint === '/proc');

@@ -106,7 +106,10 @@ describe('checkPodBinding refuses requests that are not bound to the pod (invari
   });
 
   test('the volume id of the same volume name in another pod', () => {
-    expectInvalid(() => bind(kubeletTargetPath(UID, 'svid'), kubeletVolumeHandle(OTHER_UID, 'svid')), /volume_id .* does not belong to volume "svid"/);
+    expectInvalid(
+      () => bind(kubeletTargetPath(UID, 'svid'), kubeletVolumeHandle(OTHER_UID, 'svid')),
+      /volume_id .* does not belong to volume "svid"/,
+    );
   });
 
   test('volume ids that are not kubelet-made', () => {
@@ -200,7 +203,7 @@ describe('checkPodBinding refuses requests that are not bound to the pod (invari
 describe('kubeletVolumeAt', () => {
   const root = '/var/lib/kubelet';
   const uid = '0f5e8d6a-3c2b-4e1f-9a7d-5b6c8e9f0a1b';
-  test('reads pod uid and volume name from kubelet\'s inline volume layout', () => {
+  test("reads pod uid and volume name from kubelet's inline volume layout", () => {
     assert.deepEqual(kubeletVolumeAt(root, `${root}/pods/${uid}/volumes/kubernetes.io~csi/spiffe/mount`), { podUid: uid, volumeName: 'spiffe' });
   });
   test('anything else is not a kubelet volume path', () => {
@@ -255,7 +258,12 @@ describe('readPodInfo', () => {
   });
 
   test('no pod info at all (csi-sanity, or podInfoOnMount off) says to set podInfoOnMount', () => {
-    expectInvalid(() => readPodInfo({}), /volume_context has no csi\.storage\.k8s\.io\/ephemeral/, /podInfoOnMount: true/, /volumeLifecycleModes: \[Ephemeral\]/);
+    expectInvalid(
+      () => readPodInfo({}),
+      /volume_context has no csi\.storage\.k8s\.io\/ephemeral/,
+      /podInfoOnMount: true/,
+      /volumeLifecycleModes: \[Ephemeral\]/,
+    );
   });
 
   test('each missing or empty key says to set podInfoOnMount', () => {

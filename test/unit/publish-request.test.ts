@@ -12,7 +12,12 @@ const kubelet = new KubeletSimulator({ csiSocketPath: '/nonexistent/spire-csi-un
 after(() => kubelet.close());
 
 const pod: Pod = kubelet.createPod({ uid: '0f5e8d6a-3c2b-4e1f-9a7d-5b6c8e9f0a1b', name: 'app-0', namespace: 'team-a', serviceAccount: 'app' });
-const victim: Pod = kubelet.createPod({ uid: '7d1c2b3a-9e8f-4a5b-8c7d-6e5f4a3b2c1d', name: 'spire-server-0', namespace: 'spire', serviceAccount: 'spire-server' });
+const victim: Pod = kubelet.createPod({
+  uid: '7d1c2b3a-9e8f-4a5b-8c7d-6e5f4a3b2c1d',
+  name: 'spire-server-0',
+  namespace: 'spire',
+  serviceAccount: 'spire-server',
+});
 
 function parse(request: NodePublishVolumeRequest, kubeletRootDir = KUBELET_ROOT): PublishSpec {
   return parsePublishRequest(request, { kubeletRootDir });
@@ -94,7 +99,14 @@ describe('a request as kubelet sends it', () => {
   });
 
   test('the spec has no place for selectors', () => {
-    assert.deepEqual(Object.keys(parse(kubelet.publishRequest(pod))).sort(), ['attributes', 'fsGroup', 'pod', 'targetPath', 'volumeId', 'volumeName']);
+    assert.deepEqual(Object.keys(parse(kubelet.publishRequest(pod))).sort(), [
+      'attributes',
+      'fsGroup',
+      'pod',
+      'targetPath',
+      'volumeId',
+      'volumeName',
+    ]);
   });
 
   test('every single-node access mode is accepted', () => {

@@ -13,14 +13,7 @@ import { after, before, describe, test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { csiIdentityService } from '../../src/csi/messages.js';
 import { PACKAGE_ROOT } from '../../src/proto-loading.js';
-import {
-  callUnary,
-  connectUnix,
-  parseGoDuration,
-  parseListenAddress,
-  StandinLog,
-  UsageError,
-} from '../../e2e/cluster/standins/common.js';
+import { callUnary, connectUnix, parseGoDuration, parseListenAddress, StandinLog, UsageError } from '../../e2e/cluster/standins/common.js';
 import { isReady, parseLivenessProbeCommandLine, startLivenessProbe, type RunningLivenessProbe } from '../../e2e/cluster/standins/livenessprobe.js';
 import {
   parseRegistrarCommandLine,
@@ -54,7 +47,8 @@ class FakeIdentity {
     server.addService(csiIdentityService().service, {
       GetPluginInfo: (_call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<object>) =>
         callback(null, { name: this.name, vendor_version: 'fake' }),
-      GetPluginCapabilities: (_call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<object>) => callback(null, { capabilities: [] }),
+      GetPluginCapabilities: (_call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<object>) =>
+        callback(null, { capabilities: [] }),
       Probe: (_call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<object>) => this.answerProbe(callback),
     });
     await new Promise<void>((resolve, reject) =>
@@ -189,7 +183,14 @@ describe('command lines', () => {
   });
 
   test('Go flag forms: single dash, separate value, unix:// address, last one wins', () => {
-    const parsed = parseRegistrarCommandLine(['-csi-address', 'unix:///x/csi.sock', '-kubelet-registration-path=/a', '--timeout', '500ms', '--timeout=2s']);
+    const parsed = parseRegistrarCommandLine([
+      '-csi-address',
+      'unix:///x/csi.sock',
+      '-kubelet-registration-path=/a',
+      '--timeout',
+      '500ms',
+      '--timeout=2s',
+    ]);
     assert.equal(parsed.kind, 'run');
     if (parsed.kind !== 'run') return;
     assert.equal(parsed.options.csiAddress, '/x/csi.sock');
@@ -199,14 +200,20 @@ describe('command lines', () => {
 
   test('unknown flags, positional arguments and bad values are refused with a clear message', () => {
     const refused = (argv: string[], pattern: RegExp, exitCode = 2): void => {
-      assert.throws(() => parseRegistrarCommandLine(argv), (err: unknown) => {
-        assert.ok(err instanceof UsageError);
-        assert.match(err.message, pattern);
-        assert.equal(err.exitCode, exitCode);
-        return true;
-      });
+      assert.throws(
+        () => parseRegistrarCommandLine(argv),
+        (err: unknown) => {
+          assert.ok(err instanceof UsageError);
+          assert.match(err.message, pattern);
+          assert.equal(err.exitCode, exitCode);
+          return true;
+        },
+      );
     };
-    refused(['--kubelet-registration-path=/a', '--mode=kubelet-registration-probe'], /unknown flag "--mode=kubelet-registration-probe".*--csi-address/);
+    refused(
+      ['--kubelet-registration-path=/a', '--mode=kubelet-registration-probe'],
+      /unknown flag "--mode=kubelet-registration-probe".*--csi-address/,
+    );
     refused(['--kubelet-registration-path=/a', 'extra'], /unexpected argument "extra"/);
     refused(['--kubelet-registration-path=/a', '--timeout=1'], /--timeout: want a Go duration/);
     refused(['--kubelet-registration-path=/a', '--v=high'], /--v/);
@@ -333,7 +340,9 @@ describe('node-driver-registrar stand-in', () => {
   test('kubelet reporting a failed registration makes it exit 1 without answering', async () => {
     const lines = new Lines();
     const registrar = await start(lines);
-    await asKubelet(registrar.socketPath, (kubelet) => assert.rejects(call(kubelet, 'NotifyRegistrationStatus', { plugin_registered: false, error: 'x' })));
+    await asKubelet(registrar.socketPath, (kubelet) =>
+      assert.rejects(call(kubelet, 'NotifyRegistrationStatus', { plugin_registered: false, error: 'x' })),
+    );
     assert.equal(await registrar.exited, 1);
     assert.match(lines.text(), / E node-driver-registrar: Registration process failed with error, restarting registration container err="x"/);
   });
@@ -456,7 +465,13 @@ describe('CLI entry points', () => {
   /** Runs the registrar CLI in a new registration directory until it has registered, then body; kills it afterwards. */
   async function withRegistrarCli(body: (registrar: CliRun, regSocket: string) => Promise<void>): Promise<void> {
     const registration = await fs.mkdtemp(path.join(driver.dir, 'registration-'));
-    const args = [`--csi-address=${driver.identity.socketPath}`, `--kubelet-registration-path=${HOST_CSI_SOCKET}`, `--plugin-registration-path=${registration}`, '--http-endpoint=:0', '--v=2'];
+    const args = [
+      `--csi-address=${driver.identity.socketPath}`,
+      `--kubelet-registration-path=${HOST_CSI_SOCKET}`,
+      `--plugin-registration-path=${registration}`,
+      '--http-endpoint=:0',
+      '--v=2',
+    ];
     const registrar = run('node-driver-registrar.js', args);
     const regSocket = path.join(registration, `${DRIVER_NAME}-reg.sock`);
     try {

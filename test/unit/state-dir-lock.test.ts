@@ -210,7 +210,13 @@ describe('state directory lock', () => {
 
     const unprotected = await acquireStateDirLock(bare, { logger, ...FAST });
     assert.equal(unprotected.held, false);
-    assert.ok(lines.some((l) => String(l['msg']).startsWith(`the state directory lock is unavailable (${path.join(bare, LOCK_FILE_NAME)} does not exist and the state directory is not writable)`)));
+    assert.ok(
+      lines.some((l) =>
+        String(l['msg']).startsWith(
+          `the state directory lock is unavailable (${path.join(bare, LOCK_FILE_NAME)} does not exist and the state directory is not writable)`,
+        ),
+      ),
+    );
   });
 
   it('without koffi it warns that the lock is unavailable, says why, and goes on unprotected', async () => {

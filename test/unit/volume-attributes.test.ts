@@ -128,14 +128,9 @@ describe('unknown keys are rejected', () => {
     }
   });
 
-  test(
-    'csi.spire.io/__proto__ is rejected like any other unknown key',
-    {
-    },
-    () => {
-      rejected({ 'csi.spire.io/__proto__': 'x' }, /unknown volume attribute "csi\.spire\.io\/__proto__"/);
-    },
-  );
+  test('csi.spire.io/__proto__ is rejected like any other unknown key', {}, () => {
+    rejected({ 'csi.spire.io/__proto__': 'x' }, /unknown volume attribute "csi\.spire\.io\/__proto__"/);
+  });
 });
 
 describe('attributes can never touch selectors (invariant 1)', () => {
@@ -272,13 +267,10 @@ describe('spiffe-id', () => {
   });
 
   // SPIFFE ID spec §2.2: https://github.com/spiffe/spiffe/blob/main/standards/SPIFFE-ID.md#22-path
-  test(
-    'path segments "." and ".." are rejected (SPIFFE ID spec §2.2)',
-    () => {
-      rejected(attr('spiffe-id', 'spiffe://example.org/a/../b'), /must be a SPIFFE ID/);
-      rejected(attr('spiffe-id', 'spiffe://example.org/./b'), /must be a SPIFFE ID/);
-    },
-  );
+  test('path segments "." and ".." are rejected (SPIFFE ID spec §2.2)', () => {
+    rejected(attr('spiffe-id', 'spiffe://example.org/a/../b'), /must be a SPIFFE ID/);
+    rejected(attr('spiffe-id', 'spiffe://example.org/./b'), /must be a SPIFFE ID/);
+  });
 });
 
 describe('hint', () => {
@@ -296,10 +288,6 @@ describe('hint', () => {
 
 describe('several problems', () => {
   test('every bad attribute is reported in one message', () => {
-    rejected(
-      { 'csi.spire.io/fs-group': 'x', 'csi.spire.io/cert-file': '../x' },
-      /"csi\.spire\.io\/fs-group"/,
-      /"csi\.spire\.io\/cert-file"/,
-    );
+    rejected({ 'csi.spire.io/fs-group': 'x', 'csi.spire.io/cert-file': '../x' }, /"csi\.spire\.io\/fs-group"/, /"csi\.spire\.io\/cert-file"/);
   });
 });

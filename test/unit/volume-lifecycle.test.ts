@@ -59,7 +59,14 @@ function podSpec(n: number): PublishSpec {
     targetPath: `/var/lib/kubelet/pods/${uid}/volumes/kubernetes.io~csi/${volumeName}/mount`,
     volumeName,
     pod: { uid, name: `app-${n}`, namespace: 'default', serviceAccount: 'app' },
-    attributes: { certFile: 'svid.pem', keyFile: 'svid_key.pem', bundleFile: 'svid_bundle.pem', fsGroup: undefined, spiffeId: undefined, hint: undefined },
+    attributes: {
+      certFile: 'svid.pem',
+      keyFile: 'svid_key.pem',
+      bundleFile: 'svid_bundle.pem',
+      fsGroup: undefined,
+      spiffeId: undefined,
+      hint: undefined,
+    },
     fsGroup: null,
   };
 }
@@ -252,7 +259,10 @@ describe('publish', () => {
 
     // The info lines stay what they were, interleaved at their places.
     assert.deepEqual(
-      w.log.entries().filter((e) => e['level'] === 'info').map((e) => e['msg']),
+      w.log
+        .entries()
+        .filter((e) => e['level'] === 'info')
+        .map((e) => e['msg']),
       ['publishing volume; waiting for the SVID', 'trust bundle updated', 'SVID files written', 'volume published'],
     );
     await w.close();
@@ -295,7 +305,7 @@ describe('publish', () => {
           'or spire-server entry create with -selector k8s:ns:<namespace> -selector k8s:sa:<service-account>',
       },
       {
-        name: 'no bundle of the SVID\'s trust domain',
+        name: "no bundle of the SVID's trust domain",
         answer: (w, spec) => {
           w.sendBundle(otherTd.bundleResponse());
           w.sendSvids(spec, svid(0));
@@ -307,17 +317,23 @@ describe('publish', () => {
         name: 'the agent socket is gone',
         answer: (w, spec) => {
           w.agent.socketPresent = false;
-          w.agent.openSvidCall(spec.pod.uid).fail(status.UNAVAILABLE, 'No connection established. Last error: connect ENOENT /fake/spire-agent/admin.sock');
+          w.agent
+            .openSvidCall(spec.pod.uid)
+            .fail(status.UNAVAILABLE, 'No connection established. Last error: connect ENOENT /fake/spire-agent/admin.sock');
         },
         code: status.UNAVAILABLE,
         message: (_spec, w) =>
           `no SVID after 60s: ${describeStreamFailure(
-            { code: status.UNAVAILABLE, details: 'No connection established. Last error: connect ENOENT /fake/spire-agent/admin.sock', socketMissing: true },
+            {
+              code: status.UNAVAILABLE,
+              details: 'No connection established. Last error: connect ENOENT /fake/spire-agent/admin.sock',
+              socketMissing: true,
+            },
             w.agent.socketPath,
           )}`,
       },
       {
-        name: 'the bundle stream is refused (only the volume\'s own stream fails a publish early)',
+        name: "the bundle stream is refused (only the volume's own stream fails a publish early)",
         answer: (w) => w.agent.openBundleCall().fail(status.PERMISSION_DENIED, 'caller not configured as an authorized delegate'),
         code: status.UNAVAILABLE,
         message: (_spec, w) =>
@@ -469,7 +485,10 @@ describe('the sync loop', () => {
     const release = w.storage.holdWrites();
     w.sendSvids(spec, svid(1));
     await settle();
-    assert.deepEqual(w.storage.attempts.map((a) => a.outcome), ['written', 'pending']);
+    assert.deepEqual(
+      w.storage.attempts.map((a) => a.outcome),
+      ['written', 'pending'],
+    );
     for (let i = 2; i <= 7; i++) w.sendSvids(spec, svid(i));
     // The bundle changing in the middle of the burst joins it too.
     w.sendBundle(td.bundleResponse({ extraCas: [otherTd.ca.certDer] }));
@@ -477,7 +496,10 @@ describe('the sync loop', () => {
     assert.equal(w.storage.attempts.length, 2, 'nothing more starts while the write is in progress');
     release();
     await settle();
-    assert.deepEqual(w.storage.attempts.map((a) => a.outcome), ['written', 'written', 'written']);
+    assert.deepEqual(
+      w.storage.attempts.map((a) => a.outcome),
+      ['written', 'written', 'written'],
+    );
     assert.equal(w.serialOnDisk(spec), svid(7).serialHex, 'the newest SVID');
     const bundle = w.storage.filesAt(spec.targetPath)?.get('svid_bundle.pem');
     assert.equal((bundle?.data.toString().match(/BEGIN CERTIFICATE/g) ?? []).length, 2, 'the newest bundle');
@@ -496,7 +518,10 @@ describe('the sync loop', () => {
     w.sendBundle(td.bundleResponse({ extraCas: [otherTd.ca.certDer] }));
     w.sendSvids(spec, svid(3));
     await settle();
-    assert.deepEqual(w.storage.attempts.map((a) => a.outcome), ['written', 'written']);
+    assert.deepEqual(
+      w.storage.attempts.map((a) => a.outcome),
+      ['written', 'written'],
+    );
     assert.equal(w.serialOnDisk(spec), svid(3).serialHex);
     await w.close();
   });
@@ -508,7 +533,10 @@ describe('the sync loop', () => {
     const filesBefore = w.storage.filesAt(spec.targetPath);
     w.sendSvids(spec, svid(0));
     await settle();
-    assert.deepEqual(w.storage.attempts.map((a) => a.outcome), ['written', 'unchanged']);
+    assert.deepEqual(
+      w.storage.attempts.map((a) => a.outcome),
+      ['written', 'unchanged'],
+    );
     assert.equal(w.storage.filesAt(spec.targetPath), filesBefore, 'the same version');
     assert.equal(await w.counter('svidUpdates', { outcome: 'unchanged' }), 1);
     assert.equal(w.log.withMessage('SVID files written').length, 1, 'one info line: the first write');
@@ -518,7 +546,7 @@ describe('the sync loop', () => {
     w.sendBundle();
     w.sendBundle(td.bundleResponse({ others: [otherTd] }));
     await settle();
-    assert.equal(w.storage.attempts.length, 2, 'no sync: the volume\'s own bundle did not change');
+    assert.equal(w.storage.attempts.length, 2, "no sync: the volume's own bundle did not change");
     await w.close();
   });
 
@@ -537,7 +565,10 @@ describe('the sync loop', () => {
     w.sendSvids(spec);
     await settle();
     assert.deepEqual(
-      w.debugLines(spec.volumeId).slice(mark).map((e) => [e['msg'], e['svids'] ?? e['trust_domain'] ?? e['duration_ms'] ?? null]),
+      w
+        .debugLines(spec.volumeId)
+        .slice(mark)
+        .map((e) => [e['msg'], e['svids'] ?? e['trust_domain'] ?? e['duration_ms'] ?? null]),
       [
         ["the trust bundle of the volume's trust domain changed", 'spiffe://example.org'],
         ['syncing the volume files with the newest material', null],
@@ -585,7 +616,10 @@ describe('stream reconnects', () => {
     }
     assert.deepEqual(delays, [500, 1000, 2000, 4000, 8000, 16_000, 30_000, 30_000], 'doubling from 500 ms, capped at 30 s');
     assert.deepEqual(
-      w.log.entries().filter((e) => e['level'] === 'warn' && e['stream'] === 'svid').map((e) => e['retry_in_ms']),
+      w.log
+        .entries()
+        .filter((e) => e['level'] === 'warn' && e['stream'] === 'svid')
+        .map((e) => e['retry_in_ms']),
       delays,
     );
     assert.equal(w.log.withMessage('the SPIRE agent stream failed with UNAVAILABLE: connection reset by peer').length, 8);
@@ -659,7 +693,7 @@ describe('stream reconnects', () => {
     await w.close();
   });
 
-  it('a configuration failure of the volume\'s stream fails a waiting publish at once with the remedy', async () => {
+  it("a configuration failure of the volume's stream fails a waiting publish at once with the remedy", async () => {
     const failures: StreamFailure[] = [
       { code: status.PERMISSION_DENIED, details: 'caller not configured as an authorized delegate', socketMissing: false },
       { code: status.PERMISSION_DENIED, details: 'no identity issued', socketMissing: false },
@@ -741,10 +775,16 @@ describe('resume after a restart', () => {
     second.sendBundle();
     second.sendSvids(spec, svid(0));
     await settle();
-    assert.deepEqual(second.storage.attempts.slice(attempts).map((a) => a.outcome), ['unchanged']);
+    assert.deepEqual(
+      second.storage.attempts.slice(attempts).map((a) => a.outcome),
+      ['unchanged'],
+    );
     second.sendSvids(spec, svid(1));
     await settle();
-    assert.deepEqual(second.storage.attempts.slice(attempts).map((a) => a.outcome), ['unchanged', 'written']);
+    assert.deepEqual(
+      second.storage.attempts.slice(attempts).map((a) => a.outcome),
+      ['unchanged', 'written'],
+    );
     assert.equal(second.serialOnDisk(spec), svid(1).serialHex);
     // A repeated publish of the resumed volume is OK at once (idempotent).
     const again = second.publish(spec);
@@ -784,19 +824,33 @@ describe('resume after a restart', () => {
     assert.deepEqual([...w.storage.targets.keys()], [live.targetPath]);
     assert.deepEqual(w.storage.calls.sort(), [`remove ${noFiles.targetPath}`, `remove ${symlink.targetPath}`].sort(), 'a gone target is not touched');
     assert.deepEqual(w.storage.attempts, [], 'the live volume is not rewritten');
-    assert.deepEqual(w.agent.openSvidCalls().map((call) => call.request?.selectors.find((s) => s.value.startsWith('pod-uid:'))?.value), ['pod-uid:pod-uid-61']);
+    assert.deepEqual(
+      w.agent.openSvidCalls().map((call) => call.request?.selectors.find((s) => s.value.startsWith('pod-uid:'))?.value),
+      ['pod-uid:pod-uid-61'],
+    );
 
     const byVolume = (volumeId: string): [unknown, unknown][] =>
-      w.log.entries().filter((e) => e['volume_id'] === volumeId && e['level'] !== 'debug').map((e) => [e['level'], e['msg']]);
-    assert.deepEqual(byVolume(noFiles.volumeId), [['info', 'cleaning up a volume without files (publish interrupted by a restart, or tmpfs lost in a reboot)']]);
+      w.log
+        .entries()
+        .filter((e) => e['volume_id'] === volumeId && e['level'] !== 'debug')
+        .map((e) => [e['level'], e['msg']]);
+    assert.deepEqual(byVolume(noFiles.volumeId), [
+      ['info', 'cleaning up a volume without files (publish interrupted by a restart, or tmpfs lost in a reboot)'],
+    ]);
     assert.deepEqual(byVolume(gone.volumeId), [['info', 'target path is gone (pod deleted while the driver was down); forgetting the volume']]);
     assert.deepEqual(byVolume(symlink.volumeId), [
-      ['error', 'target path is no longer a directory (a symbolic link or a file replaced it while the driver was down); not resuming the volume, removing what is there'],
+      [
+        'error',
+        'target path is no longer a directory (a symbolic link or a file replaced it while the driver was down); not resuming the volume, removing what is there',
+      ],
     ]);
     assert.deepEqual(byVolume(tombstoneGonePod), [['info', 'forgot the tombstone of a quarantined volume whose pod is gone']]);
     assert.deepEqual(byVolume(live.volumeId), []);
     const summary = w.log.withMessage('resumed volumes from the state directory');
-    assert.deepEqual(summary.map((e) => [e['volumes'], e['quarantined'], e['newer_format']]), [[1, 1, 1]]);
+    assert.deepEqual(
+      summary.map((e) => [e['volumes'], e['quarantined'], e['newer_format']]),
+      [[1, 1, 1]],
+    );
 
     // The newer-format volume is still ours for unpublish.
     assert.equal(await w.store.knows(newerFormat), true);
@@ -812,12 +866,16 @@ describe('resume after a restart', () => {
       w.storage.seedDirectory(spec.targetPath, { files: [{ name: 'svid.pem', data: Buffer.from('x'), mode: 0o644 }] });
     }
     const inspect = w.storage.inspect.bind(w.storage);
-    w.storage.inspect = async (targetPath) => (targetPath === broken.targetPath ? Promise.reject(new Error('EIO: i/o error, readlink')) : inspect(targetPath));
+    w.storage.inspect = async (targetPath) =>
+      targetPath === broken.targetPath ? Promise.reject(new Error('EIO: i/o error, readlink')) : inspect(targetPath);
     await w.manager.resume();
     assert.equal(w.manager.volumeCount, 1);
     assert.deepEqual(w.store.recordIds().sort(), [broken.volumeId, fine.volumeId].sort());
     const failed = w.log.withMessage('could not resume a volume; its metadata stays so the next start or NodeUnpublishVolume retries');
-    assert.deepEqual(failed.map((e) => [e['volume_id'], e['err']]), [[broken.volumeId, 'EIO: i/o error, readlink']]);
+    assert.deepEqual(
+      failed.map((e) => [e['volume_id'], e['err']]),
+      [[broken.volumeId, 'EIO: i/o error, readlink']],
+    );
     await w.close();
   });
 
@@ -860,19 +918,28 @@ describe('write retry through ManagedVolume', () => {
     }
     assertSucceeded(call);
     assert.equal(w.clock.now(), 7000);
-    assert.deepEqual(w.storage.attempts.map((a) => a.outcome), ['failed', 'failed', 'failed', 'written']);
+    assert.deepEqual(
+      w.storage.attempts.map((a) => a.outcome),
+      ['failed', 'failed', 'failed', 'written'],
+    );
     assert.deepEqual(w.clock.pendingDelays(), []);
     assert.equal(await w.counter('volumeWriteFailures', { reason: 'ENOSPC' }), 3);
     assert.equal(await w.writeFailing(), 0);
     assert.deepEqual(
-      w.log.entries().filter((e) => String(e['msg']).startsWith('writing the SVID files failed')).map((e) => [e['level'], e['attempt'], e['retry_in_ms']]),
+      w.log
+        .entries()
+        .filter((e) => String(e['msg']).startsWith('writing the SVID files failed'))
+        .map((e) => [e['level'], e['attempt'], e['retry_in_ms']]),
       [
         ['error', 1, 1000],
         ['warn', 2, 2000],
         ['warn', 3, 4000],
       ],
     );
-    assert.deepEqual(w.log.withMessage('SVID files written after failed attempts; no longer retrying').map((e) => e['failed_attempts']), [3]);
+    assert.deepEqual(
+      w.log.withMessage('SVID files written after failed attempts; no longer retrying').map((e) => e['failed_attempts']),
+      [3],
+    );
     assert.equal(w.log.withMessage('publish complete: the files are on disk')[0]?.['duration_ms'], 7000);
     await w.close();
   });
@@ -926,7 +993,10 @@ describe('write retry through ManagedVolume', () => {
       ],
     );
     await w.clock.advance(2000);
-    assert.deepEqual(w.storage.attempts.map((a) => a.outcome), ['written', 'failed', 'failed', 'written']);
+    assert.deepEqual(
+      w.storage.attempts.map((a) => a.outcome),
+      ['written', 'failed', 'failed', 'written'],
+    );
     assert.equal(w.serialOnDisk(spec), svid(2).serialHex);
     assert.equal(await w.counter('volumeWriteFailures', { reason: 'EIO' }), 2);
     assert.deepEqual(w.clock.pendingDelays(), []);
@@ -945,7 +1015,12 @@ describe('write retry through ManagedVolume', () => {
     await settle();
     assert.deepEqual(w.clock.pendingDelays(), []);
     assert.equal(await w.writeFailing(), 0);
-    assert.deepEqual(w.log.withMessage('no longer retrying the failed write: the newest material from the SPIRE agent has nothing to write').map((e) => e['failed_attempts']), [1]);
+    assert.deepEqual(
+      w.log
+        .withMessage('no longer retrying the failed write: the newest material from the SPIRE agent has nothing to write')
+        .map((e) => e['failed_attempts']),
+      [1],
+    );
     assert.equal(w.serialOnDisk(spec), svid(0).serialHex);
     await w.close();
   });
@@ -971,9 +1046,15 @@ describe('max-volumes', () => {
     await settle();
     assert.equal(first.settled, false);
     assertFailedWith(second, status.RESOURCE_EXHAUSTED, exhausted(b, 0, 1, 1));
-    assert.deepEqual(w.store.written.map((r) => r.volumeId), [a.volumeId]);
+    assert.deepEqual(
+      w.store.written.map((r) => r.volumeId),
+      [a.volumeId],
+    );
     assert.deepEqual(w.storage.calls, [`prepare ${a.targetPath}`]);
-    assert.deepEqual(w.agent.svidCalls.map((call) => call.request?.selectors[2]?.value), [`pod-uid:${a.pod.uid}`]);
+    assert.deepEqual(
+      w.agent.svidCalls.map((call) => call.request?.selectors[2]?.value),
+      [`pod-uid:${a.pod.uid}`],
+    );
     w.sendBundle();
     w.sendSvids(a, svid(0));
     await settle();
@@ -1013,7 +1094,11 @@ describe('max-volumes', () => {
     const callD = w.publish(d);
     await settle();
     await w.clock.advance(PUBLISH_TIMEOUT_MS);
-    assertFailedWith(callD, status.DEADLINE_EXCEEDED, 'no SVID after 60s: the SPIRE agent has not sent an SVID for this pod yet (it may still be signing it)');
+    assertFailedWith(
+      callD,
+      status.DEADLINE_EXCEEDED,
+      'no SVID after 60s: the SPIRE agent has not sent an SVID for this pod yet (it may still be signing it)',
+    );
     const callB2 = w.publish(b);
     await settle();
     assert.equal(callB2.settled, false, 'the timed-out publish gave its place back');

@@ -100,7 +100,10 @@ describe('splitConcatenatedDer', () => {
   test('two and three real certificates (long-form lengths above 255 bytes)', () => {
     assert.ok(ca.certDer.length > 255 && ca.certDer[1] === 0x82);
     const two = splitConcatenatedDer(Buffer.concat([ca.certDer, intermediate.certDer]));
-    assert.deepEqual(two.map((b) => b.toString('hex')), [ca.certDer, intermediate.certDer].map((b) => b.toString('hex')));
+    assert.deepEqual(
+      two.map((b) => b.toString('hex')),
+      [ca.certDer, intermediate.certDer].map((b) => b.toString('hex')),
+    );
     const three = [svid.certDer, intermediate.certDer, ca.certDer];
     const split = splitConcatenatedDer(Buffer.concat(three));
     assert.equal(split.length, 3);
@@ -129,7 +132,10 @@ describe('splitConcatenatedDer', () => {
   });
 
   test('a truncated certificate is refused, never returned half', () => {
-    assert.throws(() => splitConcatenatedDer(ca.certDer.subarray(0, ca.certDer.length - 1)), /bundle is truncated: the structure at byte 0 runs past the end/);
+    assert.throws(
+      () => splitConcatenatedDer(ca.certDer.subarray(0, ca.certDer.length - 1)),
+      /bundle is truncated: the structure at byte 0 runs past the end/,
+    );
     const two = Buffer.concat([ca.certDer, intermediate.certDer]);
     assert.throws(() => splitConcatenatedDer(two.subarray(0, two.length - 10)), new RegExp(`truncated: the structure at byte ${ca.certDer.length}`));
   });
@@ -137,14 +143,20 @@ describe('splitConcatenatedDer', () => {
   test('a truncated header is refused', () => {
     assert.throws(() => splitConcatenatedDer(Buffer.from([0x30])), /bundle is truncated at byte 0/);
     assert.throws(() => splitConcatenatedDer(Buffer.from([0x30, 0x82, 0x01])), /bundle is truncated at byte 0/);
-    assert.throws(() => splitConcatenatedDer(Buffer.concat([ca.certDer, Buffer.from([0x30, 0x84, 0, 0])])), new RegExp(`truncated at byte ${ca.certDer.length}`));
+    assert.throws(
+      () => splitConcatenatedDer(Buffer.concat([ca.certDer, Buffer.from([0x30, 0x84, 0, 0])])),
+      new RegExp(`truncated at byte ${ca.certDer.length}`),
+    );
     assert.throws(() => splitConcatenatedDer(Buffer.from([0x30, 0x84, 0xff, 0xff, 0xff, 0xff])), /truncated/);
   });
 
   test('garbage is refused with the byte offset', () => {
     assert.throws(() => splitConcatenatedDer(Buffer.from('not a certificate')), /expected a SEQUENCE tag at byte 0/);
     assert.throws(() => splitConcatenatedDer(Buffer.from(derToPem(ca.certDer, 'CERTIFICATE'))), /expected a SEQUENCE tag at byte 0/);
-    assert.throws(() => splitConcatenatedDer(Buffer.concat([ca.certDer, Buffer.from([0x00])])), new RegExp(`expected a SEQUENCE tag at byte ${ca.certDer.length}`));
+    assert.throws(
+      () => splitConcatenatedDer(Buffer.concat([ca.certDer, Buffer.from([0x00])])),
+      new RegExp(`expected a SEQUENCE tag at byte ${ca.certDer.length}`),
+    );
     assert.throws(() => splitConcatenatedDer(Buffer.from([0x31, 0x00])), /expected a SEQUENCE tag/);
   });
 
@@ -380,12 +392,18 @@ describe('checkSvid refuses well-formed material that is not a valid SVID for th
 
   test('a leaf signed by a CA that is not in the bundle', async () => {
     const foreign = await mintSvid({ ca: await mintCa({ trustDomain: TD }), spiffeId: SPIFFE_ID });
-    assert.match(failure(checkSvid(material({ certChain: foreign.certChain, keyDer: foreign.keyPkcs8Der }))), /does not lead to a CA of the trust bundle of spiffe:\/\/example\.org/);
+    assert.match(
+      failure(checkSvid(material({ certChain: foreign.certChain, keyDer: foreign.keyPkcs8Der }))),
+      /does not lead to a CA of the trust bundle of spiffe:\/\/example\.org/,
+    );
   });
 
   test('an intermediate chain whose root is missing from the bundle, and a chain with a link that does not sign the one before', async () => {
     const leaf = await mintSvid({ ca: intermediate, spiffeId: SPIFFE_ID });
-    assert.match(failure(checkSvid(material({ certChain: leaf.certChain, keyDer: leaf.keyPkcs8Der, bundle: [other.certDer] }))), /does not lead to a CA/);
+    assert.match(
+      failure(checkSvid(material({ certChain: leaf.certChain, keyDer: leaf.keyPkcs8Der, bundle: [other.certDer] }))),
+      /does not lead to a CA/,
+    );
     const copies = [svid.certDer, svid.certDer, svid.certDer];
     assert.match(failure(checkSvid(material({ certChain: copies }))), /certificate 0 of the chain is not signed by certificate 1/);
   });

@@ -47,7 +47,11 @@ export function parseGoFlags<K extends string>(argv: readonly string[], specs: R
     const name = match[1] as string;
     if (name === 'h' || name === 'help') return { kind: 'help' };
     if (!Object.hasOwn(specs, name)) {
-      throw new UsageError(`unknown flag "${arg}"; this stand-in accepts only ${Object.keys(specs).map((n) => `--${n}`).join(', ')}`);
+      throw new UsageError(
+        `unknown flag "${arg}"; this stand-in accepts only ${Object.keys(specs)
+          .map((n) => `--${n}`)
+          .join(', ')}`,
+      );
     }
     let value = match[2];
     if (value === undefined) {
@@ -77,7 +81,7 @@ export function usageText(program: string, specs: Record<string, FlagSpec>): str
   return `Usage of ${program} (TypeScript stand-in):\n${lines.join('\n')}\n`;
 }
 
-const GO_DURATION_UNITS_MS: Record<string, number> = { ns: 1e-6, us: 1e-3, 'µs': 1e-3, 'μs': 1e-3, ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+const GO_DURATION_UNITS_MS: Record<string, number> = { ns: 1e-6, us: 1e-3, µs: 1e-3, μs: 1e-3, ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
 
 /**
  * Go's time.ParseDuration ("3s", "500ms", "1m30s"; a bare number only for "0")
@@ -232,7 +236,11 @@ export async function waitForConnection(client: grpc.Client, socketPath: string,
   }
 }
 
-type UnaryMethod = (request: object, options: grpc.CallOptions, callback: (err: grpc.ServiceError | null, response?: unknown) => void) => grpc.ClientUnaryCall;
+type UnaryMethod = (
+  request: object,
+  options: grpc.CallOptions,
+  callback: (err: grpc.ServiceError | null, response?: unknown) => void,
+) => grpc.ClientUnaryCall;
 
 /** One unary call on a client made from a loaded service; resolves with the decoded response. */
 export function callUnary(client: grpc.Client, method: string, request: object, options: grpc.CallOptions = {}): Promise<unknown> {

@@ -107,7 +107,12 @@ function readImage(file: string): { config: ImageConfig; files: Set<string> } {
     assert.equal(manifest.layers.length, 1);
     const config = JSON.parse(fs.readFileSync(blob(manifest.config.digest), 'utf8')) as ImageConfig;
     const listing = execFileSync('tar', ['-tf', blob(manifest.layers[0]?.digest ?? '')], { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
-    const files = new Set(listing.split('\n').filter((f) => f !== '' && !f.endsWith('/')).map((f) => f.replace(/^\.\//, '/')));
+    const files = new Set(
+      listing
+        .split('\n')
+        .filter((f) => f !== '' && !f.endsWith('/'))
+        .map((f) => f.replace(/^\.\//, '/')),
+    );
     return { config, files };
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
@@ -121,7 +126,7 @@ function filesUnder(root: string, dir: string): string[] {
     .map((entry) => path.relative(root, path.join(entry.parentPath, entry.name)));
 }
 
-test('image agreement: the cluster image has the Dockerfile runtime stage\'s user, working dir, entrypoint, env and files', () => {
+test("image agreement: the cluster image has the Dockerfile runtime stage's user, working dir, entrypoint, env and files", () => {
   assert.ok(fs.existsSync(archive), `${archive} is missing: e2e/cluster/images builds it`);
   const stage = runtimeStage(fs.readFileSync(path.join(repo, 'Dockerfile'), 'utf8'));
   const { config, files } = readImage(archive);
@@ -159,7 +164,11 @@ test('image agreement: the cluster image has the Dockerfile runtime stage\'s use
   for (const [name, entry] of Object.entries(lock.packages)) {
     if (!name.startsWith('node_modules/')) continue;
     const present = inImage(`${name}/package.json`);
-    const kind = entry.dev ? 'dev' : entry.optional ? `optional, for ${entry.os?.join('/') ?? 'any os'} ${entry.cpu?.join('/') ?? 'any cpu'}` : 'production';
+    const kind = entry.dev
+      ? 'dev'
+      : entry.optional
+        ? `optional, for ${entry.os?.join('/') ?? 'any os'} ${entry.cpu?.join('/') ?? 'any cpu'}`
+        : 'production';
     assert.equal(present, installedOn(entry, platform), `${name} (${kind}) ${present ? 'is' : 'is not'} in the image`);
   }
   // koffi's native binary for the image's platform, which the state directory lock (flock(2)) needs.

@@ -24,7 +24,10 @@ test('install: the driver DaemonSet is Ready with its three containers', async (
   assert.equal(pods.items.length, 1, 'one driver pod on the single node');
   const containers = pods.items[0]?.status.containerStatuses ?? [];
   assert.deepEqual(containers.map((c) => c.name).sort(), ['driver', 'livenessprobe', 'node-driver-registrar']);
-  assert.ok(containers.every((c) => c.ready), `every container ready: ${JSON.stringify(containers)}`);
+  assert.ok(
+    containers.every((c) => c.ready),
+    `every container ready: ${JSON.stringify(containers)}`,
+  );
 });
 
 test('install: the registrar registered csi.spire.io with kubelet (CSINode lists it)', async () => {
@@ -159,7 +162,10 @@ test("install: Pod Security — the driver's pod is refused where baseline is en
   const refused = await kubectl(['create', '--dry-run=server', '-f', '-'], { input: podIn('psa-baseline') });
   assert.notEqual(refused.code, 0, 'baseline refuses the driver pod');
   assert.match(refused.stderr, /violates PodSecurity "baseline:latest"/);
-  assert.match(refused.stderr, /hostPath volumes \(volumes "plugin-dir", "registration-dir", "pods-dir", "state-dir", "spire-agent-admin-socket-dir"\)/);
+  assert.match(
+    refused.stderr,
+    /hostPath volumes \(volumes "plugin-dir", "registration-dir", "pods-dir", "state-dir", "spire-agent-admin-socket-dir"\)/,
+  );
   assert.match(refused.stderr, /privileged \(container "driver" must not set securityContext\.privileged=true\)/);
   const admitted = await kubectl(['create', '--dry-run=server', '-f', '-'], { input: podIn(DRIVER_NAMESPACE) });
   assert.equal(admitted.code, 0, `the namespace labelled as the docs say admits it: ${admitted.stderr}`);

@@ -7,16 +7,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { apply, describePod, exec, execResult, kubectlOk, waitFor, waitPodReady } from '../kube.js';
-import {
-  TRUST_DOMAIN,
-  clusterSpiffeId,
-  deletePod,
-  ensureNamespace,
-  keyMatchesLeaf,
-  readVolumeInPod,
-  uriSans,
-  workloadPod,
-} from '../fixtures.js';
+import { TRUST_DOMAIN, clusterSpiffeId, deletePod, ensureNamespace, keyMatchesLeaf, readVolumeInPod, uriSans, workloadPod } from '../fixtures.js';
 
 const NS = 'identity';
 
@@ -101,10 +92,13 @@ test('identity: a rotation is visible inside the running pod; certificate and ke
     serials.add(view.leaf.serialNumber);
     await sleep(500);
   }
-  assert.ok(serials.size >= 3, `two rotations within 90s of a 40s SVID (saw serials ${[...serials].join(', ')} in ${reads} reads)\n${await describePod(NS, 'rotating-1')}`);
+  assert.ok(
+    serials.size >= 3,
+    `two rotations within 90s of a 40s SVID (saw serials ${[...serials].join(', ')} in ${reads} reads)\n${await describePod(NS, 'rotating-1')}`,
+  );
 });
 
-test('identity: two pods do mutual TLS using only their mounted files and check each other\'s SPIFFE ID', async () => {
+test("identity: two pods do mutual TLS using only their mounted files and check each other's SPIFFE ID", async () => {
   const backendId = `spiffe://${TRUST_DOMAIN}/ns/${NS}/sa/backend`;
   const frontendId = `spiffe://${TRUST_DOMAIN}/ns/${NS}/sa/frontend`;
   await apply(
@@ -138,7 +132,9 @@ test('identity: two pods do mutual TLS using only their mounted files and check 
 });
 
 test('identity: a non-root pod with an fsGroup reads its key; one without an fsGroup cannot (as documented)', async () => {
-  await apply(workloadPod({ namespace: NS, name: 'nonroot-fsgroup', serviceAccount: 'app', labels: { app: 'identity' }, runAsUser: 1000, fsGroup: 2000 }));
+  await apply(
+    workloadPod({ namespace: NS, name: 'nonroot-fsgroup', serviceAccount: 'app', labels: { app: 'identity' }, runAsUser: 1000, fsGroup: 2000 }),
+  );
   await apply(workloadPod({ namespace: NS, name: 'nonroot-plain', serviceAccount: 'app', labels: { app: 'identity' }, runAsUser: 1000 }));
   await waitPodReady(NS, 'nonroot-fsgroup');
   await waitPodReady(NS, 'nonroot-plain');

@@ -51,25 +51,40 @@ async function startPod(name: string): Promise<string> {
 
 /** Waits until the pod's certificate has another serial than `serial`, and checks the pair. */
 async function waitForRotation(pod: string, serial: string, why: string): Promise<string> {
-  return waitFor(`a rotation in ${NS}/${pod} ${why}`, 90_000, async () => {
-    const view = await readVolumeInPod(NS, pod);
-    assert.ok(keyMatchesLeaf(view), `${pod}: key does not match certificate ${view.leaf.serialNumber}`);
-    return view.leaf.serialNumber !== serial ? view.leaf.serialNumber : undefined;
-  }, undefined, 1000);
+  return waitFor(
+    `a rotation in ${NS}/${pod} ${why}`,
+    90_000,
+    async () => {
+      const view = await readVolumeInPod(NS, pod);
+      assert.ok(keyMatchesLeaf(view), `${pod}: key does not match certificate ${view.leaf.serialNumber}`);
+      return view.leaf.serialNumber !== serial ? view.leaf.serialNumber : undefined;
+    },
+    undefined,
+    1000,
+  );
 }
 
 test('lifecycle: deleting the pod unpublishes the volume and leaves nothing of it on the node', async () => {
   const uid = await startPod('short-lived');
   const [record] = await recordsOfPod(uid);
   assert.ok(record, 'the driver keeps a metadata record while the volume is published');
-  assert.ok((await mountsUnderPod(uid)).some((m) => m.startsWith(podVolumeDir(uid))), "the volume's tmpfs is mounted");
+  assert.ok(
+    (await mountsUnderPod(uid)).some((m) => m.startsWith(podVolumeDir(uid))),
+    "the volume's tmpfs is mounted",
+  );
 
   await deletePod(NS, 'short-lived');
   await waitPodGone(NS, 'short-lived');
-  await waitFor('the volume to be gone from the node', 60_000, async () => {
-    const mounts = (await mountsUnderPod(uid)).filter((m) => m.startsWith(podVolumeDir(uid)));
-    return mounts.length === 0 && !fs.existsSync(podVolumeDir(uid)) && (await recordsOfPod(uid)).length === 0 ? true : undefined;
-  }, async () => `mounts: ${JSON.stringify(await mountsUnderPod(uid))}, dir exists: ${fs.existsSync(podVolumeDir(uid))}, records: ${JSON.stringify(await recordsOfPod(uid))}`);
+  await waitFor(
+    'the volume to be gone from the node',
+    60_000,
+    async () => {
+      const mounts = (await mountsUnderPod(uid)).filter((m) => m.startsWith(podVolumeDir(uid)));
+      return mounts.length === 0 && !fs.existsSync(podVolumeDir(uid)) && (await recordsOfPod(uid)).length === 0 ? true : undefined;
+    },
+    async () =>
+      `mounts: ${JSON.stringify(await mountsUnderPod(uid))}, dir exists: ${fs.existsSync(podVolumeDir(uid))}, records: ${JSON.stringify(await recordsOfPod(uid))}`,
+  );
   // NodeUnpublishVolume ran: the driver closed the volume's agent stream and logged it.
   const unpublished = (await driverLogs()).filter((line) => line['msg'] === 'volume unpublished' && line['volume_id'] === record.volumeId);
   assert.equal(unpublished.length, 1, `one "volume unpublished" log line for ${record.volumeId}`);

@@ -85,7 +85,7 @@ test("upgrade: the docs' commands for an existing SPIRE release add the driver's
   // The docs' command without the values file at hand: --reuse-values plus the three keys, the installed version.
   agentUids = await agentPodUids();
   runDocsBlock('or, without that file at hand, keep the release');
-  await waitAgentRolled(agentUids, 'after the docs\' --reuse-values upgrade (checksum/config)');
+  await waitAgentRolled(agentUids, "after the docs' --reuse-values upgrade (checksum/config)");
   const afterReuse = spireRelease();
   assert.equal(afterReuse.chart, installed.chart, 'the chart version stays the one installed');
   const values = spireValues();

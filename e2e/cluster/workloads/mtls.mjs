@@ -45,19 +45,16 @@ function peerIdOf(socket) {
 }
 
 if (mode === 'server') {
-  const server = tls.createServer(
-    { ...credentials(), requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.2' },
-    (socket) => {
-      const id = peerIdOf(socket);
-      if (id !== peerId) {
-        console.error(`refused client ${id}: expected ${peerId}`);
-        socket.end(`refused: you are ${id}\n`);
-        return;
-      }
-      console.log(`accepted ${id}`);
-      socket.end(`hello ${id} from ${ownId()}\n`);
-    },
-  );
+  const server = tls.createServer({ ...credentials(), requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.2' }, (socket) => {
+    const id = peerIdOf(socket);
+    if (id !== peerId) {
+      console.error(`refused client ${id}: expected ${peerId}`);
+      socket.end(`refused: you are ${id}\n`);
+      return;
+    }
+    console.log(`accepted ${id}`);
+    socket.end(`hello ${id} from ${ownId()}\n`);
+  });
   // New files for every handshake: a rotated SVID is served at once.
   server.on('secureConnection', () => server.setSecureContext(credentials()));
   server.on('tlsClientError', (err) => console.error(`handshake failed: ${err.message}`));

@@ -183,7 +183,11 @@ export class EntryStore {
     const previous = this.federatedBundles.get(td);
     if (previous && Buffer.concat(previous).equals(Buffer.concat(certDers))) return false;
     if (certDers.length === 0) this.federatedBundles.delete(td);
-    else this.federatedBundles.set(td, certDers.map((der) => Buffer.from(der)));
+    else
+      this.federatedBundles.set(
+        td,
+        certDers.map((der) => Buffer.from(der)),
+      );
     return true;
   }
 

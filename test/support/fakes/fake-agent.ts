@@ -155,7 +155,9 @@ export class FakeTrustDomain {
 
   /** The bundle stream's response: this trust domain's CA (plus `extraCas`), and `others`' bundles. */
   bundleResponse(options: { extraCas?: Buffer[]; others?: FakeTrustDomain[] } = {}): SubscribeToX509BundlesResponse {
-    const response: SubscribeToX509BundlesResponse = { ca_certificates: { [this.id]: Buffer.concat([this.ca.certDer, ...(options.extraCas ?? [])]) } };
+    const response: SubscribeToX509BundlesResponse = {
+      ca_certificates: { [this.id]: Buffer.concat([this.ca.certDer, ...(options.extraCas ?? [])]) },
+    };
     for (const other of options.others ?? []) response.ca_certificates[other.id] = other.ca.certDer;
     return response;
   }
