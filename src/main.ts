@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 /** Entry point: parse the configuration, start the driver, stop cleanly on SIGTERM/SIGINT. */
 import { ConfigError, helpText, parseCommandLine } from './config.js';
+import { errorMessage } from './errors.js';
 import { startDriver } from './driver.js';
 import { createLogger } from './observability/logger.js';
 import { DRIVER_VERSION } from './version.js';
@@ -30,7 +31,7 @@ async function main(): Promise<number> {
   try {
     driver = await startDriver(config, { logger });
   } catch (err) {
-    logger.fatal({ err }, 'spire-csi-driver failed to start');
+    logger.fatal({ err: errorMessage(err) }, 'spire-csi-driver failed to start');
     logger.flush();
     return 1;
   }
@@ -40,7 +41,7 @@ async function main(): Promise<number> {
       logger.info({ signal }, 'stopping');
       running
         .stop()
-        .catch((err: unknown) => logger.error({ err }, 'error while stopping'))
+        .catch((err: unknown) => logger.error({ err: errorMessage(err) }, 'error while stopping'))
         .finally(resolve);
     };
     process.once('SIGTERM', onSignal);

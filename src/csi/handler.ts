@@ -9,7 +9,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { DriverError, errorMessage } from '../errors.js';
-import type { Logger } from '../observability/logger.js';
+import type { LogFields, Logger } from '../observability/logger.js';
 import { POD_INFO_KEYS } from '../volumes/pod-binding.js';
 
 export type UnaryImplementation<Request, Response> = (request: Request, call: grpc.ServerUnaryCall<Request, Response>) => Promise<Response>;
@@ -34,7 +34,7 @@ export function unaryHandler<Request, Response>(
         // the message in a pod event, but the node's logs must say it too.
         // INTERNAL is a fault of ours or of the node; every other code names
         // something the caller or the cluster must change, or is transient.
-        const fields = {
+        const fields: LogFields = {
           method,
           code: grpc.status[driverError.code] ?? String(driverError.code),
           ...describeRequest(call.request),
@@ -55,16 +55,16 @@ export function unaryHandler<Request, Response>(
  * and the pod kubelet names in volume_context. Nothing else is read from it,
  * so secrets and service-account tokens can never reach the log line.
  */
-function describeRequest(request: unknown): Record<string, string> {
+function describeRequest(request: unknown): Pick<LogFields, 'volume_id' | 'target_path' | 'pod'> {
   if (typeof request !== 'object' || request === null) return {};
-  const fields: Record<string, string> = {};
+  const fields: Pick<LogFields, 'volume_id' | 'target_path' | 'pod'> = {};
   const { volume_id: volumeId, target_path: targetPath, volume_context: context } = request as Record<string, unknown>;
-  if (typeof volumeId === 'string' && volumeId !== '') fields['volume_id'] = volumeId.slice(0, 200);
-  if (typeof targetPath === 'string' && targetPath !== '') fields['target_path'] = targetPath.slice(0, 500);
+  if (typeof volumeId === 'string' && volumeId !== '') fields.volume_id = volumeId.slice(0, 200);
+  if (typeof targetPath === 'string' && targetPath !== '') fields.target_path = targetPath.slice(0, 500);
   if (typeof context === 'object' && context !== null) {
     const namespace = (context as Record<string, unknown>)[POD_INFO_KEYS.namespace];
     const name = (context as Record<string, unknown>)[POD_INFO_KEYS.name];
-    if (typeof namespace === 'string' && typeof name === 'string') fields['pod'] = `${namespace}/${name}`.slice(0, 400);
+    if (typeof namespace === 'string' && typeof name === 'string') fields.pod = `${namespace}/${name}`.slice(0, 400);
   }
   return fields;
 }

@@ -16,7 +16,7 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Logger } from '../observability/logger.js';
+import type { LogFields, Logger } from '../observability/logger.js';
 import { LOCK_EX, LOCK_NB, loadLibc as defaultLoadLibc, type Libc } from './libc.js';
 
 export const LOCK_FILE_NAME = 'driver.lock';
@@ -226,7 +226,7 @@ export function describeHolder(holder: LockHolder): string {
 }
 
 function logWaiting(logger: Logger, lockPath: string, holder: LockHolder, waitedMs: number | undefined): void {
-  const fields = {
+  const fields: LogFields = {
     lock_path: lockPath,
     holder_pid: holder.pid,
     holder_hostname: holder.hostname,

@@ -1,13 +1,89 @@
 /**
- * Structured JSON logs (pino) with stable keys: volume_id, pod, spiffe_id,
- * target_path, selectors, err. Private keys and service-account tokens must
- * never reach a log line (docs/design.md invariant 8): the code never logs them, and
- * these redaction paths catch the shapes they arrive in should a request or a
- * response object be logged by mistake.
+ * Structured JSON logs (pino) with stable keys. Every key a line may carry is
+ * declared once in LogFields below, and the Logger type only accepts those, so
+ * the compiler refuses a misspelt or new key until it is added here. `err` is
+ * always the error's message (errorMessage), never the error object.
+ *
+ * Private keys and service-account tokens must never reach a log line
+ * (docs/design.md invariant 8): the code never logs them, and the redaction
+ * paths below catch the shapes they arrive in should a request or a response
+ * object be logged by mistake.
  */
-import pino, { type DestinationStream, type Logger } from 'pino';
+import pino, { type DestinationStream } from 'pino';
 
-export type { Logger } from 'pino';
+/** The keys of our log lines, besides pino's level, time and msg. */
+export interface LogFields {
+  // What the line is about.
+  volume_id?: string;
+  pod?: string;
+  target_path?: string;
+  published_at?: string;
+  spiffe_id?: string;
+  serial?: string;
+  expires_at?: string;
+  version?: string;
+  selectors?: string;
+  trust_domain?: string;
+  trust_domains?: string[];
+  // The driver itself (the start-up line).
+  driver?: string;
+  node?: string;
+  state_dir_lock?: string;
+  signal?: string;
+  directory?: string;
+  // A gRPC call (handler.ts) or an agent stream.
+  method?: string;
+  stream?: string;
+  code?: string | number;
+  // Why it failed: the error's message, and other reasons in words.
+  err?: string;
+  reason?: string;
+  // Durations and counts.
+  duration_ms?: number;
+  waited_ms?: number;
+  waited_for_files_ms?: number;
+  retry_in_ms?: number;
+  attempt?: number;
+  failed_attempts?: number;
+  volumes?: number;
+  quarantined?: number;
+  newer_format?: number;
+  svids?: number;
+  max_volumes?: number;
+  // Files and places.
+  file?: string;
+  quarantined_to?: string;
+  record_version?: number;
+  supported_version?: number;
+  lock_path?: string;
+  holder_pid?: number;
+  holder_hostname?: string;
+  holder_started_at?: string;
+  waited_s?: number;
+  socket?: string;
+  endpoint?: string;
+  agent_admin_socket?: string;
+  known_in_state_dir?: boolean;
+  tmpfs?: boolean;
+}
+
+/**
+ * What the code may call. pino's logger satisfies it; object arguments are
+ * checked against LogFields (excess-property checks catch unknown keys).
+ */
+export interface Logger {
+  debug(fields: LogFields, message: string): void;
+  debug(message: string): void;
+  info(fields: LogFields, message: string): void;
+  info(message: string): void;
+  warn(fields: LogFields, message: string): void;
+  warn(message: string): void;
+  error(fields: LogFields, message: string): void;
+  error(message: string): void;
+  fatal(fields: LogFields, message: string): void;
+  child(bindings: LogFields): Logger;
+  flush(): void;
+}
 
 export const REDACTED_PATHS = [
   'x509_svid_key',

@@ -14,6 +14,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { watch, type FSWatcher } from 'chokidar';
+import { errorMessage } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import {
   delegatedIdentityService,
@@ -114,7 +115,7 @@ export class AgentConnection extends EventEmitter implements AgentStreamConnecti
       fs.mkdirSync(directory, { recursive: true, mode: 0o755 });
     } catch (err) {
       this.options.logger.warn(
-        { directory, err: (err as Error).message },
+        { directory, err: errorMessage(err) },
         'the SPIRE agent socket directory does not exist and cannot be created; reconnects rely on backoff alone',
       );
       return;
@@ -133,7 +134,10 @@ export class AgentConnection extends EventEmitter implements AgentStreamConnecti
     watcher.on('add', onSocketEvent);
     watcher.on('change', onSocketEvent);
     watcher.on('error', (err) => {
-      this.options.logger.warn({ err, directory }, 'watching the SPIRE agent socket directory failed; reconnects rely on backoff alone');
+      this.options.logger.warn(
+        { err: errorMessage(err), directory },
+        'watching the SPIRE agent socket directory failed; reconnects rely on backoff alone',
+      );
     });
     await new Promise<void>((resolve) => watcher.once('ready', () => resolve()));
   }

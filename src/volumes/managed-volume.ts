@@ -11,7 +11,7 @@
 import { status } from '@grpc/grpc-js';
 import { AtomicWriter, type FileSpec, type WriteOptions, type WriteResult } from '../fs/atomic-writer.js';
 import { DriverError, errorMessage } from '../errors.js';
-import type { Logger } from '../observability/logger.js';
+import type { LogFields, Logger } from '../observability/logger.js';
 import type { DriverMetrics } from '../observability/metrics.js';
 import type { AgentStreamConnection } from '../spire/agent-connection.js';
 import { describeStreamFailure, isConfigurationFailure, type StreamFailure } from '../spire/agent-errors.js';
@@ -322,7 +322,7 @@ export class ManagedVolume {
     this.problem =
       `writing the SVID files into ${this.record.targetPath} is failing (${attempt} failed ${attempt === 1 ? 'attempt' : 'attempts'}, ` +
       `last: ${errorMessage(err)}); the driver keeps retrying with backoff`;
-    const fields = { spiffe_id: svid.spiffeId, err: errorMessage(err), code, attempt, retry_in_ms: delayMs };
+    const fields: LogFields = { spiffe_id: svid.spiffeId, err: errorMessage(err), code, attempt, retry_in_ms: delayMs };
     if (attempt === 1) this.logger.error(fields, 'writing the SVID files failed; retrying with backoff until they are written');
     else this.logger.warn(fields, 'writing the SVID files failed again; retrying');
   }
