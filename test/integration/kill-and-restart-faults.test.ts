@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs/promises';
 import { afterEach, describe, it } from 'node:test';
 import { Harness, eventually, runningAsRoot, sleep } from '../support/driver-harness.js';
-import type { PublishedVolume } from '../support/kubelet-simulator.js';
+import { publishSome, type LiveVolume } from '../support/live-volumes.js';
 import { PairReader } from '../support/pair-reader.js';
 import { assertValidSvidVolume, readVolume } from '../support/volume-assertions.js';
 
@@ -20,23 +20,6 @@ afterEach(async () => {
   await h?.close();
   h = undefined;
 });
-
-interface LiveVolume {
-  volume: PublishedVolume;
-  entryId: string;
-  spiffeId: string;
-}
-
-async function publishSome(harness: Harness, count: number): Promise<LiveVolume[]> {
-  const live: LiveVolume[] = [];
-  for (let i = 0; i < count; i++) {
-    const pod = harness.kubelet.createPod({ name: `pod-${i}` });
-    const spiffeId = `spiffe://example.org/workload-${i}`;
-    const entryId = await harness.agent.addEntry({ spiffeId, selectors: [`k8s:pod-uid:${pod.uid}`] });
-    live.push({ volume: await harness.kubelet.publish(pod), entryId, spiffeId });
-  }
-  return live;
-}
 
 /** Small seeded PRNG (mulberry32), so a failing sequence of kill points can be replayed from the printed seed. */
 function seededRandom(seed: number): () => number {

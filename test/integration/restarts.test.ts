@@ -8,8 +8,8 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, describe, it } from 'node:test';
 import { isMountPoint } from '../../src/fs/mountinfo.js';
-import { Harness, eventually, runningAsRoot, sleep } from '../support/driver-harness.js';
-import type { PublishedVolume } from '../support/kubelet-simulator.js';
+import { Harness, runningAsRoot, sleep } from '../support/driver-harness.js';
+import { assertRotates, publishSome, type LiveVolume } from '../support/live-volumes.js';
 import { assertValidSvidVolume, pathExists, readVolume } from '../support/volume-assertions.js';
 
 let h: Harness | undefined;
@@ -17,34 +17,6 @@ afterEach(async () => {
   await h?.close();
   h = undefined;
 });
-
-interface LiveVolume {
-  volume: PublishedVolume;
-  entryId: string;
-  spiffeId: string;
-}
-
-async function publishSome(harness: Harness, count: number): Promise<LiveVolume[]> {
-  const live: LiveVolume[] = [];
-  for (let i = 0; i < count; i++) {
-    const pod = harness.kubelet.createPod({ name: `pod-${i}` });
-    const spiffeId = `spiffe://example.org/workload-${i}`;
-    const entryId = await harness.agent.addEntry({ spiffeId, selectors: [`k8s:pod-uid:${pod.uid}`] });
-    live.push({ volume: await harness.kubelet.publish(pod), entryId, spiffeId });
-  }
-  return live;
-}
-
-async function assertRotates(harness: Harness, live: LiveVolume[]): Promise<void> {
-  const before = await Promise.all(live.map((v) => readVolume(v.volume.targetPath)));
-  await harness.agent.rotateSvids();
-  await Promise.all(
-    live.map((v, i) =>
-      eventually(`rotation of ${v.spiffeId}`, async () => (await readVolume(v.volume.targetPath)).leaf.serialNumber !== before[i]?.leaf.serialNumber),
-    ),
-  );
-  for (const v of live) await assertValidSvidVolume(v.volume.targetPath, v.spiffeId);
-}
 
 describe('restarts', () => {
   it('survives an agent restart: files stay while it is down, streams come back at once, rotation continues', async () => {

@@ -13,6 +13,7 @@ import { afterEach, describe, it } from 'node:test';
 import { findMount, isMountPoint } from '../../src/fs/mountinfo.js';
 import { Harness, eventually, runningAsRoot } from '../support/driver-harness.js';
 import type { PublishedVolume } from '../support/kubelet-simulator.js';
+import { publishOne } from '../support/live-volumes.js';
 import { assertValidSvidVolume, pathExists, readVolume } from '../support/volume-assertions.js';
 
 const execFileAsync = promisify(execFile);
@@ -22,18 +23,6 @@ afterEach(async () => {
   await h?.close();
   h = undefined;
 });
-
-interface Published {
-  volume: PublishedVolume;
-  spiffeId: string;
-}
-
-async function publishOne(harness: Harness, name: string): Promise<Published> {
-  const pod = harness.kubelet.createPod({ name });
-  const spiffeId = `spiffe://example.org/${name}`;
-  await harness.agent.addEntry({ spiffeId, selectors: [`k8s:pod-uid:${pod.uid}`] });
-  return { volume: await harness.kubelet.publish(pod), spiffeId };
-}
 
 function recordPath(harness: Harness, volume: PublishedVolume): string {
   return path.join(harness.config.stateDir, 'volumes', `${volume.volumeId}.json`);

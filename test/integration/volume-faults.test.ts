@@ -15,7 +15,8 @@ import { status } from '@grpc/grpc-js';
 import { afterEach, describe, it } from 'node:test';
 import { findMount } from '../../src/fs/mountinfo.js';
 import { Harness, eventually, runningAsRoot, sleep } from '../support/driver-harness.js';
-import { isServiceError, type PublishedVolume } from '../support/kubelet-simulator.js';
+import { isServiceError } from '../support/kubelet-simulator.js';
+import { assertRotates, publishOne } from '../support/live-volumes.js';
 import { assertValidSvidVolume, pathExists, readVolume } from '../support/volume-assertions.js';
 
 const execFileAsync = promisify(execFile);
@@ -25,26 +26,6 @@ afterEach(async () => {
   await h?.close();
   h = undefined;
 });
-
-interface Published {
-  volume: PublishedVolume;
-  entryId: string;
-  spiffeId: string;
-}
-
-async function publishOne(harness: Harness, name: string): Promise<Published> {
-  const pod = harness.kubelet.createPod({ name });
-  const spiffeId = `spiffe://example.org/${name}`;
-  const entryId = await harness.agent.addEntry({ spiffeId, selectors: [`k8s:pod-uid:${pod.uid}`] });
-  return { volume: await harness.kubelet.publish(pod), entryId, spiffeId };
-}
-
-async function assertRotates(harness: Harness, v: Published): Promise<void> {
-  const before = await readVolume(v.volume.targetPath);
-  await harness.agent.rotateSvids(v.entryId);
-  await eventually(`rotation of ${v.spiffeId}`, async () => (await readVolume(v.volume.targetPath)).leaf.serialNumber !== before.leaf.serialNumber);
-  await assertValidSvidVolume(v.volume.targetPath, v.spiffeId);
-}
 
 describe('filesystem faults', () => {
   it('a read-only state directory fails new publishes with what to fix, leaves nothing, keeps the live volumes rotating, and recovers', async (t) => {
@@ -75,7 +56,7 @@ describe('filesystem faults', () => {
     assert.equal(await findMount(blocked.targetPath), undefined, 'nothing mounted for the refused publish');
     assert.equal(await pathExists(blocked.targetPath), false, 'no target directory left');
     assert.equal(h.driver?.volumes.volumeCount, 1);
-    await assertRotates(h, live);
+    await assertRotates(h, [live]);
 
     await execFileAsync('umount', [volumesDir]);
     readOnly = false;
@@ -159,7 +140,7 @@ describe('filesystem faults', () => {
     await h.agent.rotateSvids(removed.entryId);
     await eventually('the failed write is logged', () => /writing the SVID files failed/.test(h?.logs.text() ?? ''));
     assert.equal(await pathExists(removed.volume.targetPath), false, 'the driver never recreates a directory kubelet owns');
-    await assertRotates(h, other);
+    await assertRotates(h, [other]);
     assert.ok(await h.kubelet.probeReady(), 'the driver still answers');
 
     await h.kubelet.unpublish(removed.volume);
@@ -179,7 +160,7 @@ describe('filesystem faults', () => {
     await h.startDriver();
     await sleep(200);
     assert.equal((await readVolume(v.volume.targetPath)).version, before.version, 'the visible files still come from the complete version');
-    await assertRotates(h, v);
+    await assertRotates(h, [v]);
     assert.equal(await pathExists(leftover), false, 'the next write removed the crash leftover');
     await h.kubelet.unpublish(v.volume);
   });
