@@ -3,9 +3,12 @@
  * process, which is pointed at a real SPIRE agent.
  *
  * A node-only driver needs three things (docs/design.md fact F15):
- *  - `--ginkgo.skip='Controller Server|should remove target path'`: the
- *    controller suites call Controller RPCs unconditionally, and "should
- *    remove target path" calls CreateVolume.
+ *  - `--ginkgo.skip='Controller Server|should remove target path|should fail
+ *    when volume does not exist on the specified path'`: the controller suites
+ *    call Controller RPCs unconditionally, and "should remove target path" and
+ *    NodeGetVolumeStats' "does not exist on the specified path" call
+ *    CreateVolume. (That case, NOT_FOUND for a live volume asked about at
+ *    another path, is covered by test/integration/volume-health.test.ts.)
  *  - A controller endpoint, although the driver advertises no
  *    CONTROLLER_SERVICE: in v5.4.0 the Node Service BeforeEach calls
  *    `isControllerCapabilitySupported(EXPAND_VOLUME)` unconditionally
@@ -20,7 +23,9 @@
  *  - `--csi.mountdir`/`--csi.stagingdir` that do not exist yet: csi-sanity
  *    os.Mkdir()s them before each spec.
  *
- * With that, exactly 10 specs apply (3 Identity + 7 Node) and must pass.
+ * With that, exactly 13 specs apply (3 Identity + 10 Node: the driver
+ * advertises GET_VOLUME_STATS, so three NodeGetVolumeStats specs run) and must
+ * pass.
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -41,6 +46,9 @@ const EXPECTED_SPECS = [
   'Node Service NodePublishVolume should fail when no volume capability is provided',
   'Node Service NodeUnpublishVolume should fail when no volume id is provided',
   'Node Service NodeUnpublishVolume should fail when no target path is provided',
+  'Node Service NodeGetVolumeStats should fail when no volume id is provided',
+  'Node Service NodeGetVolumeStats should fail when no volume path is provided',
+  'Node Service NodeGetVolumeStats should fail when volume is not found',
 ].sort();
 
 const raw = (buffer: Buffer): Buffer => buffer;
@@ -133,7 +141,7 @@ describe('csi-sanity', () => {
           // Must not exist: csi-sanity os.Mkdir()s them before each spec.
           `--csi.mountdir=${path.join(dir, 'mount')}`,
           `--csi.stagingdir=${path.join(dir, 'staging')}`,
-          '--ginkgo.skip=Controller Server|should remove target path',
+          '--ginkgo.skip=Controller Server|should remove target path|should fail when volume does not exist on the specified path',
           '--ginkgo.no-color',
           `--ginkgo.json-report=${report}`,
         ];

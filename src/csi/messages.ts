@@ -47,6 +47,24 @@ export interface NodeUnpublishVolumeRequest {
   target_path: string;
 }
 
+export interface NodeGetVolumeStatsRequest {
+  volume_id: string;
+  volume_path: string;
+  staging_target_path: string;
+}
+
+export interface VolumeUsage {
+  unit: 'UNKNOWN' | 'BYTES' | 'INODES';
+  total: number;
+  used: number;
+  available: number;
+}
+
+export interface NodeGetVolumeStatsResponse {
+  usage: VolumeUsage[];
+  volume_condition: { abnormal: boolean; message: string };
+}
+
 export const CSI_IDENTITY_SERVICE_NAME = 'csi.v1.Identity';
 export const CSI_NODE_SERVICE_NAME = 'csi.v1.Node';
 

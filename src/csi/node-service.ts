@@ -2,13 +2,20 @@
  * csi.v1.Node: validate, hand over to the VolumeManager, map errors. Methods
  * not listed here are answered UNIMPLEMENTED by grpc-js.
  */
+import fs from 'node:fs/promises';
 import * as grpc from '@grpc/grpc-js';
-import { invalidArgument } from '../errors.js';
+import { DriverError, errorMessage, invalidArgument } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { DriverMetrics } from '../observability/metrics.js';
 import type { VolumeManager } from '../volumes/volume-manager.js';
 import { callSignal, unaryHandler } from './handler.js';
-import type { NodePublishVolumeRequest, NodeUnpublishVolumeRequest } from './messages.js';
+import type {
+  NodeGetVolumeStatsRequest,
+  NodeGetVolumeStatsResponse,
+  NodePublishVolumeRequest,
+  NodeUnpublishVolumeRequest,
+  VolumeUsage,
+} from './messages.js';
 import { parsePublishRequest } from './publish-request.js';
 
 export interface NodeServiceOptions {
@@ -35,9 +42,23 @@ export function nodeService(options: NodeServiceOptions): grpc.UntypedServiceImp
 
     // VOLUME_MOUNT_GROUP: kubelet hands us the pod's fsGroup instead of
     // chowning the read-only volume itself, which it would not do anyway.
+    // GET_VOLUME_STATS and VOLUME_CONDITION: kubelet's volume stats collector
+    // calls NodeGetVolumeStats for mounted volumes (usage goes into its stats
+    // summary; the condition too with the CSIVolumeHealth feature gate), and the
+    // same condition feeds spire_csi_volumes_abnormal, so an SVID that stopped
+    // rotating is visible before it expires.
     NodeGetCapabilities: unaryHandler('NodeGetCapabilities', logger, async () => ({
-      capabilities: [{ rpc: { type: 'VOLUME_MOUNT_GROUP' } }],
+      capabilities: [{ rpc: { type: 'GET_VOLUME_STATS' } }, { rpc: { type: 'VOLUME_CONDITION' } }, { rpc: { type: 'VOLUME_MOUNT_GROUP' } }],
     })),
+
+    // CSI spec v1.12.0 NodeGetVolumeStats: INVALID_ARGUMENT without volume_id or
+    // volume_path; NOT_FOUND for an unknown volume or a path it is not published at.
+    NodeGetVolumeStats: unaryHandler<NodeGetVolumeStatsRequest, NodeGetVolumeStatsResponse>('NodeGetVolumeStats', logger, async (request) => {
+      if (!request.volume_id) throw invalidArgument('volume_id is required');
+      if (!request.volume_path) throw invalidArgument('volume_path is required');
+      const volume = volumes.liveVolume(request.volume_id, request.volume_path);
+      return { usage: await volumeUsage(volume.record.targetPath), volume_condition: volume.health() };
+    }),
 
     NodePublishVolume: unaryHandler<NodePublishVolumeRequest, Record<string, never>>(
       'NodePublishVolume',
@@ -67,4 +88,27 @@ export function nodeService(options: NodeServiceOptions): grpc.UntypedServiceImp
       (code) => metrics.unpublishTotal.inc({ result: codeName(code) }),
     ),
   };
+}
+
+/**
+ * Bytes and inodes of the volume's filesystem (its own tmpfs on a node, so the
+ * numbers are the volume's alone). The path was checked to be the volume's,
+ * a directory the driver made; a statfs failure there means the mount is gone.
+ */
+async function volumeUsage(targetPath: string): Promise<VolumeUsage[]> {
+  let stats: Awaited<ReturnType<typeof fs.statfs>>;
+  try {
+    stats = await fs.statfs(targetPath);
+  } catch (err) {
+    throw new DriverError(grpc.status.NOT_FOUND, `cannot read the usage of ${targetPath}: ${errorMessage(err)}`);
+  }
+  return [
+    {
+      unit: 'BYTES',
+      total: stats.blocks * stats.bsize,
+      used: (stats.blocks - stats.bfree) * stats.bsize,
+      available: stats.bavail * stats.bsize,
+    },
+    { unit: 'INODES', total: stats.files, used: stats.files - stats.ffree, available: stats.ffree },
+  ];
 }

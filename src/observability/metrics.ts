@@ -91,6 +91,37 @@ export class DriverMetrics {
     this.countVolumes = count;
   }
 
+  private volumeHealth: () => { earliestExpiryMs: number | undefined; abnormal: number } = () => ({ earliestExpiryMs: undefined, abnormal: 0 });
+
+  /**
+   * One number for the node rather than one series per volume or SPIFFE ID:
+   * bounded cardinality, and the one that matters for an alert (the next SVID
+   * to expire). Absent while no volume's SVID is known, so that an empty node
+   * does not look like one whose SVIDs expired in 1970.
+   */
+  readonly earliestSvidExpiry: Gauge = new Gauge({
+    name: 'spire_csi_svid_earliest_expiry_timestamp_seconds',
+    help: "Unix time at which the earliest-expiring SVID in this node's volumes expires (its NotAfter). A healthy node renews at half the lifetime, so this stays well ahead of time(); absent when no volume holds a known SVID.",
+    registers: [this.registry],
+    collect: (): void => {
+      const { earliestExpiryMs } = this.volumeHealth();
+      if (earliestExpiryMs === undefined) this.earliestSvidExpiry.remove({});
+      else this.earliestSvidExpiry.set(earliestExpiryMs / 1000);
+    },
+  });
+
+  readonly abnormalVolumes: Gauge = new Gauge({
+    name: 'spire_csi_volumes_abnormal',
+    help: 'Volumes whose NodeGetVolumeStats condition is abnormal: SVID expired, past its renewal point without a newer one, agent stream failing, or writes failing. The condition message of NodeGetVolumeStats says which, and what to check.',
+    registers: [this.registry],
+    collect: (): void => this.abnormalVolumes.set(this.volumeHealth().abnormal),
+  });
+
+  /** Read at scrape time from the volume manager, like spire_csi_volumes. */
+  watchVolumeHealthWith(summary: () => { earliestExpiryMs: number | undefined; abnormal: number }): void {
+    this.volumeHealth = summary;
+  }
+
   constructor(options: { collectProcessMetrics?: boolean } = {}) {
     if (options.collectProcessMetrics) collectDefaultMetrics({ register: this.registry });
   }

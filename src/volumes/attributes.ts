@@ -1,7 +1,8 @@
 /**
  * Volume attributes (pod.spec.volumes[].csi.volumeAttributes). They are written
- * by whoever can create a pod, so they may choose file names, a group and which
- * of the pod's own SVIDs to write — and nothing else. In particular they can
+ * by whoever can create a pod, so they may choose file names and formats (a
+ * layout, a credential bundle), a group and which of the pod's own SVIDs to
+ * write — and nothing else. In particular they can
  * never add, change or remove a selector (docs/design.md invariant 1): selectors are
  * built only from kubelet's pod info. Unknown keys are rejected so that a typo
  * fails the mount loudly instead of being ignored.
@@ -14,16 +15,52 @@ export const ATTRIBUTE_PREFIX = 'csi.spire.io/';
 /** Keys kubelet itself adds to volume_context (podInfoOnMount, tokenRequests). */
 export const KUBELET_ATTRIBUTE_PREFIX = 'csi.storage.k8s.io/';
 
-export const DEFAULT_FILE_NAMES = {
-  cert: 'svid.pem',
-  key: 'svid_key.pem',
-  bundle: 'svid_bundle.pem',
+/**
+ * Presets for the names applications are already configured with
+ * (csi.spire.io/layout); csi.spire.io/cert-file, key-file and bundle-file
+ * override single names. Only names, never content: every layout writes the
+ * same PEM files (docs/design.md §4).
+ *
+ * - spiffe-helper: the names of spiffe-helper's examples
+ *   (svid_file_name, svid_key_file_name, svid_bundle_file_name in
+ *   https://github.com/spiffe/spiffe-helper/blob/main/README.md), this driver's
+ *   default since its first version.
+ * - cert-manager: the keys of a kubernetes.io/tls Secret as cert-manager fills
+ *   them, and the defaults of cert-manager's own CSI driver
+ *   (https://cert-manager.io/docs/usage/csi-driver/).
+ *
+ * The SPIFFE filesystem-delivery draft (https://github.com/spiffe/spiffe/pull/376)
+ * is not a layout yet: it is an unmerged pull request whose file names were
+ * still being changed in review, and a name shipped here would have to be kept.
+ */
+export const LAYOUTS = {
+  'spiffe-helper': { cert: 'svid.pem', key: 'svid_key.pem', bundle: 'svid_bundle.pem' },
+  'cert-manager': { cert: 'tls.crt', key: 'tls.key', bundle: 'ca.crt' },
 } as const;
 
+export type LayoutName = keyof typeof LAYOUTS;
+
+export const DEFAULT_LAYOUT: LayoutName = 'spiffe-helper';
+
+export const DEFAULT_FILE_NAMES = LAYOUTS[DEFAULT_LAYOUT];
+
+const LAYOUT_NAMES = Object.keys(LAYOUTS) as [LayoutName, ...LayoutName[]];
+
 export interface VolumeAttributes {
+  /** The preset the three PEM names below started from (they may override it). */
+  layout: LayoutName;
   certFile: string;
   keyFile: string;
   bundleFile: string;
+  /**
+   * One more file, in the format of Kubernetes' Pod Certificates credential
+   * bundle (key, then chain), or undefined for none.
+   */
+  credentialBundleFile: string | undefined;
+  /** A PKCS#12 keystore with the key and chain; absent or undefined for none. */
+  pkcs12File?: string | undefined;
+  /** Its password: csi.spire.io/pkcs12-password, else DEFAULT_PKCS12_PASSWORD; undefined without pkcs12File. */
+  pkcs12Password?: string | undefined;
   /** Group that will own the files; the key becomes 0640. */
   fsGroup: number | undefined;
   /** Write the SVID with this SPIFFE ID when several entries match. */
@@ -31,6 +68,31 @@ export interface VolumeAttributes {
   /** Write the SVID whose entry carries this hint when several entries match. */
   hint: string | undefined;
 }
+
+/**
+ * Java's own default keystore password (the JDK's cacerts, keytool's
+ * examples), so `-storepass changeit` or Spring's `key-store-password` work
+ * without a pod author choosing one. It is not a secret and protects nothing:
+ * a volume attribute is readable by everyone who can read the pod, and the
+ * file's mode (the key file's) is what guards the key.
+ */
+export const DEFAULT_PKCS12_PASSWORD = 'changeit';
+
+/**
+ * Printable ASCII only: PBES2 takes the password's bytes and the MAC its
+ * BMPString, and readers convert other characters differently (OpenSSL from
+ * the locale, Java from UTF-16), which would make a keystore one reader opens
+ * and another refuses. Not empty: OpenSSL and Java disagree about what an
+ * empty PKCS#12 password is.
+ */
+const pkcs12PasswordSchema = z
+  .string()
+  .min(1, { error: `must not be empty (leave the attribute out for the default "${DEFAULT_PKCS12_PASSWORD}")` })
+  .max(128, { error: 'must be at most 128 characters' })
+  .regex(/^[\x20-\x7e]*$/, { error: 'must be printable ASCII (letters, digits, punctuation, space)' });
+
+/** Attributes whose value a message must not repeat (it would land in kubelet's pod events). */
+const UNECHOED_ATTRIBUTES = new Set(['pkcs12-password']);
 
 const fileName = z.string().superRefine((name, ctx) => {
   const problem = describeFileNameProblem(name);
@@ -54,9 +116,14 @@ const spiffeIdSchema = z
 
 const attributeSchema = z
   .object({
-    'cert-file': fileName.default(DEFAULT_FILE_NAMES.cert),
-    'key-file': fileName.default(DEFAULT_FILE_NAMES.key),
-    'bundle-file': fileName.default(DEFAULT_FILE_NAMES.bundle),
+    // No defaults here: an absent name comes from csi.spire.io/layout.
+    'cert-file': fileName.optional(),
+    'key-file': fileName.optional(),
+    'bundle-file': fileName.optional(),
+    'credential-bundle-file': fileName.optional(),
+    'pkcs12-file': fileName.optional(),
+    'pkcs12-password': pkcs12PasswordSchema.optional(),
+    layout: z.enum(LAYOUT_NAMES, { error: `must be one of ${LAYOUT_NAMES.join(', ')}` }).default(DEFAULT_LAYOUT),
     'fs-group': fsGroupSchema.optional(),
     'spiffe-id': spiffeIdSchema.optional(),
     hint: z.string().min(1, { error: 'must not be empty' }).max(1024).optional(),
@@ -85,23 +152,61 @@ export function parseVolumeAttributes(volumeContext: Readonly<Record<string, str
         return `unknown volume attribute ${issue.keys.map((k) => `"${ATTRIBUTE_PREFIX}${k}"`).join(', ')}; supported: ${SUPPORTED_ATTRIBUTES.join(', ')}`;
       }
       const key = String(issue.path[0] ?? '');
+      if (UNECHOED_ATTRIBUTES.has(key)) return `volume attribute "${ATTRIBUTE_PREFIX}${key}": ${issue.message}`;
       return `volume attribute "${ATTRIBUTE_PREFIX}${key}"=${JSON.stringify(ours[key] ?? '')}: ${issue.message}`;
     });
     throw invalidArgument(problems.join('; '));
   }
   const value = result.data;
-  const names = [value['cert-file'], value['key-file'], value['bundle-file']];
-  if (new Set(names).size !== names.length) {
+  const preset = LAYOUTS[value.layout];
+  const certFile = value['cert-file'] ?? preset.cert;
+  const keyFile = value['key-file'] ?? preset.key;
+  const bundleFile = value['bundle-file'] ?? preset.bundle;
+  const credentialBundleFile = value['credential-bundle-file'];
+  const pkcs12File = value['pkcs12-file'];
+  if (pkcs12File === undefined && value['pkcs12-password'] !== undefined) {
     throw invalidArgument(
-      `volume attributes ${ATTRIBUTE_PREFIX}cert-file, key-file and bundle-file must be three different names, got ${names.join(', ')}`,
+      `volume attribute ${ATTRIBUTE_PREFIX}pkcs12-password is set but ${ATTRIBUTE_PREFIX}pkcs12-file is not: ` +
+        `set ${ATTRIBUTE_PREFIX}pkcs12-file to the keystore's file name (e.g. keystore.p12), or remove the password`,
     );
   }
+  checkDistinct(value.layout, [
+    ['cert-file', certFile, value['cert-file'] === undefined],
+    ['key-file', keyFile, value['key-file'] === undefined],
+    ['bundle-file', bundleFile, value['bundle-file'] === undefined],
+    ...(credentialBundleFile === undefined ? [] : [['credential-bundle-file', credentialBundleFile, false] as const]),
+    ...(pkcs12File === undefined ? [] : [['pkcs12-file', pkcs12File, false] as const]),
+  ]);
   return {
-    certFile: value['cert-file'],
-    keyFile: value['key-file'],
-    bundleFile: value['bundle-file'],
+    layout: value.layout,
+    certFile,
+    keyFile,
+    bundleFile,
+    credentialBundleFile,
+    pkcs12File,
+    pkcs12Password: pkcs12File === undefined ? undefined : (value['pkcs12-password'] ?? DEFAULT_PKCS12_PASSWORD),
     fsGroup: value['fs-group'],
     spiffeId: value['spiffe-id'],
     hint: value.hint,
   };
+}
+
+/**
+ * Two files with one name would overwrite each other in the version directory
+ * (the key over a 0644 certificate, or the other way round), so every name of a
+ * volume must differ. The message names both attributes and where a name came
+ * from when the layout chose it, so the pod's author sees which one to change.
+ */
+function checkDistinct(layout: LayoutName, names: readonly (readonly [attribute: string, name: string, fromLayout: boolean])[]): void {
+  const clashes: string[] = [];
+  names.forEach(([attribute, name, fromLayout], i) => {
+    const earlier = names.slice(0, i).find(([, other]) => other === name);
+    if (earlier === undefined) return;
+    const describe = (key: string, isFromLayout: boolean): string =>
+      `${ATTRIBUTE_PREFIX}${key}${isFromLayout ? ` (layout ${layout}'s default)` : ''}`;
+    clashes.push(`${describe(earlier[0], earlier[2])} and ${describe(attribute, fromLayout)} are both ${JSON.stringify(name)}`);
+  });
+  if (clashes.length > 0) {
+    throw invalidArgument(`every file of a volume needs its own name: ${clashes.join('; ')}; set one of them to another name`);
+  }
 }

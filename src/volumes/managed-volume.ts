@@ -8,6 +8,9 @@
  * A write that fails is retried with the newest material on a capped, jittered
  * backoff until it lands (write-retry.ts), without waiting for the agent.
  */
+import { X509Certificate } from 'node:crypto';
+import fs from 'node:fs/promises';
+import path from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { AtomicWriter, type FileSpec, type WriteOptions, type WriteResult } from '../fs/atomic-writer.js';
 import { DriverError, errorMessage } from '../errors.js';
@@ -19,9 +22,11 @@ import type { BundleSource } from '../spire/bundle-watcher.js';
 import type { Selector, SubscribeToX509SvidsResponse } from '../spire/messages.js';
 import { ResilientStream, systemClock, type Clock } from '../spire/resilient-stream.js';
 import { formatSelectors } from '../spire/selectors.js';
+import { parseSubjectAltName } from '../x509/subject-alt-name.js';
 import { checkSvid, type CheckedSvid } from '../x509/svid-check.js';
 import type { VolumeRecord } from './metadata-store.js';
 import { buildVolumeFiles, pickSvid } from './volume-files.js';
+import { assessVolumeHealth, type CurrentSvid, type VolumeCondition } from './volume-health.js';
 import { WriteRetry, errnoCodeOf, writeFailureReason, type WriteRetryOptions } from './write-retry.js';
 
 /** What a volume needs from the writer of its directory (AtomicWriter in production). */
@@ -46,6 +51,11 @@ export interface ManagedVolumeDeps {
   clock?: Clock;
   /** Jitter source of the SVID stream's re-open backoff. Default: Math.random. */
   random?: () => number;
+  /**
+   * Wall-clock milliseconds since the epoch, for the volume's health: SVID
+   * validity is wall-clock time, which `clock` (monotonic) is not. Default: Date.now.
+   */
+  wallClock?: () => number;
 }
 
 /** SVID material that passed every check, ready to become the volume's files. */
@@ -74,6 +84,12 @@ export class ManagedVolume {
   private problem = 'the SPIRE agent has not sent an SVID for this pod yet (it may still be signing it)';
   /** Files are on disk: written by this process, or found in place after a restart. */
   private hasFiles: boolean;
+  /**
+   * The validity of the SVID on disk: set by each successful (or unchanged)
+   * write, or read from the files of a resumed volume. Its health and the
+   * earliest-expiry gauge are judged against it.
+   */
+  private svidOnDisk: CurrentSvid | undefined;
 
   constructor(
     readonly record: VolumeRecord,
@@ -90,6 +106,43 @@ export class ManagedVolume {
       volume_id: record.volumeId,
       pod: `${record.pod.namespace}/${record.pod.name}`,
     });
+  }
+
+  /** The validity of the SVID in the files, undefined until known. */
+  get currentSvid(): CurrentSvid | undefined {
+    return this.svidOnDisk;
+  }
+
+  /** volume_condition of NodeGetVolumeStats (volume-health.ts). */
+  health(): VolumeCondition {
+    return assessVolumeHealth({
+      nowMs: (this.deps.wallClock ?? Date.now)(),
+      svid: this.svidOnDisk,
+      // Only this volume's own stream, as in waitUntilWritten: the shared
+      // bundle stream's last failure may be stale.
+      streamFailure: this.stream?.lastFailure,
+      agentSocketPath: this.deps.connection.socketPath,
+      writeFailure: this.retry.failedAttempts > 0 ? this.problem : undefined,
+    });
+  }
+
+  /**
+   * A resumed volume: reads the validity of the leaf in its files, so its
+   * health is known before the agent's first response (which may never come
+   * while the agent is down). A file that cannot be read leaves it unknown
+   * until then; the first write replaces it either way.
+   */
+  async readSvidOnDisk(): Promise<void> {
+    try {
+      const pem = await fs.readFile(path.join(this.record.targetPath, this.record.files.cert), 'utf8');
+      // X509Certificate takes the first PEM block: the leaf (volume-files.ts writes it first).
+      const leaf = new X509Certificate(pem);
+      const uri = parseSubjectAltName(leaf.subjectAltName).find((entry) => entry.type === 'URI');
+      const spiffeId = uri?.value ?? this.record.spiffeId ?? 'unknown';
+      this.svidOnDisk ??= { spiffeId, notBefore: new Date(leaf.validFrom), notAfter: new Date(leaf.validTo) };
+    } catch (err) {
+      this.logger.debug({ err: errorMessage(err) }, 'could not read the SVID in the files; its validity is known after the first response');
+    }
   }
 
   start(): void {
@@ -281,7 +334,10 @@ export class ManagedVolume {
       },
       'SVID checked',
     );
-    return { files: buildVolumeFiles(picked, bundle.certificates, this.record.files, this.record.fsGroup), svid: checked.svid };
+    return {
+      files: buildVolumeFiles(picked, bundle.certificates, this.record.files, this.record.fsGroup, this.record.pkcs12Password),
+      svid: checked.svid,
+    };
   }
 
   private async writeFiles({ files, svid }: PreparedWrite): Promise<void> {
@@ -298,6 +354,7 @@ export class ManagedVolume {
       result.changed ? 'volume files written' : 'volume files unchanged; nothing written',
     );
     this.hasFiles = true;
+    this.svidOnDisk = { spiffeId: svid.spiffeId, notBefore: svid.notBefore, notAfter: svid.notAfter };
     this.deps.metrics.svidUpdates.inc({ outcome: result.changed ? 'written' : 'unchanged' });
     if (result.changed) {
       this.logger.info(

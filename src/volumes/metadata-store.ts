@@ -42,7 +42,33 @@ const volumeRecordFields = {
     namespace: z.string().min(1),
     serviceAccount: z.string().min(1),
   }),
-  files: z.object({ cert: z.string().min(1), key: z.string().min(1), bundle: z.string().min(1) }),
+  /**
+   * csi.spire.io/layout. Only for comparing a republish: the names it chose are
+   * in `files`, resolved, so even a driver that does not know a layout writes
+   * the right names. Any string, so a layout added later never makes this
+   * version quarantine the record. Absent in records written before layouts
+   * existed, which were all spiffe-helper.
+   */
+  layout: z.string().min(1).optional(),
+  /**
+   * The names, resolved from the layout and the name attributes. The optional
+   * ones were added later: a record without them has none of those files. A
+   * driver older than a field drops it on reading and writes the volume
+   * without that file (docs/design.md §4, "Rolling back").
+   */
+  files: z.object({
+    cert: z.string().min(1),
+    key: z.string().min(1),
+    bundle: z.string().min(1),
+    credentialBundle: z.string().min(1).optional(),
+    pkcs12: z.string().min(1).optional(),
+  }),
+  /**
+   * The keystore's password, with files.pkcs12: needed to write it again after
+   * a restart, and not a secret (it is in the pod spec, for everyone who can
+   * read the pod; the records are root's, 0600). Never logged.
+   */
+  pkcs12Password: z.string().min(1).optional(),
   fsGroup: z.number().int().nonnegative().nullable(),
   spiffeId: z.string().nullable(),
   hint: z.string().nullable(),

@@ -4,7 +4,9 @@
  */
 import type { FileSpec } from '../fs/atomic-writer.js';
 import type { X509SvidWithKey } from '../spire/messages.js';
+import { DEFAULT_PKCS12_PASSWORD } from './attributes.js';
 import { certificatesToPem, derToPem } from '../x509/pem.js';
+import { buildPkcs12 } from '../x509/pkcs12.js';
 import { trustDomainIdOf } from '../x509/svid-check.js';
 
 export interface SvidChoice {
@@ -59,13 +61,62 @@ export interface FileNames {
   cert: string;
   key: string;
   bundle: string;
+  /** Absent (records from before credential bundles, or not asked for): no such file. */
+  credentialBundle?: string | undefined;
+  /** Absent: no PKCS#12 keystore. */
+  pkcs12?: string | undefined;
 }
 
-/** docs/design.md §4 (Layouts): key 0600, or 0640 group-owned with an fsGroup. */
-export function buildVolumeFiles(svid: PickedSvid, bundle: readonly Buffer[], names: FileNames, fsGroup: number | null): FileSpec[] {
-  return [
-    { name: names.cert, data: Buffer.from(certificatesToPem(svid.certChain)), mode: 0o644 },
-    { name: names.key, data: Buffer.from(derToPem(svid.keyDer, 'PRIVATE KEY')), mode: fsGroup === null ? 0o600 : 0o640 },
+/**
+ * docs/design.md §4 (Layouts): key 0600, or 0640 group-owned with an fsGroup;
+ * every file that holds the key gets the key's mode. All of them go into one
+ * version directory, so they change in the same ..data swap.
+ */
+export function buildVolumeFiles(
+  svid: PickedSvid,
+  bundle: readonly Buffer[],
+  names: FileNames,
+  fsGroup: number | null,
+  pkcs12Password: string = DEFAULT_PKCS12_PASSWORD,
+): FileSpec[] {
+  const keyMode = fsGroup === null ? 0o600 : 0o640;
+  const keyPem = derToPem(svid.keyDer, 'PRIVATE KEY');
+  const chainPem = certificatesToPem(svid.certChain);
+  const files: FileSpec[] = [
+    { name: names.cert, data: Buffer.from(chainPem), mode: 0o644 },
+    { name: names.key, data: Buffer.from(keyPem), mode: keyMode },
     { name: names.bundle, data: Buffer.from(certificatesToPem(bundle)), mode: 0o644 },
   ];
+  if (names.credentialBundle !== undefined) {
+    files.push({ name: names.credentialBundle, data: credentialBundle(keyPem, chainPem), mode: keyMode });
+  }
+  if (names.pkcs12 !== undefined) {
+    // Encrypted, but with a password from the pod spec: the mode is what keeps it as private as the key file.
+    files.push({
+      name: names.pkcs12,
+      data: buildPkcs12({ keyDer: svid.keyDer, certChain: svid.certChain, password: pkcs12Password }),
+      mode: keyMode,
+    });
+  }
+  return files;
+}
+
+/**
+ * The credential bundle of Kubernetes' Pod Certificates (KEP-4317,
+ * `podCertificate.credentialBundlePath`): "a single file in PEM format. The
+ * first PEM entry is the private key (in PKCS#8 format), and the remaining PEM
+ * entries are the certificate chain issued by the signer" (PodCertificateProjection
+ * in https://github.com/kubernetes/api/blob/master/core/v1/types.go). Byte for
+ * byte what kubelet writes: the `PRIVATE KEY` block, then one `CERTIFICATE`
+ * block per chain certificate, leaf first, each as Go's pem.EncodeToMemory
+ * makes it (64-character lines, "\n"), nothing between them (makeCredentialBundle
+ * and pemEncodeKey in
+ * https://github.com/kubernetes/kubernetes/blob/master/pkg/kubelet/podcertificate/podcertificatemanager.go).
+ * So an application written for a native podCertificate volume reads it
+ * unchanged, key and chain in one read of one file, which is also what
+ * HAProxy-style servers take. The chain is SPIRE's: leaf, then intermediates,
+ * never the root (docs/design.md F8).
+ */
+function credentialBundle(keyPem: string, chainPem: string): Buffer {
+  return Buffer.from(keyPem + chainPem);
 }

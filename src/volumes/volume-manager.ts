@@ -5,10 +5,12 @@
  * of the same volume that is still waiting (the CSI spec's "negation" call).
  * At most maxVolumes volumes are live or being published at once.
  */
+import path from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { DriverError, errorMessage } from '../errors.js';
 import { systemClock, type Clock } from '../spire/resilient-stream.js';
 import { formatSelectors, selectorsForPod } from '../spire/selectors.js';
+import { DEFAULT_LAYOUT } from './attributes.js';
 import { ManagedVolume, type ManagedVolumeDeps } from './managed-volume.js';
 import type { VolumeRecord, VolumeRecordStore } from './metadata-store.js';
 import type { PublishSpec } from './publish-spec.js';
@@ -46,6 +48,33 @@ export class VolumeManager {
   constructor(private readonly deps: VolumeManagerDeps) {
     this.clock = deps.clock ?? systemClock;
     deps.metrics.countVolumesWith(() => this.volumes.size);
+    deps.metrics.watchVolumeHealthWith(() => this.healthSummary());
+  }
+
+  /**
+   * NodeGetVolumeStats: the live volume published at `volumePath`. NOT_FOUND
+   * for a volume that is not live (unknown, or still being published) or that
+   * is published elsewhere, as the CSI spec asks of both.
+   */
+  liveVolume(volumeId: string, volumePath: string): ManagedVolume {
+    const volume = this.volumes.get(volumeId);
+    if (volume === undefined) throw new DriverError(status.NOT_FOUND, `volume ${volumeId} is not published on this node`);
+    if (path.resolve(volumePath) !== path.resolve(volume.record.targetPath)) {
+      throw new DriverError(status.NOT_FOUND, `volume ${volumeId} is published at ${volume.record.targetPath}, not at ${volumePath}`);
+    }
+    return volume;
+  }
+
+  /** Read at scrape time: the earliest SVID expiry among live volumes, and how many are abnormal. */
+  private healthSummary(): { earliestExpiryMs: number | undefined; abnormal: number } {
+    let earliestExpiryMs: number | undefined;
+    let abnormal = 0;
+    for (const volume of this.volumes.values()) {
+      const notAfter = volume.currentSvid?.notAfter.getTime();
+      if (notAfter !== undefined && (earliestExpiryMs === undefined || notAfter < earliestExpiryMs)) earliestExpiryMs = notAfter;
+      if (volume.health().abnormal) abnormal++;
+    }
+    return { earliestExpiryMs, abnormal };
   }
 
   get volumeCount(): number {
@@ -114,6 +143,7 @@ export class VolumeManager {
     // --max-volumes leaves fewer places than that; new publishes wait until
     // enough are unpublished.
     const volume = this.createVolume(record, true);
+    await volume.readSvidOnDisk();
     this.volumes.set(record.volumeId, volume);
     volume.start();
   }
@@ -350,7 +380,15 @@ function recordFor(spec: PublishSpec, tmpfs: boolean): VolumeRecord {
     targetPath: spec.targetPath,
     volumeName: spec.volumeName,
     pod: { ...spec.pod },
-    files: { cert: spec.attributes.certFile, key: spec.attributes.keyFile, bundle: spec.attributes.bundleFile },
+    layout: spec.attributes.layout,
+    files: {
+      cert: spec.attributes.certFile,
+      key: spec.attributes.keyFile,
+      bundle: spec.attributes.bundleFile,
+      ...(spec.attributes.credentialBundleFile === undefined ? {} : { credentialBundle: spec.attributes.credentialBundleFile }),
+      ...(spec.attributes.pkcs12File === undefined ? {} : { pkcs12: spec.attributes.pkcs12File }),
+    },
+    ...(spec.attributes.pkcs12Password === undefined ? {} : { pkcs12Password: spec.attributes.pkcs12Password }),
     fsGroup: spec.fsGroup,
     spiffeId: spec.attributes.spiffeId ?? null,
     hint: spec.attributes.hint ?? null,
@@ -371,10 +409,16 @@ function describeDifference(record: VolumeRecord, spec: PublishSpec): string | u
     ['cert-file', record.files.cert, wanted.files.cert],
     ['key-file', record.files.key, wanted.files.key],
     ['bundle-file', record.files.bundle, wanted.files.bundle],
+    // Records from before layouts and credential bundles: spiffe-helper, none.
+    ['layout', record.layout ?? DEFAULT_LAYOUT, wanted.layout],
+    ['credential-bundle-file', record.files.credentialBundle ?? 'none', wanted.files.credentialBundle ?? 'none'],
+    ['pkcs12-file', record.files.pkcs12 ?? 'none', wanted.files.pkcs12 ?? 'none'],
     ['fsGroup', record.fsGroup, wanted.fsGroup],
     ['spiffe-id', record.spiffeId, wanted.spiffeId],
     ['hint', record.hint, wanted.hint],
   ];
   const differing = fields.filter(([, was, now]) => was !== now).map(([name, was, now]) => `${name} was ${String(was)}, now ${String(now)}`);
+  // Compared, never shown: the message becomes a pod event.
+  if (record.pkcs12Password !== wanted.pkcs12Password) differing.push('pkcs12-password differs');
   return differing.length > 0 ? differing.join('; ') : undefined;
 }

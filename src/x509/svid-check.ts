@@ -25,6 +25,8 @@ export interface SvidMaterial {
 export interface CheckedSvid {
   spiffeId: string;
   serialNumber: string;
+  /** The leaf's validity: a volume's health (volume-health.ts) judges renewal against it. */
+  notBefore: Date;
   notAfter: Date;
 }
 
@@ -111,7 +113,7 @@ export function checkSvid(material: SvidMaterial, now: Date = new Date()): SvidC
   const chainProblem = describeChainProblem(chain, authorities, trustDomainIdOf(material.spiffeId));
   if (chainProblem !== undefined) return { ok: false, reason: chainProblem };
 
-  return { ok: true, svid: { spiffeId: material.spiffeId, serialNumber: leaf.serialNumber, notAfter } };
+  return { ok: true, svid: { spiffeId: material.spiffeId, serialNumber: leaf.serialNumber, notBefore, notAfter } };
 }
 
 /** Undefined when each certificate is signed by the next and the last by an authority of the bundle. */

@@ -437,6 +437,40 @@ describe('Helm chart charts/spire-csi-driver', { skip: location.found ? false : 
     assert.ok(!Object.keys(id.metadata.labels ?? {}).includes('spire.spiffe.io/class-name'), 'no class-name label without a class');
   });
 
+  test('metrics.prometheusRule: absent by default, a PrometheusRule with the three alerts when enabled, refused without metrics', () => {
+    assert.ok(!render({ metrics: { enabled: true } }).some((m) => m.kind === 'PrometheusRule'), 'no PrometheusRule unless enabled');
+    const manifests = render({
+      metrics: { enabled: true, prometheusRule: { enabled: true, labels: { release: 'kps' }, svidExpiringWithinSeconds: 600 } },
+    });
+    checkRelease(manifests, { ...DEFAULTS, metricsPort: 9402 });
+    const rule = only(manifests, 'PrometheusRule');
+    assert.equal(rule.apiVersion, 'monitoring.coreos.com/v1');
+    assert.equal(rule.metadata.namespace, 'spire-csi-driver', 'in the release namespace');
+    assert.equal(rule.metadata.labels?.['release'], 'kps');
+    assert.equal(rule.metadata.labels?.['app.kubernetes.io/name'], 'spire-csi-driver');
+    const groups = (rule.spec?.['groups'] ?? []) as {
+      name: string;
+      rules: { alert: string; expr: string; for?: string; annotations: Record<string, string> }[];
+    }[];
+    const rules = groups.flatMap((g) => g.rules);
+    assert.deepEqual(
+      rules.map((r) => r.alert),
+      ['SpireCsiSvidExpiringSoon', 'SpireCsiVolumeWritesFailing', 'SpireCsiVolumesAbnormal'],
+    );
+    const byName = new Map(rules.map((r) => [r.alert, r]));
+    assert.equal(byName.get('SpireCsiSvidExpiringSoon')?.expr, 'spire_csi_svid_earliest_expiry_timestamp_seconds - time() < 600');
+    assert.equal(byName.get('SpireCsiVolumeWritesFailing')?.expr, 'spire_csi_volumes_write_failing > 0');
+    assert.equal(byName.get('SpireCsiVolumeWritesFailing')?.for, '5m');
+    assert.equal(byName.get('SpireCsiVolumesAbnormal')?.expr, 'spire_csi_volumes_abnormal > 0');
+    // Prometheus templates reach Prometheus unexpanded by helm.
+    assert.match(byName.get('SpireCsiSvidExpiringSoon')?.annotations['description'] ?? '', /\{\{ \$value \| humanizeDuration \}\}/);
+    // Only series without per-volume labels: the metrics the rule reads carry none.
+    for (const r of rules) assert.doesNotMatch(r.expr, /\{/, `${r.alert} selects no labels`);
+
+    assert.match(refusedRender({ metrics: { prometheusRule: { enabled: true } } }), /metrics\.prometheusRule\.enabled needs metrics\.enabled/);
+    assert.match(refusedRender({ metrics: { enabled: true, prometheusRule: { enabled: true, for: 'soon' } } }), /for/);
+  });
+
   test('the ClusterSPIFFEID carries the class in spec.className and in the label spire.spiffe.io/class-name', () => {
     const id = only(render({ clusterSPIFFEID: { enabled: true, className: SPIRE_CLASS } }), 'ClusterSPIFFEID');
     assert.equal((id.spec as { className?: string }).className, SPIRE_CLASS);

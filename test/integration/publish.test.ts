@@ -30,13 +30,13 @@ describe('publish, rotate, unpublish through the CSI socket', () => {
     const caps = (await h.kubelet.nodeCall('NodeGetCapabilities', {})) as { capabilities: { rpc: { type: string } }[] };
     assert.deepEqual(
       caps.capabilities.map((c) => c.rpc.type),
-      ['VOLUME_MOUNT_GROUP'],
+      ['GET_VOLUME_STATS', 'VOLUME_CONDITION', 'VOLUME_MOUNT_GROUP'],
     );
   });
 
   it('answers UNIMPLEMENTED for RPCs a node-only driver does not serve', async () => {
     await assert.rejects(h.kubelet.nodeCall('NodeStageVolume', {}), (err) => isServiceError(err) && err.code === grpc.status.UNIMPLEMENTED);
-    await assert.rejects(h.kubelet.nodeCall('NodeGetVolumeStats', {}), (err) => isServiceError(err) && err.code === grpc.status.UNIMPLEMENTED);
+    await assert.rejects(h.kubelet.nodeCall('NodeExpandVolume', {}), (err) => isServiceError(err) && err.code === grpc.status.UNIMPLEMENTED);
   });
 
   it('writes a verifiable SVID, key and bundle before NodePublishVolume returns (controller-manager style entry)', async () => {

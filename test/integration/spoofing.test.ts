@@ -86,7 +86,7 @@ describe('spoofing attempts are refused with INVALID_ARGUMENT', () => {
     await assertRefused(withAttributes({ 'csi.spire.io/cert-file': '..data' }), 'csi.spire.io/cert-file');
     await assertRefused(withAttributes({ 'csi.spire.io/cert-file': '.hidden' }), 'csi.spire.io/cert-file');
     await assertRefused(withAttributes({ 'csi.spire.io/cert-file': 'a'.repeat(300) }), 'csi.spire.io/cert-file');
-    await assertRefused(withAttributes({ 'csi.spire.io/cert-file': 'same.pem', 'csi.spire.io/key-file': 'same.pem' }), 'different names');
+    await assertRefused(withAttributes({ 'csi.spire.io/cert-file': 'same.pem', 'csi.spire.io/key-file': 'same.pem' }), 'needs its own name');
   });
 
   it('missing readOnly, a PersistentVolume, missing pod info, block access', async () => {

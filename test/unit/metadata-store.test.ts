@@ -288,6 +288,34 @@ describe('loadAll quarantines bad files, never failing the others (invariant 6)'
     assert.doesNotMatch(logLines.join('\n'), /MIGHAgEAMBMG|10\.1\.2\.3/);
   });
 
+  test('layout and credentialBundle: written with version 1, read back; records from before them still load without them', async () => {
+    const withLayout = record(UID_A, {
+      layout: 'cert-manager',
+      files: { cert: 'tls.crt', key: 'tls.key', bundle: 'ca.crt', credentialBundle: 'credential-bundle.pem' },
+    });
+    await store.write(withLayout);
+    const json = JSON.parse(await fs.readFile(store.pathOf(withLayout.volumeId), 'utf8')) as Record<string, unknown>;
+    assert.equal(json['version'], 1, 'new fields only: the version stays 1 so an older driver still resumes the volume');
+    assert.equal(json['layout'], 'cert-manager');
+    assert.deepEqual(await store.read(withLayout.volumeId), withLayout);
+    const old = record(UID_B);
+    await store.write(old);
+    const oldJson = JSON.parse(await fs.readFile(store.pathOf(old.volumeId), 'utf8')) as Record<string, Record<string, unknown>>;
+    assert.equal('layout' in oldJson, false);
+    assert.deepEqual(Object.keys(oldJson['files'] ?? {}).sort(), ['bundle', 'cert', 'key']);
+    const loaded = await store.read(old.volumeId);
+    assert.equal(loaded?.layout, undefined);
+    assert.equal(loaded?.files.credentialBundle, undefined);
+  });
+
+  test('a layout this version does not know (a newer driver added it) loads: the resolved names are what it writes', async () => {
+    const c = record(UID_C, { layout: 'some-future-layout', files: { cert: 'a.pem', key: 'b.pem', bundle: 'c.pem' } });
+    await fs.writeFile(store.pathOf(c.volumeId), JSON.stringify(c));
+    const loaded = await store.loadAll();
+    assert.deepEqual(loaded.records, [c]);
+    assert.deepEqual(loaded.quarantined, []);
+  });
+
   test('a record of a newer, incompatible version stays in place, unresumed and not quarantined, and still counts as ours', async () => {
     const c = record(UID_C);
     const text = JSON.stringify({ ...c, version: 2, somethingNew: true });

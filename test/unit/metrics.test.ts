@@ -20,6 +20,11 @@ describe('metrics endpoint', () => {
       assert.match(body, /^# HELP spire_csi_volumes /m);
       assert.match(body, /^# HELP spire_csi_volume_write_failures_total \S/m);
       assert.match(body, /^# HELP spire_csi_volumes_write_failing \S/m);
+      assert.match(body, /^# HELP spire_csi_volumes_abnormal \S/m);
+      assert.match(body, /^spire_csi_volumes_abnormal 0$/m);
+      // Absent, not 0 (1970), while no volume holds a known SVID.
+      assert.match(body, /^# HELP spire_csi_svid_earliest_expiry_timestamp_seconds \S/m);
+      assert.doesNotMatch(body, /^spire_csi_svid_earliest_expiry_timestamp_seconds /m);
       assert.equal((await fetch(`http://127.0.0.1:${port}/other`)).status, 404);
     } finally {
       await new Promise((resolve) => server.close(resolve));
@@ -42,5 +47,18 @@ describe('metrics endpoint', () => {
     assert.equal(await gauge(), 1);
     metrics.setWriteFailing(b, false);
     assert.equal(await gauge(), 0);
+  });
+
+  it('reads the earliest SVID expiry and the abnormal volumes from the volume manager at scrape time, without labels', async () => {
+    const metrics = new DriverMetrics();
+    let summary: { earliestExpiryMs: number | undefined; abnormal: number } = { earliestExpiryMs: 1_800_000_000_500, abnormal: 3 };
+    metrics.watchVolumeHealthWith(() => summary);
+    let body = await metrics.registry.metrics();
+    assert.match(body, /^spire_csi_svid_earliest_expiry_timestamp_seconds 1800000000.5$/m);
+    assert.match(body, /^spire_csi_volumes_abnormal 3$/m);
+    summary = { earliestExpiryMs: undefined, abnormal: 0 };
+    body = await metrics.registry.metrics();
+    assert.doesNotMatch(body, /^spire_csi_svid_earliest_expiry_timestamp_seconds /m);
+    assert.match(body, /^spire_csi_volumes_abnormal 0$/m);
   });
 });

@@ -61,9 +61,13 @@ describe('a request as kubelet sends it', () => {
       volumeName: 'svid',
       pod: { uid: pod.uid, name: 'app-0', namespace: 'team-a', serviceAccount: 'app' },
       attributes: {
+        layout: 'spiffe-helper',
         certFile: 'svid.pem',
         keyFile: 'svid_key.pem',
         bundleFile: 'svid_bundle.pem',
+        credentialBundleFile: undefined,
+        pkcs12File: undefined,
+        pkcs12Password: undefined,
         fsGroup: undefined,
         spiffeId: undefined,
         hint: undefined,

@@ -3,7 +3,10 @@ import { describe, test } from 'node:test';
 import {
   ATTRIBUTE_PREFIX,
   DEFAULT_FILE_NAMES,
+  DEFAULT_LAYOUT,
+  DEFAULT_PKCS12_PASSWORD,
   KUBELET_ATTRIBUTE_PREFIX,
+  LAYOUTS,
   parseVolumeAttributes,
   SUPPORTED_ATTRIBUTES,
   type VolumeAttributes,
@@ -11,9 +14,13 @@ import {
 import { expectInvalidArgument } from '../support/invalid-argument.js';
 
 const DEFAULTS: VolumeAttributes = {
+  layout: 'spiffe-helper',
   certFile: 'svid.pem',
   keyFile: 'svid_key.pem',
   bundleFile: 'svid_bundle.pem',
+  credentialBundleFile: undefined,
+  pkcs12File: undefined,
+  pkcs12Password: undefined,
   fsGroup: undefined,
   spiffeId: undefined,
   hint: undefined,
@@ -47,9 +54,13 @@ describe('defaults and accepted attributes', () => {
     assert.deepEqual([...SUPPORTED_ATTRIBUTES].sort(), [
       'csi.spire.io/bundle-file',
       'csi.spire.io/cert-file',
+      'csi.spire.io/credential-bundle-file',
       'csi.spire.io/fs-group',
       'csi.spire.io/hint',
       'csi.spire.io/key-file',
+      'csi.spire.io/layout',
+      'csi.spire.io/pkcs12-file',
+      'csi.spire.io/pkcs12-password',
       'csi.spire.io/spiffe-id',
     ]);
   });
@@ -76,9 +87,13 @@ describe('defaults and accepted attributes', () => {
         'csi.spire.io/hint': 'internal',
       }),
       {
+        layout: 'spiffe-helper',
         certFile: 'cert.pem',
         keyFile: 'key.pem',
         bundleFile: 'bundle.pem',
+        credentialBundleFile: undefined,
+        pkcs12File: undefined,
+        pkcs12Password: undefined,
         fsGroup: 1000,
         spiffeId: 'spiffe://example.org/ns/default/sa/app',
         hint: 'internal',
@@ -155,12 +170,23 @@ describe('attributes can never touch selectors (invariant 1)', () => {
   });
 
   test('the result has no field that could carry a selector', () => {
-    assert.deepEqual(Object.keys(parseVolumeAttributes(KUBELET_KEYS)).sort(), ['bundleFile', 'certFile', 'fsGroup', 'hint', 'keyFile', 'spiffeId']);
+    assert.deepEqual(Object.keys(parseVolumeAttributes(KUBELET_KEYS)).sort(), [
+      'bundleFile',
+      'certFile',
+      'credentialBundleFile',
+      'fsGroup',
+      'hint',
+      'keyFile',
+      'layout',
+      'pkcs12File',
+      'pkcs12Password',
+      'spiffeId',
+    ]);
   });
 });
 
 describe('file names', () => {
-  for (const key of ['cert-file', 'key-file', 'bundle-file']) {
+  for (const key of ['cert-file', 'key-file', 'bundle-file', 'credential-bundle-file', 'pkcs12-file']) {
     test(`${key}: "/" and traversal are rejected`, () => {
       for (const name of ['a/b', '/etc/passwd', '../x', 'x/../../y', 'dir/']) {
         rejected(attr(key, name), new RegExp(`volume attribute "csi\\.spire\\.io/${key}"`), /contains "\/"/);
@@ -181,7 +207,7 @@ describe('file names', () => {
     test(`${key}: 255 bytes is accepted, 300 bytes is rejected`, () => {
       const long255 = 'a'.repeat(255);
       const parsed = parseVolumeAttributes(attr(key, long255));
-      assert.ok([parsed.certFile, parsed.keyFile, parsed.bundleFile].includes(long255));
+      assert.ok([parsed.certFile, parsed.keyFile, parsed.bundleFile, parsed.credentialBundleFile, parsed.pkcs12File].includes(long255));
       rejected(attr(key, 'a'.repeat(300)), /300 bytes/, /at most 255 bytes/);
       rejected(attr(key, 'a'.repeat(256)), /256 bytes/);
     });
@@ -194,24 +220,158 @@ describe('file names', () => {
   test('two equal names are rejected', () => {
     rejected(
       { 'csi.spire.io/cert-file': 'same.pem', 'csi.spire.io/key-file': 'same.pem' },
-      /cert-file, key-file and bundle-file must be three different names/,
-      /same\.pem/,
+      /every file of a volume needs its own name: csi\.spire\.io\/cert-file and csi\.spire\.io\/key-file are both "same\.pem"; set one of them to another name/,
     );
-    rejected({ 'csi.spire.io/bundle-file': 'x', 'csi.spire.io/key-file': 'x' }, /three different names/);
-    rejected({ 'csi.spire.io/cert-file': 'x', 'csi.spire.io/key-file': 'x', 'csi.spire.io/bundle-file': 'x' }, /three different names/);
+    rejected({ 'csi.spire.io/bundle-file': 'x', 'csi.spire.io/key-file': 'x' }, /key-file and csi\.spire\.io\/bundle-file are both "x"/);
+    const message = rejected({ 'csi.spire.io/cert-file': 'x', 'csi.spire.io/key-file': 'x', 'csi.spire.io/bundle-file': 'x' }, /own name/);
+    assert.match(
+      message,
+      /cert-file and csi\.spire\.io\/key-file are both "x"; csi\.spire\.io\/cert-file and csi\.spire\.io\/bundle-file are both "x"/,
+    );
   });
 
   test('a custom name equal to another default is rejected', () => {
     // The key would otherwise be written over the 0644 certificate, or the other way round.
-    rejected({ 'csi.spire.io/cert-file': 'svid_key.pem' }, /three different names/);
-    rejected({ 'csi.spire.io/key-file': 'svid.pem' }, /three different names/);
-    rejected({ 'csi.spire.io/bundle-file': 'svid_key.pem' }, /three different names/);
+    rejected(
+      { 'csi.spire.io/cert-file': 'svid_key.pem' },
+      /csi\.spire\.io\/cert-file and csi\.spire\.io\/key-file \(layout spiffe-helper's default\) are both "svid_key\.pem"/,
+    );
+    rejected({ 'csi.spire.io/key-file': 'svid.pem' }, /cert-file \(layout spiffe-helper's default\) and csi\.spire\.io\/key-file are both/);
+    rejected({ 'csi.spire.io/bundle-file': 'svid_key.pem' }, /own name/);
   });
 
   test('swapping two default names is fine', () => {
     const parsed = parseVolumeAttributes({ 'csi.spire.io/cert-file': 'svid_key.pem', 'csi.spire.io/key-file': 'svid.pem' });
     assert.equal(parsed.certFile, 'svid_key.pem');
     assert.equal(parsed.keyFile, 'svid.pem');
+  });
+});
+
+describe('layout', () => {
+  test('spiffe-helper is the default and gives the default names', () => {
+    assert.deepEqual(parseVolumeAttributes(attr('layout', 'spiffe-helper')), DEFAULTS);
+    assert.equal(DEFAULT_LAYOUT, 'spiffe-helper');
+    assert.deepEqual(LAYOUTS['spiffe-helper'], DEFAULT_FILE_NAMES);
+  });
+
+  test('cert-manager gives tls.crt, tls.key and ca.crt', () => {
+    assert.deepEqual(parseVolumeAttributes(attr('layout', 'cert-manager')), {
+      ...DEFAULTS,
+      layout: 'cert-manager',
+      certFile: 'tls.crt',
+      keyFile: 'tls.key',
+      bundleFile: 'ca.crt',
+    });
+  });
+
+  test('a name attribute overrides just that name of the layout', () => {
+    const parsed = parseVolumeAttributes({ 'csi.spire.io/layout': 'cert-manager', 'csi.spire.io/bundle-file': 'trust.pem' });
+    assert.deepEqual([parsed.layout, parsed.certFile, parsed.keyFile, parsed.bundleFile], ['cert-manager', 'tls.crt', 'tls.key', 'trust.pem']);
+  });
+
+  test('an unknown layout is rejected and the known ones are named', () => {
+    for (const value of ['', 'spiffe', 'Cert-Manager', 'cert-manager ', 'spiffe-filesystem', 'istio']) {
+      rejected(
+        attr('layout', value),
+        new RegExp(`volume attribute "csi\\.spire\\.io/layout"=${JSON.stringify(value).replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`),
+        /must be one of spiffe-helper, cert-manager/,
+      );
+    }
+  });
+
+  test("a name equal to another of the layout's names is rejected, saying where it came from", () => {
+    rejected(
+      { 'csi.spire.io/layout': 'cert-manager', 'csi.spire.io/key-file': 'tls.crt' },
+      /csi\.spire\.io\/cert-file \(layout cert-manager's default\) and csi\.spire\.io\/key-file are both "tls\.crt"/,
+    );
+  });
+
+  test('the layout chooses names only: it never reaches selectors or the SVID choice', () => {
+    const parsed = parseVolumeAttributes({ ...KUBELET_KEYS, 'csi.spire.io/layout': 'cert-manager' });
+    assert.equal(parsed.spiffeId, undefined);
+    assert.equal(parsed.hint, undefined);
+  });
+});
+
+describe('credential-bundle-file', () => {
+  test('absent: no credential bundle', () => {
+    assert.equal(parseVolumeAttributes({}).credentialBundleFile, undefined);
+  });
+
+  test('a name is taken as given, with either layout', () => {
+    assert.equal(parseVolumeAttributes(attr('credential-bundle-file', 'credential-bundle.pem')).credentialBundleFile, 'credential-bundle.pem');
+    const parsed = parseVolumeAttributes({ 'csi.spire.io/layout': 'cert-manager', 'csi.spire.io/credential-bundle-file': 'tls.pem' });
+    assert.deepEqual([parsed.certFile, parsed.credentialBundleFile], ['tls.crt', 'tls.pem']);
+  });
+
+  test('it must differ from every other name, the layout defaults included', () => {
+    rejected(
+      attr('credential-bundle-file', 'svid_key.pem'),
+      /key-file \(layout spiffe-helper's default\) and csi\.spire\.io\/credential-bundle-file are both "svid_key\.pem"/,
+    );
+    rejected(
+      { 'csi.spire.io/layout': 'cert-manager', 'csi.spire.io/credential-bundle-file': 'ca.crt' },
+      /bundle-file \(layout cert-manager's default\) and csi\.spire\.io\/credential-bundle-file/,
+    );
+    rejected(
+      { 'csi.spire.io/cert-file': 'both.pem', 'csi.spire.io/credential-bundle-file': 'both.pem' },
+      /cert-file and csi\.spire\.io\/credential-bundle-file are both "both\.pem"/,
+    );
+  });
+});
+
+describe('pkcs12-file and pkcs12-password', () => {
+  test('absent: no keystore and no password', () => {
+    const parsed = parseVolumeAttributes({});
+    assert.equal(parsed.pkcs12File, undefined);
+    assert.equal(parsed.pkcs12Password, undefined);
+  });
+
+  test('a file without a password gets the documented default, changeit', () => {
+    assert.equal(DEFAULT_PKCS12_PASSWORD, 'changeit');
+    const parsed = parseVolumeAttributes(attr('pkcs12-file', 'keystore.p12'));
+    assert.deepEqual([parsed.pkcs12File, parsed.pkcs12Password], ['keystore.p12', 'changeit']);
+  });
+
+  test('a password is taken as given: printable ASCII, spaces included, up to 128 characters', () => {
+    for (const password of ['s3cret', 'a', 'with space & $ymbols!~', 'p'.repeat(128)]) {
+      assert.equal(
+        parseVolumeAttributes({ 'csi.spire.io/pkcs12-file': 'ks.p12', 'csi.spire.io/pkcs12-password': password }).pkcs12Password,
+        password,
+      );
+    }
+  });
+
+  test('an empty, over-long or non-ASCII password is rejected without echoing it', () => {
+    const cases: [string, RegExp][] = [
+      ['', /must not be empty \(leave the attribute out for the default "changeit"\)/],
+      ['p'.repeat(129), /at most 128 characters/],
+      ['pässwort-geheim', /printable ASCII/],
+      ['tab\there-geheim', /printable ASCII/],
+    ];
+    for (const [password, pattern] of cases) {
+      const message = rejected(
+        { 'csi.spire.io/pkcs12-file': 'ks.p12', 'csi.spire.io/pkcs12-password': password },
+        /"csi\.spire\.io\/pkcs12-password"/,
+        pattern,
+      );
+      if (password.length > 0) assert.ok(!message.includes(password.slice(0, 8)), message);
+    }
+  });
+
+  test('a password without a file is rejected, saying to set the file', () => {
+    rejected(attr('pkcs12-password', 'changeme'), /pkcs12-password is set but csi\.spire\.io\/pkcs12-file is not: set csi\.spire\.io\/pkcs12-file/);
+  });
+
+  test('the keystore needs its own name too', () => {
+    rejected(
+      { 'csi.spire.io/layout': 'cert-manager', 'csi.spire.io/pkcs12-file': 'tls.key' },
+      /key-file \(layout cert-manager's default\) and csi\.spire\.io\/pkcs12-file are both "tls\.key"/,
+    );
+    rejected(
+      { 'csi.spire.io/credential-bundle-file': 'creds', 'csi.spire.io/pkcs12-file': 'creds' },
+      /credential-bundle-file and csi\.spire\.io\/pkcs12-file are both "creds"/,
+    );
   });
 });
 

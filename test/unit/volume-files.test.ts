@@ -233,4 +233,52 @@ describe('buildVolumeFiles', () => {
     assert.equal(a.length, b.length);
     a.forEach((file, i) => assert.ok(file.data.equals(b[i]?.data ?? Buffer.alloc(0))));
   });
+
+  describe('credential bundle (Kubernetes Pod Certificates format)', () => {
+    const withBundle = { ...names, credentialBundle: 'credential-bundle.pem' };
+
+    test('absent from the names: no fourth file', () => {
+      assert.equal(buildVolumeFiles(svid, [root.certDer], names, null).length, 3);
+      assert.equal(buildVolumeFiles(svid, [root.certDer], { ...names, credentialBundle: undefined }, null).length, 3);
+    });
+
+    test('a fourth file with the key mode: 0600, or 0640 with an fsGroup', () => {
+      assert.deepEqual(
+        buildVolumeFiles(svid, [root.certDer], withBundle, null).map((f) => [f.name, f.mode.toString(8)]),
+        [
+          ['svid.pem', '644'],
+          ['svid_key.pem', '600'],
+          ['svid_bundle.pem', '644'],
+          ['credential-bundle.pem', '600'],
+        ],
+      );
+      assert.equal(buildVolumeFiles(svid, [root.certDer], withBundle, 1000)[3]?.mode, 0o640);
+    });
+
+    test('byte for byte: the PKCS#8 PRIVATE KEY block, then the chain leaf first, 64-column base64, nothing else', () => {
+      const file = buildVolumeFiles(svid, [root.certDer], withBundle, null)[3];
+      const pem = (der: Buffer, label: string): string =>
+        `-----BEGIN ${label}-----\n${(der.toString('base64').match(/.{1,64}/g) ?? []).join('\n')}\n-----END ${label}-----\n`;
+      // What kubelet's podcertificate manager writes: pem.EncodeToMemory of the key, then of each certificate.
+      const expected = pem(leaf.keyPkcs8Der, 'PRIVATE KEY') + pem(leaf.certDer, 'CERTIFICATE') + pem(intermediate.certDer, 'CERTIFICATE');
+      assert.equal(file?.data.toString('utf8'), expected);
+      assert.ok(file?.data.equals(Buffer.from(expected, 'ascii')));
+    });
+
+    test('it is the key file followed by the certificate file, and parses back into a matching key and leaf', () => {
+      const [cert, key, , bundleFile] = buildVolumeFiles(svid, [root.certDer], withBundle, null);
+      const text = bundleFile?.data.toString('utf8') ?? '';
+      assert.equal(text, `${key?.data.toString('utf8') ?? ''}${cert?.data.toString('utf8') ?? ''}`);
+      assert.ok(text.startsWith('-----BEGIN PRIVATE KEY-----\n'));
+      assert.doesNotMatch(text, /RSA PRIVATE KEY|EC PRIVATE KEY|\r/);
+      const keyObject = createPrivateKey(text); // the first PEM block
+      const certs = pemBlocks(text, 'CERTIFICATE').map((block) => new X509Certificate(block));
+      assert.equal(certs.length, 2);
+      assert.ok(certs[0]?.checkPrivateKey(keyObject));
+      assert.ok(certs[0]?.raw.equals(leaf.certDer));
+      assert.ok(certs[1]?.raw.equals(intermediate.certDer));
+      // The trust bundle is not part of it: it holds the pod's own credentials only.
+      assert.ok(!certs.some((c) => c.raw.equals(root.certDer)));
+    });
+  });
 });

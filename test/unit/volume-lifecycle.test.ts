@@ -60,9 +60,11 @@ function podSpec(n: number): PublishSpec {
     volumeName,
     pod: { uid, name: `app-${n}`, namespace: 'default', serviceAccount: 'app' },
     attributes: {
+      layout: 'spiffe-helper',
       certFile: 'svid.pem',
       keyFile: 'svid_key.pem',
       bundleFile: 'svid_bundle.pem',
+      credentialBundleFile: undefined,
       fsGroup: undefined,
       spiffeId: undefined,
       hint: undefined,
