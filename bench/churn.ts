@@ -47,7 +47,6 @@
  * stand for the rest.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import http from 'node:http';
@@ -56,7 +55,8 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { mountsUnder } from '../src/fs/mountinfo.js';
 import { PACKAGE_ROOT } from '../src/proto-loading.js';
-import { freeTcpPort, killOnExit, SpireTestbed, TRUST_DOMAIN, unmountAllUnder, unmountOnExit } from '../e2e/spire-testbed.js';
+import { agentSubscriptions, realAgentChurn } from '../e2e/churn-agent.js';
+import { freeTcpPort, killOnExit, SpireTestbed, unmountAllUnder, unmountOnExit } from '../e2e/spire-testbed.js';
 import {
   devAgentChurn,
   leftoverPodDirs,
@@ -67,7 +67,6 @@ import {
   stateFiles,
   type ChurnAgent,
   type ChurnFailure,
-  type PodLease,
 } from '../test/support/churn-workload.js';
 import { DevAgent } from '../test/support/dev-agent/dev-agent.js';
 import { DRIVER_NODE_FLAGS, NODE_NAME, runningAsRoot, sleep } from '../test/support/driver-harness.js';
@@ -441,10 +440,8 @@ async function devAgentSetup(): Promise<Setup> {
 }
 
 /**
- * A real SPIRE server and agent. Entries are made ahead, a batch per
- * spire-server call, so that a pod's entry has usually reached the agent
- * (1 s sync interval in the e2e config) by the time its volume is published;
- * deleted entries are batched the same way.
+ * A real SPIRE server and agent; the pods' entries are made and deleted in
+ * batches (e2e/churn-agent.ts, shared with e2e/churn.test.ts).
  */
 async function realAgentSetup(): Promise<Setup> {
   const testbed = await SpireTestbed.start({ label: 'churn' });
@@ -452,86 +449,15 @@ async function realAgentSetup(): Promise<Setup> {
   await fsp.mkdir(dir, { recursive: true });
   const paths = driverPaths(dir, testbed.adminSocketPath, await freeTcpPort());
   const kubelet = new KubeletSimulator({ csiSocketPath: paths.csiSocketPath, kubeletRootDir: paths.kubeletRootDir });
-  let serial = 0;
-  const ready: PodLease[] = [];
-  let refilling: Promise<void> | undefined;
-  let toDelete: string[] = [];
-  let deleting: Promise<void> = Promise.resolve();
-
-  const makeLeases = async (count: number, ttlSeconds?: number): Promise<PodLease[]> => {
-    const pods = Array.from({ length: count }, () => kubelet.createPod({ name: `churn-${serial++}`, namespace: 'churn', uid: randomUUID() }));
-    const ids = pods.map((pod) => `spiffe://${TRUST_DOMAIN}/churn/${pod.name}`);
-    const entryIds = await testbed.createEntries(
-      pods.map((pod, i) => ({
-        spiffeId: ids[i] as string,
-        selectors: [`k8s:pod-uid:${pod.uid}`],
-        ...(ttlSeconds ? { x509SvidTtlSeconds: ttlSeconds } : {}),
-      })),
-    );
-    return pods.map((pod, i) => ({ pod, spiffeId: ids[i] as string, entryId: entryIds[i] as string }));
-  };
-  const refill = (): Promise<void> => {
-    refilling ??= makeLeases(REAL_ENTRY_BATCH)
-      .then((leases) => {
-        ready.push(...leases);
-      })
-      .finally(() => {
-        refilling = undefined;
-      });
-    return refilling;
-  };
-  const deleteBatch = (ids: string[]): Promise<void> => {
-    const file = path.join(testbed.dir, `delete-${randomUUID()}.json`);
-    deleting = deleting.then(async () => {
-      await fsp.writeFile(file, JSON.stringify({ ids }));
-      try {
-        await testbed.serverCli(['entry', 'delete', '-file', file, '-output', 'json']);
-      } finally {
-        await fsp.rm(file, { force: true });
-      }
-    });
-    return deleting;
-  };
-
-  const agent: ChurnAgent = {
-    async acquire(kind) {
-      if (kind === 'long-lived') return (await makeLeases(1, REAL_LONG_LIVED_TTL_SECONDS))[0] as PodLease;
-      while (ready.length === 0) await refill();
-      const lease = ready.shift() as PodLease;
-      // Keep a batch ahead, so that entries have reached the agent before their pods publish.
-      if (ready.length < REAL_ENTRY_BATCH) void refill().catch(() => undefined);
-      return lease;
-    },
-    async release(lease) {
-      toDelete.push(lease.entryId);
-      if (toDelete.length >= REAL_ENTRY_BATCH) {
-        const batch = toDelete;
-        toDelete = [];
-        await deleteBatch(batch);
-      }
-    },
-    async flush() {
-      await refilling?.catch(() => undefined);
-      const unused = ready.splice(0).map((lease) => lease.entryId);
-      const batch = [...toDelete, ...unused];
-      toDelete = [];
-      if (batch.length > 0) await deleteBatch(batch);
-      await deleting;
-    },
-  };
-
   return {
     paths,
     kubelet,
-    agent,
+    agent: realAgentChurn(testbed, kubelet, { longLivedTtlSeconds: REAL_LONG_LIVED_TTL_SECONDS, entryBatch: REAL_ENTRY_BATCH }),
     describeAgent: `a real SPIRE ${path.basename(path.dirname(path.dirname(testbed.tools.spireAgent)))} server + agent (e2e testbed)`,
     // The real agent shows no open-stream count (its telemetry counts RPCs when they end, and is off in the e2e config).
     svidStreams: () => undefined,
     bundleStreams: () => undefined,
-    subscriptions: async () => {
-      const log = await fsp.readFile(path.join(testbed.dir, 'agent.log'), 'utf8').catch(() => '');
-      return log.split('Subscribing to cache changes').length - 1;
-    },
+    subscriptions: () => agentSubscriptions(testbed),
     agentPid: () => testbed.agent?.child.pid,
     async close() {
       kubelet.close();
