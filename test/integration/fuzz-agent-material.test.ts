@@ -36,21 +36,12 @@ import { Harness, eventually, sleep } from '../support/driver-harness.js';
 import { isServiceError, type Pod, type PublishedVolume } from '../support/kubelet-simulator.js';
 import { mintCa, mintEcSec1KeyDer, mintRsaPkcs1KeyDer, mintSvid, type MintedCa, type MintedSvid } from '../support/certs.js';
 import { assertValidSvidVolume, pathExists } from '../support/volume-assertions.js';
+import { fcParameters, runs } from '../support/fuzz.js';
 
 const RUNS = 300;
 const STEP_TIMEOUT_MS = 5000;
 const TRUST_DOMAIN_ID = 'spiffe://example.org';
 const SPIFFE_ID = 'spiffe://example.org/ns/fuzz/sa/app';
-
-function runs(n: number): number {
-  const override = process.env['FUZZ_RUNS'];
-  return override ? Number(override) : n;
-}
-
-function fcParameters<T>(numRuns: number): fc.Parameters<T> {
-  const seed = process.env['FUZZ_SEED'];
-  return { numRuns: runs(numRuns), ...(seed ? { seed: Number(seed) } : {}) };
-}
 
 // ---------------------------------------------------------------- material
 

@@ -42,19 +42,11 @@ import { Harness } from '../support/driver-harness.js';
 import { isServiceError, type Pod } from '../support/kubelet-simulator.js';
 import { expectInvalidArgument } from '../support/invalid-argument.js';
 import { assertValidSvidVolume, pathExists } from '../support/volume-assertions.js';
+import { fcParameters, runs } from '../support/fuzz.js';
+import { POD_INFO_KEYS } from '../../src/volumes/pod-binding.js';
 
 const CALL_DEADLINE_MS = 5000;
 const RUNS = { inProcess: 5000, mutated: 600, arbitrary: 300, rawBytes: 500 };
-
-function runs(n: number): number {
-  const override = process.env['FUZZ_RUNS'];
-  return override ? Number(override) : n;
-}
-
-function fcParameters<T>(numRuns: number): fc.Parameters<T> {
-  const seed = process.env['FUZZ_SEED'];
-  return { numRuns: runs(numRuns), ...(seed ? { seed: Number(seed) } : {}) };
-}
 
 // ------------------------------------------------------------ the wire form
 
@@ -72,13 +64,7 @@ function wire(text: string): string {
 
 // -------------------------------------- the rules, read independently of src/
 
-const K = {
-  name: 'csi.storage.k8s.io/pod.name',
-  namespace: 'csi.storage.k8s.io/pod.namespace',
-  uid: 'csi.storage.k8s.io/pod.uid',
-  serviceAccount: 'csi.storage.k8s.io/serviceAccount.name',
-  ephemeral: 'csi.storage.k8s.io/ephemeral',
-} as const;
+const K = POD_INFO_KEYS;
 const POD_INFO_KEY_SET = new Set<string>(Object.values(K));
 const SPIRE_PREFIX = 'csi.spire.io/';
 const KUBELET_PREFIX = 'csi.storage.k8s.io/';
