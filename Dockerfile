@@ -21,8 +21,9 @@ FROM ${NODE_IMAGE}
 LABEL org.opencontainers.image.title="spire-csi-driver" \
       org.opencontainers.image.description="CSI node driver (csi.spire.io) writing SPIFFE X.509-SVIDs into inline volumes" \
       org.opencontainers.image.licenses="Apache-2.0"
-# The driver mounts and unmounts a tmpfs per volume with mount(8) and umount(8) from util-linux, which
-# Debian's slim images include (package "mount", priority required); fail the build if that ever changes.
+# The driver mounts and unmounts a tmpfs per volume with the mount(2)/umount2(2) syscalls (through koffi); where koffi
+# cannot load it falls back to mount(8) and umount(8) from util-linux, which Debian's slim images include (package
+# "mount", priority required); fail the build if that ever changes.
 RUN command -v mount && command -v umount
 WORKDIR /opt/spire-csi-driver
 ENV NODE_ENV=production

@@ -10,7 +10,9 @@ import { DEFAULT_MAX_VOLUMES, type Config } from './config.js';
 import { identityService } from './csi/identity-service.js';
 import { nodeService } from './csi/node-service.js';
 import { startCsiServer, type CsiServer } from './csi/grpc-server.js';
+import type { Libc } from './fs/libc.js';
 import { acquireStateDirLock, type StateDirLock } from './fs/state-dir-lock.js';
+import { chooseMountMechanism } from './fs/tmpfs.js';
 import type { Logger } from './observability/logger.js';
 import { DriverMetrics, serveMetrics } from './observability/metrics.js';
 import { AgentConnection } from './spire/agent-connection.js';
@@ -36,6 +38,8 @@ export interface StartDriverOptions {
    * process, and the kernel drops its lock file descriptor.
    */
   signal?: AbortSignal;
+  /** For tests: the C library binding the tmpfs mounts use (default: koffi's; when it fails, mount(8)/umount(8)). */
+  loadLibcForMounts?: () => Promise<Libc>;
 }
 
 export async function startDriver(config: Config, options: StartDriverOptions): Promise<RunningDriver> {
@@ -63,12 +67,20 @@ async function startLocked(config: Config, options: StartDriverOptions, lock: St
   });
   await connection.start();
   const bundles = new BundleWatcher({ connection, logger, metrics });
+  const mounting = await chooseMountMechanism({ ...(options.loadLibcForMounts && { loadLibc: options.loadLibcForMounts }) });
+  if (mounting.reason !== undefined && config.useTmpfs) {
+    logger.warn(
+      { reason: mounting.reason },
+      'mounting the per-volume tmpfs with mount(8) and umount(8), a process spawn per publish and unpublish, because the mount(2) syscall is unavailable here',
+    );
+  }
   const storage = new VolumeStorage({
     useTmpfs: config.useTmpfs,
     tmpfsSizeBytes: config.tmpfsSizeBytes,
     mountSource: config.driverName,
     kubeletRootDir: config.kubeletRootDir,
     logger,
+    ...(options.loadLibcForMounts && { loadLibc: options.loadLibcForMounts }),
   });
   const volumes = new VolumeManager({
     nodeName: config.nodeName,
@@ -110,6 +122,7 @@ async function startLocked(config: Config, options: StartDriverOptions, lock: St
       endpoint: config.csiSocketPath,
       agent_admin_socket: config.agentAdminSocketPath,
       tmpfs: config.useTmpfs,
+      mount: mounting.mechanism,
       volumes: volumes.volumeCount,
       max_volumes: volumes.maxVolumes,
       state_dir_lock: lock.held ? lock.path : 'unavailable',

@@ -13,6 +13,14 @@ export const LOCK_EX = 2;
 export const LOCK_NB = 4;
 export const LOCK_UN = 8;
 
+/** mount(2) flags (Linux <sys/mount.h>). */
+export const MS_NOSUID = 2;
+export const MS_NODEV = 4;
+export const MS_NOEXEC = 8;
+
+/** umount2(2) flag (Linux <sys/mount.h>): do not follow a symbolic link at the target. */
+export const UMOUNT_NOFOLLOW = 8;
+
 export interface Libc {
   /**
    * flock(2): 0 on success, otherwise the errno (a positive number; compare
@@ -20,6 +28,14 @@ export interface Libc {
    * held). Never blocks the event loop as long as `operation` has LOCK_NB.
    */
   flock(fd: number, operation: number): number;
+  /**
+   * mount(2) (Linux): 0 on success, otherwise the errno. Synchronous: it holds
+   * the event loop for as long as the kernel takes, which for a tmpfs is
+   * microseconds.
+   */
+  mount(source: string, target: string, fsType: string, flags: number, data: string): number;
+  /** umount2(2) (Linux): 0 on success, otherwise the errno. Synchronous, like mount. */
+  umount2(target: string, flags: number): number;
 }
 
 /** koffi or the C library could not be loaded on this platform; `message` says why. */
@@ -55,18 +71,29 @@ async function load(): Promise<Libc> {
     // libc.so.6, musl's ld-musl-*.so.1).
     const lib = koffi.load(null);
     const flock = lib.func('int flock(int fd, int operation)');
+    const mount = lib.func(
+      'int mount(const char *source, const char *target, const char *filesystemtype, unsigned long mountflags, const char *data)',
+    );
+    const umount2 = lib.func('int umount2(const char *target, int flags)');
+    // koffi saves errno right after each call, before any other code can change it.
+    const errnoOf = (result: unknown): number => {
+      if (result === 0) return 0;
+      const errno = koffi.errno();
+      return errno > 0 ? errno : os.constants.errno.EIO;
+    };
     return {
-      flock(fd, operation) {
-        const result: unknown = flock(fd, operation);
-        if (result === 0) return 0;
-        // koffi saves errno right after the call, before any other code can change it.
-        const errno = koffi.errno();
-        return errno > 0 ? errno : os.constants.errno.EIO;
-      },
+      flock: (fd, operation) => errnoOf(flock(fd, operation)),
+      mount: (source, target, fsType, flags, data) => errnoOf(mount(source, target, fsType, flags, data)),
+      umount2: (target, flags) => errnoOf(umount2(target, flags)),
     };
   } catch (err) {
-    throw new LibcUnavailableError(`koffi loaded but cannot bind flock from the C library: ${describe(err)}`);
+    throw new LibcUnavailableError(`koffi loaded but cannot bind flock, mount and umount2 from the C library: ${describe(err)}`);
   }
+}
+
+/** The errno's symbolic name (EPERM, EBUSY, …), or `errno <n>` for one Node.js does not know. */
+export function errnoName(errno: number): string {
+  return Object.entries(os.constants.errno).find(([, value]) => value === errno)?.[0] ?? `errno ${errno}`;
 }
 
 function describe(err: unknown): string {

@@ -17,7 +17,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { LogFields, Logger } from '../observability/logger.js';
-import { LOCK_EX, LOCK_NB, loadLibc as defaultLoadLibc, type Libc } from './libc.js';
+import { errnoName, LOCK_EX, LOCK_NB, loadLibc as defaultLoadLibc, type Libc } from './libc.js';
 
 export const LOCK_FILE_NAME = 'driver.lock';
 const DEFAULT_POLL_INTERVAL_MS = 300;
@@ -252,8 +252,4 @@ function unprotected(lockPath: string, logger: Logger, reason: string): StateDir
       'instance from managing the same state directory: make sure only one runs per node (one DaemonSet pod, rollingUpdate.maxSurge 0)',
   );
   return { path: lockPath, held: false, release: async () => undefined };
-}
-
-function errnoName(errno: number): string {
-  return Object.entries(os.constants.errno).find(([, value]) => value === errno)?.[0] ?? `errno ${errno}`;
 }

@@ -1,11 +1,13 @@
 import { execFile } from 'node:child_process';
+import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { errnoName, loadLibc as defaultLoadLibc, MS_NODEV, MS_NOEXEC, MS_NOSUID, UMOUNT_NOFOLLOW, type Libc } from './libc.js';
 import type { MountEntry } from './mountinfo.js';
 
 const execFileAsync = promisify(execFile);
 
-/** A hung mount(8)/umount(8) must not hold a CSI call until kubelet gives up. */
+/** A hung mount(8)/umount(8) (the fallback) must not hold a CSI call until kubelet gives up. */
 const COMMAND_TIMEOUT_MS = 30_000;
 
 export interface TmpfsOptions {
@@ -21,13 +23,46 @@ export interface TmpfsOptions {
 }
 
 /**
+ * How mounts are made: mount(2)/umount2(2) through koffi (`syscall`), or, when
+ * koffi cannot load here, by running mount(8)/umount(8) (`mount(8)`), which
+ * costs a process spawn, about 8 ms, per publish and unpublish.
+ */
+export type MountMechanism = 'syscall' | 'mount(8)';
+
+export interface MountMechanismChoice {
+  mechanism: MountMechanism;
+  /** With `mount(8)`: why the syscalls are unavailable (koffi's load error). */
+  reason?: string;
+  /** The C library, with `syscall`. */
+  libc?: Libc;
+}
+
+export interface TmpfsCallOptions {
+  /** For tests: the C library binding (default: koffi's, loaded once). */
+  loadLibc?: () => Promise<Libc>;
+}
+
+/**
+ * Which mechanism mounts use: the syscalls when the C library loads (it is
+ * loaded once per process and the outcome, failure included, is kept), else
+ * mount(8)/umount(8).
+ */
+export async function chooseMountMechanism(options: TmpfsCallOptions = {}): Promise<MountMechanismChoice> {
+  try {
+    return { mechanism: 'syscall', libc: await (options.loadLibc ?? defaultLoadLibc)() };
+  } catch (err) {
+    return { mechanism: 'mount(8)', reason: err instanceof Error ? err.message : String(err) };
+  }
+}
+
+/**
  * Mounts a size-limited tmpfs at `target`: private keys then live in memory
  * only (docs/design.md invariant 8), and a `size=` keeps a runaway payload from
  * eating half the node's RAM, the kernel default that cert-manager/csi-lib's
  * shared tmpfs keeps (docs/design.md fact F18). nosuid,nodev,noexec because
  * the volume only ever holds PEM files.
  */
-export async function mountTmpfs(target: string, opts: TmpfsOptions): Promise<void> {
+export async function mountTmpfs(target: string, opts: TmpfsOptions, callOptions: TmpfsCallOptions = {}): Promise<void> {
   const mode = opts.mode ?? 0o755;
   if (!path.isAbsolute(target)) throw new Error(`tmpfs mount target must be an absolute path, got ${JSON.stringify(target)}`);
   if (!Number.isSafeInteger(opts.sizeBytes) || opts.sizeBytes <= 0) {
@@ -36,20 +71,72 @@ export async function mountTmpfs(target: string, opts: TmpfsOptions): Promise<vo
   if (!Number.isInteger(mode) || mode < 0 || mode > 0o7777) {
     throw new Error(`tmpfs mode must be between 0 and 0o7777, got ${String(mode)}`);
   }
-  // execFile passes no shell, but mount(8) still parses its arguments: a
-  // source starting with "-" would be read as an option, and a blank one
-  // would make our mounts unrecognisable.
+  // execFile passes no shell, but mount(8), the fallback, still parses its
+  // arguments: a source starting with "-" would be read as an option, and a
+  // blank one would make our mounts unrecognisable. The same rule for the
+  // syscall, so that both show the same sources.
   if (opts.source === '' || opts.source.startsWith('-') || /\s/.test(opts.source)) {
     throw new Error(`tmpfs source must be a non-empty word not starting with "-", got ${JSON.stringify(opts.source)}`);
   }
-  const options = `size=${opts.sizeBytes},mode=${mode.toString(8).padStart(4, '0')},nosuid,nodev,noexec`;
-  await run('mount', ['-t', 'tmpfs', '-o', options, opts.source, path.resolve(target)], `mounting a tmpfs at ${target}`);
+  const data = `size=${opts.sizeBytes},mode=${mode.toString(8).padStart(4, '0')}`;
+  const what = `mounting a tmpfs at ${target}`;
+  const { libc } = await chooseMountMechanism(callOptions);
+  if (libc === undefined) {
+    await run('mount', ['-t', 'tmpfs', '-o', `${data},nosuid,nodev,noexec`, opts.source, path.resolve(target)], what);
+    return;
+  }
+  // What mount(8) does with these options: nosuid,nodev,noexec become flags,
+  // the rest goes to tmpfs as its data string. No atime flag, so the kernel
+  // applies relatime, as it did for mount(8).
+  const errno = libc.mount(opts.source, path.resolve(target), 'tmpfs', MS_NOSUID | MS_NODEV | MS_NOEXEC, data);
+  if (errno !== 0) {
+    throw new Error(`${what} failed: mount(2) of tmpfs ${opts.source} with ${data},nosuid,nodev,noexec: ${describeErrno(errno, MOUNT_ERRORS)}`);
+  }
 }
 
-/** Unmounts whatever is mounted on top at `target`. */
-export async function unmount(target: string): Promise<void> {
+/**
+ * Unmounts whatever is mounted on top at `target`. With the syscall, a
+ * symbolic link at `target` is never followed (UMOUNT_NOFOLLOW): unmounting
+ * it fails as not mounted.
+ */
+export async function unmount(target: string, callOptions: TmpfsCallOptions = {}): Promise<void> {
   if (!path.isAbsolute(target)) throw new Error(`unmount target must be an absolute path, got ${JSON.stringify(target)}`);
-  await run('umount', [path.resolve(target)], `unmounting ${target}`);
+  const what = `unmounting ${target}`;
+  const { libc } = await chooseMountMechanism(callOptions);
+  if (libc === undefined) {
+    await run('umount', [path.resolve(target)], what);
+    return;
+  }
+  const errno = libc.umount2(path.resolve(target), UMOUNT_NOFOLLOW);
+  if (errno !== 0) throw new Error(`${what} failed: umount2(2): ${describeErrno(errno, UNMOUNT_ERRORS)}`);
+}
+
+const { errno: E } = os.constants;
+
+/** What an errno from mount(2) means here, in the words mount(8) would use, and what to do. */
+const MOUNT_ERRORS: ReadonlyMap<number, string> = new Map([
+  [E.EPERM, 'permission denied: mounting needs CAP_SYS_ADMIN (run the driver in a privileged container) or set --tmpfs=false'],
+  [E.EACCES, 'permission denied: mounting needs CAP_SYS_ADMIN (run the driver in a privileged container) or set --tmpfs=false'],
+  [E.ENOENT, 'mount point does not exist'],
+  [E.ENOTDIR, 'mount point is not a directory'],
+  [E.ENODEV, 'the kernel does not support tmpfs'],
+  [E.ENOMEM, 'out of memory'],
+  [E.EINVAL, 'invalid argument (the kernel refused the tmpfs options)'],
+  [E.ELOOP, 'too many levels of symbolic links in the mount point'],
+]);
+
+/** What an errno from umount2(2) means here, in the words umount(8) would use. */
+const UNMOUNT_ERRORS: ReadonlyMap<number, string> = new Map([
+  [E.EBUSY, 'target is busy (a process has a file open or its working directory there, or something is mounted below it)'],
+  [E.EINVAL, 'not mounted (or a symbolic link, which is never followed)'],
+  [E.EPERM, 'permission denied: unmounting needs CAP_SYS_ADMIN (run the driver in a privileged container)'],
+  [E.ENOENT, 'no such file or directory'],
+  [E.ENOTDIR, 'a path component is not a directory'],
+]);
+
+function describeErrno(errno: number, meanings: ReadonlyMap<number, string>): string {
+  const meaning = meanings.get(errno);
+  return meaning === undefined ? errnoName(errno) : `${errnoName(errno)}, ${meaning}`;
 }
 
 /** True for a tmpfs this driver mounted (its source is our name). */

@@ -65,6 +65,8 @@ export interface LogFields {
   agent_admin_socket?: string;
   known_in_state_dir?: boolean;
   tmpfs?: boolean;
+  /** How tmpfs mounts are made: the mount(2) syscall, or mount(8) when the syscall cannot be loaded. */
+  mount?: 'syscall' | 'mount(8)';
 }
 
 /**

@@ -11,7 +11,8 @@ import { status } from '@grpc/grpc-js';
 import { DriverError, errorMessage } from '../errors.js';
 import { AtomicWriter, holdsOnlyWriterFiles } from '../fs/atomic-writer.js';
 import { findMount, mountsUnder } from '../fs/mountinfo.js';
-import { isOurTmpfs, mountTmpfs, unmount } from '../fs/tmpfs.js';
+import type { Libc } from '../fs/libc.js';
+import { isOurTmpfs, mountTmpfs, unmount, type TmpfsCallOptions } from '../fs/tmpfs.js';
 import type { Logger } from '../observability/logger.js';
 import { inlineVolumeId, kubeletVolumeAt } from './pod-binding.js';
 
@@ -22,6 +23,8 @@ export interface VolumeStorageOptions {
   mountSource: string;
   kubeletRootDir: string;
   logger: Logger;
+  /** For tests: the C library binding for mount(2)/umount2(2) (default: koffi's; when it fails, mount(8)/umount(8)). */
+  loadLibc?: () => Promise<Libc>;
 }
 
 /** kubelet stacks nothing at an inline volume's target path, but a crash can leave our own mounts stacked. */
@@ -66,7 +69,11 @@ export interface VolumeStorageBackend {
 }
 
 export class VolumeStorage implements VolumeStorageBackend {
-  constructor(private readonly options: VolumeStorageOptions) {}
+  private readonly mountOptions: TmpfsCallOptions;
+
+  constructor(private readonly options: VolumeStorageOptions) {
+    this.mountOptions = options.loadLibc ? { loadLibc: options.loadLibc } : {};
+  }
 
   get usesTmpfs(): boolean {
     return this.options.useTmpfs;
@@ -93,12 +100,18 @@ export class VolumeStorage implements VolumeStorageBackend {
       );
     }
     try {
-      await mountTmpfs(targetPath, { sizeBytes: this.options.tmpfsSizeBytes, source: this.options.mountSource, mode: VOLUME_ROOT_MODE });
-    } catch (err) {
-      throw new DriverError(
-        status.INTERNAL,
-        `${errorMessage(err)}. The driver needs CAP_SYS_ADMIN (a privileged container) and mount(8) to mount the per-volume tmpfs; set --tmpfs=false to write into the directory instead`,
+      await mountTmpfs(
+        targetPath,
+        { sizeBytes: this.options.tmpfsSizeBytes, source: this.options.mountSource, mode: VOLUME_ROOT_MODE },
+        this.mountOptions,
       );
+    } catch (err) {
+      const message = errorMessage(err);
+      // A refused mount(2) already says what to do; every other failure gets the same advice once.
+      const advice = message.includes('CAP_SYS_ADMIN')
+        ? ''
+        : '. The driver needs CAP_SYS_ADMIN (a privileged container) to mount the per-volume tmpfs; set --tmpfs=false to write into the directory instead';
+      throw new DriverError(status.INTERNAL, `${message}${advice}`);
     }
   }
 
@@ -113,7 +126,7 @@ export class VolumeStorage implements VolumeStorageBackend {
       const mounted = await findMount(targetPath);
       if (mounted === undefined || !isOurTmpfs(mounted, this.options.mountSource)) break;
       try {
-        await unmount(targetPath);
+        await unmount(targetPath, this.mountOptions);
       } catch (err) {
         throw new DriverError(status.INTERNAL, errorMessage(err));
       }

@@ -11,6 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
+import { LibcUnavailableError } from '../../src/fs/libc.js';
 import { findMount, mountsUnder } from '../../src/fs/mountinfo.js';
 import { mountTmpfs, unmount } from '../../src/fs/tmpfs.js';
 import { Harness, eventually, runningAsRoot } from '../support/driver-harness.js';
@@ -143,6 +144,57 @@ describe('per-volume tmpfs, modes and fsGroup (root)', { skip }, () => {
 async function umountAll(target: string): Promise<void> {
   while ((await mountsUnder(target)).length > 0) await unmount(target);
 }
+
+describe('how the tmpfs is mounted: mount(2), or mount(8) when koffi cannot load (root)', { skip }, () => {
+  function startLine(h: Harness): Record<string, unknown> | undefined {
+    return h.logs.entries().find((line) => line['msg'] === 'spire-csi-driver started');
+  }
+
+  async function publishAndUnpublish(h: Harness, name: string): Promise<void> {
+    const pod = h.kubelet.createPod();
+    await h.agent.addEntry({ spiffeId: `spiffe://example.org/${name}`, selectors: [`k8s:pod-uid:${pod.uid}`] });
+    const volume = await h.kubelet.publish(pod);
+    const mount = await findMount(volume.targetPath);
+    assert.ok(mount, 'a mount at the target path');
+    assert.equal(mount.fsType, 'tmpfs');
+    assert.equal(mount.source, 'csi.spire.io');
+    assert.deepEqual(mount.mountOptions.slice(0, 4), ['rw', 'nosuid', 'nodev', 'noexec']);
+    assert.ok(mount.superOptions.includes('size=1024k'), `size limit in ${mount.superOptions.join(',')}`);
+    assert.ok(mount.superOptions.includes('mode=755'), `mode in ${mount.superOptions.join(',')}`);
+    await assertValidSvidVolume(volume.targetPath, `spiffe://example.org/${name}`);
+    await h.kubelet.unpublish(volume);
+    assert.equal(await findMount(volume.targetPath), undefined);
+    assert.equal(await pathExists(volume.targetPath), false);
+  }
+
+  it('with koffi: the syscalls, said in the start-up line, and no warning', async () => {
+    const h = await Harness.start({ useTmpfs: true });
+    try {
+      assert.equal(startLine(h)?.['mount'], 'syscall');
+      assert.doesNotMatch(h.logs.text(), /mounting the per-volume tmpfs with mount\(8\)/);
+      await publishAndUnpublish(h, 'by-syscall');
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('without koffi: mount(8) and umount(8), said in the start-up line and in a warning with the reason', async () => {
+    const h = await Harness.start({
+      useTmpfs: true,
+      loadLibcForMounts: () => Promise.reject(new LibcUnavailableError('cannot load koffi, the C FFI module, on test-platform: no binary')),
+    });
+    try {
+      assert.equal(startLine(h)?.['mount'], 'mount(8)');
+      const warning = h.logs.entries().find((line) => String(line['msg']).startsWith('mounting the per-volume tmpfs with mount(8)'));
+      assert.ok(warning, 'warned');
+      assert.equal(warning['level'], 'warn');
+      assert.match(String(warning['reason']), /cannot load koffi, the C FFI module, on test-platform: no binary/);
+      await publishAndUnpublish(h, 'by-mount8');
+    } finally {
+      await h.close();
+    }
+  });
+});
 
 /**
  * What a container user sees, in both storage modes: the volume root must be

@@ -1,15 +1,21 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { findMount, isMountPoint, mountsUnder } from '../../src/fs/mountinfo.js';
-import { isOurTmpfs, mountTmpfs, unmount } from '../../src/fs/tmpfs.js';
+import { LibcUnavailableError, type Libc } from '../../src/fs/libc.js';
+import { chooseMountMechanism, isOurTmpfs, mountTmpfs, unmount, type TmpfsCallOptions } from '../../src/fs/tmpfs.js';
 import { makeScratchDir, removeScratchDir } from '../support/scratch.js';
 
 const SOURCE = 'csi.spire.io';
 const SIZE = 1024 * 1024;
 const isRoot = process.getuid?.() === 0;
 const skip = isRoot ? false : 'mounting a tmpfs needs root (run as root to exercise src/fs/tmpfs.ts)';
+/** The fallback: koffi cannot load, so mounts run mount(8) and umount(8). */
+const WITHOUT_KOFFI: TmpfsCallOptions = {
+  loadLibc: () => Promise.reject(new LibcUnavailableError('cannot load koffi, the C FFI module, on test-platform: no binary')),
+};
 
 let scratch: string;
 before(async () => {
@@ -73,16 +79,16 @@ test('the default mode is 0755', { skip }, async () => {
   }
 });
 
-test("failures say what failed and include the command's stderr", { skip }, async () => {
+test("with mount(8) (koffi unavailable), failures say what failed and include the command's stderr", { skip }, async () => {
   const notMounted = path.join(scratch, 'not-mounted');
   await fs.mkdir(notMounted);
-  await assert.rejects(unmount(notMounted), (err: Error) => {
+  await assert.rejects(unmount(notMounted, WITHOUT_KOFFI), (err: Error) => {
     assert.match(err.message, /^unmounting .*not-mounted failed: `umount .*` exited with status \d+: \S/);
     assert.match(err.message, /not mounted/);
     return true;
   });
   await assert.rejects(
-    mountTmpfs(path.join(scratch, 'missing-dir'), { sizeBytes: 4096, source: SOURCE }),
+    mountTmpfs(path.join(scratch, 'missing-dir'), { sizeBytes: 4096, source: SOURCE }, WITHOUT_KOFFI),
     /^Error: mounting a tmpfs at .*missing-dir failed: `mount -t tmpfs -o size=4096,mode=0755,nosuid,nodev,noexec csi\.spire\.io .*` exited with status \d+: \S/,
   );
 });
@@ -95,4 +101,104 @@ test('arguments are validated before mount(8) runs', async () => {
   await assert.rejects(mountTmpfs('/x', { sizeBytes: 4096, source: '' }), /source/);
   await assert.rejects(mountTmpfs('/x', { sizeBytes: 4096, source: SOURCE, mode: 0o10000 }), /mode/);
   await assert.rejects(unmount('relative'), /absolute/);
+});
+
+test('the syscalls are used when koffi loads, mount(8) with the reason when it cannot', async () => {
+  const chosen = await chooseMountMechanism();
+  assert.equal(chosen.mechanism, process.platform === 'linux' ? 'syscall' : 'mount(8)');
+  const fallback = await chooseMountMechanism(WITHOUT_KOFFI);
+  assert.equal(fallback.mechanism, 'mount(8)');
+  assert.equal(fallback.libc, undefined);
+  assert.match(fallback.reason ?? '', /cannot load koffi, the C FFI module, on test-platform: no binary/);
+});
+
+test('mount(2) and mount(8) make the same mount: source, type, per-mount and tmpfs options', { skip }, async () => {
+  const shapes = [];
+  for (const [name, options] of [
+    ['syscall', {}],
+    ['mount8', WITHOUT_KOFFI],
+  ] as const) {
+    const target = path.join(scratch, `same-${name}`);
+    await fs.mkdir(target);
+    await mountTmpfs(target, { sizeBytes: SIZE, source: SOURCE, mode: 0o750 }, options);
+    const entry = await findMount(target);
+    assert.ok(entry, `${name}: mountinfo lists the target`);
+    shapes.push({ fsType: entry.fsType, source: entry.source, mountOptions: entry.mountOptions, superOptions: entry.superOptions });
+    assert.equal((await fs.stat(target)).mode & 0o7777, 0o750);
+    await unmount(target, options);
+    assert.equal(await findMount(target), undefined, `${name}: unmounted`);
+  }
+  assert.deepEqual(shapes[0], shapes[1]);
+  assert.deepEqual(shapes[0]?.mountOptions.slice(0, 4), ['rw', 'nosuid', 'nodev', 'noexec']);
+});
+
+test('with the syscalls, failures name the call, the errno and what it means', { skip }, async () => {
+  const notMounted = path.join(scratch, 'not-mounted-syscall');
+  await fs.mkdir(notMounted);
+  await assert.rejects(unmount(notMounted), /^Error: unmounting .*not-mounted-syscall failed: umount2\(2\): EINVAL, not mounted/);
+  await assert.rejects(
+    mountTmpfs(path.join(scratch, 'missing-dir'), { sizeBytes: 4096, source: SOURCE }),
+    /^Error: mounting a tmpfs at .*missing-dir failed: mount\(2\) of tmpfs csi\.spire\.io with size=4096,mode=0755,nosuid,nodev,noexec: ENOENT, mount point does not exist$/,
+  );
+});
+
+test('an unmount of a busy tmpfs fails with "target is busy", by syscall and by umount(8)', { skip }, async () => {
+  const target = path.join(scratch, 'busy');
+  await fs.mkdir(target);
+  await mountTmpfs(target, { sizeBytes: 64 * 1024, source: SOURCE });
+  const handle = await fs.open(path.join(target, 'held-open'), 'w');
+  try {
+    await assert.rejects(unmount(target), /^Error: unmounting .*busy failed: umount2\(2\): EBUSY, target is busy/);
+    await assert.rejects(unmount(target, WITHOUT_KOFFI), /^Error: unmounting .*busy failed: `umount .*`.*target is busy/);
+    assert.ok(await isMountPoint(target), 'still mounted');
+  } finally {
+    await handle.close();
+  }
+  await unmount(target);
+  assert.equal(await isMountPoint(target), false);
+});
+
+test('unmount never follows a symbolic link at the target', { skip }, async () => {
+  const target = path.join(scratch, 'linked-to');
+  const link = path.join(scratch, 'link');
+  await fs.mkdir(target);
+  await fs.symlink(target, link);
+  await mountTmpfs(target, { sizeBytes: 64 * 1024, source: SOURCE });
+  try {
+    await assert.rejects(
+      unmount(link),
+      /^Error: unmounting .*link failed: umount2\(2\): EINVAL, not mounted \(or a symbolic link, which is never followed\)/,
+    );
+    assert.ok(await isMountPoint(target), 'the mount the link points at is still there');
+    assert.ok((await fs.lstat(link)).isSymbolicLink());
+  } finally {
+    await unmount(target);
+  }
+});
+
+test('mount(2) EPERM says that mounting needs CAP_SYS_ADMIN or --tmpfs=false', async () => {
+  const { errno } = os.constants;
+  const calls: unknown[][] = [];
+  const denied: Libc = {
+    flock: () => 0,
+    mount: (...args) => {
+      calls.push(args);
+      return errno.EPERM;
+    },
+    umount2: (...args) => {
+      calls.push(args);
+      return errno.EPERM;
+    },
+  };
+  const options: TmpfsCallOptions = { loadLibc: () => Promise.resolve(denied) };
+  await assert.rejects(
+    mountTmpfs('/nowhere/volume', { sizeBytes: 8192, source: SOURCE, mode: 0o700 }, options),
+    /^Error: mounting a tmpfs at \/nowhere\/volume failed: mount\(2\) .*: EPERM, permission denied: mounting needs CAP_SYS_ADMIN \(run the driver in a privileged container\) or set --tmpfs=false$/,
+  );
+  await assert.rejects(unmount('/nowhere/volume', options), /EPERM, permission denied: unmounting needs CAP_SYS_ADMIN/);
+  // nosuid|nodev|noexec = 2|4|8; UMOUNT_NOFOLLOW = 8.
+  assert.deepEqual(calls, [
+    [SOURCE, '/nowhere/volume', 'tmpfs', 14, 'size=8192,mode=0700'],
+    ['/nowhere/volume', 8],
+  ]);
 });

@@ -6,7 +6,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import type { Config } from '../../src/config.js';
-import { startDriver, type RunningDriver } from '../../src/driver.js';
+import { startDriver, type RunningDriver, type StartDriverOptions } from '../../src/driver.js';
 import { mountsUnder } from '../../src/fs/mountinfo.js';
 import { unmount } from '../../src/fs/tmpfs.js';
 import { createLogger } from '../../src/observability/logger.js';
@@ -31,6 +31,8 @@ export interface HarnessOptions {
   agent?: Omit<DevAgentOptions, 'socketPath'>;
   /** Start the driver as a child process (node dist/src/main.js) instead of in this process. */
   driverProcess?: boolean;
+  /** The in-process driver's C library binding for mounts (default: koffi's). */
+  loadLibcForMounts?: StartDriverOptions['loadLibcForMounts'];
 }
 
 /** Captured JSON log lines of the in-process driver. */
@@ -90,7 +92,11 @@ export class Harness {
       await this.waitUntilReady();
     } else {
       const logger = createLogger({ level: this.config.logLevel, destination: this.logs });
-      this.driver = await startDriver(this.config, { logger, metrics: this.metrics });
+      this.driver = await startDriver(this.config, {
+        logger,
+        metrics: this.metrics,
+        ...(this.options.loadLibcForMounts && { loadLibcForMounts: this.options.loadLibcForMounts }),
+      });
     }
   }
 
