@@ -373,7 +373,8 @@ export class VolumeManager {
   }
 }
 
-function recordFor(spec: PublishSpec, tmpfs: boolean): VolumeRecord {
+/** The metadata record a publish of `spec` writes. */
+export function recordFor(spec: PublishSpec, tmpfs: boolean): VolumeRecord {
   return {
     version: 1,
     volumeId: spec.volumeId,

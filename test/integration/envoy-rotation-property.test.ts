@@ -84,20 +84,15 @@ function generationOf(kind: 'cert' | 'key', data: Buffer): number | undefined {
   return Number(head[1]);
 }
 
+function emptyReport(): ReaderReport {
+  return { accepted: 0, mismatched: 0, mismatchSamples: [], unstable: 0, missing: 0, torn: 0, straddled: 0, generationsSeen: 0 };
+}
+
 function runReader(config: ReaderConfig): ReaderReport {
   const stop = new Int32Array(config.stop);
   const certPath = path.join(config.dir, CERT_NAME);
   const keyPath = path.join(config.dir, KEY_NAME);
-  const report: ReaderReport = {
-    accepted: 0,
-    mismatched: 0,
-    mismatchSamples: [],
-    unstable: 0,
-    missing: 0,
-    torn: 0,
-    straddled: 0,
-    generationsSeen: 0,
-  };
+  const report = emptyReport();
   const generations = new Set<number>();
 
   while (Atomics.load(stop, 0) === 0) {
@@ -178,16 +173,7 @@ if (!isMainThread) {
     }
     const rotateMs = performance.now() - started;
     const all = await Promise.all(reports);
-    const total: ReaderReport = {
-      accepted: 0,
-      mismatched: 0,
-      mismatchSamples: [],
-      unstable: 0,
-      missing: 0,
-      torn: 0,
-      straddled: 0,
-      generationsSeen: 0,
-    };
+    const total = emptyReport();
     for (const report of all) {
       total.accepted += report.accepted;
       total.mismatched += report.mismatched;

@@ -33,6 +33,12 @@ describe('NodeGetVolumeStats: usage and volume condition', () => {
   const failsWith = (code: grpc.status, message?: RegExp) => (err: unknown) =>
     isServiceError(err) && err.code === code && (message === undefined || message.test(err.details));
   const earliestExpiry = async (): Promise<number | undefined> => (await h.metrics.earliestSvidExpiry.get()).values[0]?.value;
+  /** Waits until the volume's condition is abnormal and returns its message. */
+  const abnormalMessage = (volume: { volumeId: string; targetPath: string }, what: string): Promise<string> =>
+    eventually(what, async () => {
+      const result = await stats(volume.volumeId, volume.targetPath);
+      return result.volume_condition.abnormal ? result.volume_condition.message : undefined;
+    });
 
   it('advertises GET_VOLUME_STATS and VOLUME_CONDITION', async () => {
     const caps = (await h.kubelet.nodeCall('NodeGetCapabilities', {})) as { capabilities: { rpc: { type: string } }[] };
@@ -125,10 +131,7 @@ describe('NodeGetVolumeStats: usage and volume condition', () => {
     await h.agent.stop();
     await h.startDriver();
     assert.equal(await earliestExpiry(), notAfter.getTime() / 1000, 'the gauge has the expiry of the leaf on disk');
-    const message = await eventually('abnormal while the agent is down', async () => {
-      const result = await stats(volume.volumeId, volume.targetPath);
-      return result.volume_condition.abnormal ? result.volume_condition.message : undefined;
-    });
+    const message = await abnormalMessage(volume, 'abnormal while the agent is down');
     assert.match(message, new RegExp(`The files hold the SVID spiffe://example.org/ns/health/sa/resumed, valid until ${notAfter.toISOString()}`));
     await h.agent.resume();
     await eventually(
@@ -144,10 +147,7 @@ describe('NodeGetVolumeStats: usage and volume condition', () => {
     await h.agent.addEntry({ spiffeId: 'spiffe://example.org/ns/health/sa/down', selectors: [`k8s:pod-uid:${pod.uid}`] });
     const volume = await h.kubelet.publish(pod);
     await h.agent.stop();
-    const message = await eventually('abnormal while the agent is down', async () => {
-      const result = await stats(volume.volumeId, volume.targetPath);
-      return result.volume_condition.abnormal ? result.volume_condition.message : undefined;
-    });
+    const message = await abnormalMessage(volume, 'abnormal while the agent is down');
     assert.match(message, /^the SVID in this volume cannot be renewed: /);
     assert.match(message, /The files hold the SVID spiffe:\/\/example.org\/ns\/health\/sa\/down, valid until /);
     await h.agent.resume();

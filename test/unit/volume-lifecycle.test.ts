@@ -17,10 +17,9 @@ import { Backoff } from '../../src/spire/backoff.js';
 import { BundleWatcher } from '../../src/spire/bundle-watcher.js';
 import { STREAM_BACKOFF_INITIAL_MS, STREAM_BACKOFF_MAX_MS } from '../../src/spire/resilient-stream.js';
 import { formatSelectors, selectorsForPod } from '../../src/spire/selectors.js';
-import type { VolumeRecord } from '../../src/volumes/metadata-store.js';
 import { inlineVolumeId } from '../../src/volumes/pod-binding.js';
 import type { PublishSpec } from '../../src/volumes/publish-spec.js';
-import { VolumeManager } from '../../src/volumes/volume-manager.js';
+import { recordFor, VolumeManager } from '../../src/volumes/volume-manager.js';
 import { WRITE_RETRY_INITIAL_MS, WRITE_RETRY_MAX_MS } from '../../src/volumes/write-retry.js';
 import { FakeAgentConnection, FakeTrustDomain, svidResponse, type FakeSvid } from '../support/fakes/fake-agent.js';
 import { ManualClock, settle } from '../support/fakes/manual-clock.js';
@@ -70,23 +69,6 @@ function podSpec(n: number): PublishSpec {
       hint: undefined,
     },
     fsGroup: null,
-  };
-}
-
-/** The record a publish of `spec` writes (what an earlier run left in the state directory). */
-function recordOf(spec: PublishSpec): VolumeRecord {
-  return {
-    version: 1,
-    volumeId: spec.volumeId,
-    targetPath: spec.targetPath,
-    volumeName: spec.volumeName,
-    pod: { ...spec.pod },
-    files: { cert: 'svid.pem', key: 'svid_key.pem', bundle: 'svid_bundle.pem' },
-    fsGroup: null,
-    spiffeId: null,
-    hint: null,
-    tmpfs: true,
-    createdAt: '2026-01-01T00:00:00.000Z',
   };
 }
 
@@ -806,7 +788,7 @@ describe('resume after a restart', () => {
     const tombstoneLivePod = inlineVolumeId('pod-uid-66', 'spiffe');
     const newerFormat = inlineVolumeId('pod-uid-67', 'spiffe');
     const corrupt = inlineVolumeId('pod-uid-68', 'spiffe');
-    for (const spec of [live, noFiles, gone, symlink]) w.store.seed(recordOf(spec));
+    for (const spec of [live, noFiles, gone, symlink]) w.store.seed(recordFor(spec, true));
     w.storage.seedDirectory(live.targetPath, { files: [{ name: 'svid.pem', data: Buffer.from('previous run'), mode: 0o644 }] });
     w.storage.seedDirectory(noFiles.targetPath);
     w.storage.seedSymlink(symlink.targetPath);
@@ -864,7 +846,7 @@ describe('resume after a restart', () => {
     const broken = podSpec(69);
     const fine = podSpec(70);
     for (const spec of [broken, fine]) {
-      w.store.seed(recordOf(spec));
+      w.store.seed(recordFor(spec, true));
       w.storage.seedDirectory(spec.targetPath, { files: [{ name: 'svid.pem', data: Buffer.from('x'), mode: 0o644 }] });
     }
     const inspect = w.storage.inspect.bind(w.storage);
@@ -884,7 +866,7 @@ describe('resume after a restart', () => {
   it('resumed volumes are never refused, even past --max-volumes; new publishes are', async () => {
     const w = new World({ maxVolumes: 1 });
     for (const spec of [podSpec(71), podSpec(72)]) {
-      w.store.seed(recordOf(spec));
+      w.store.seed(recordFor(spec, true));
       w.storage.seedDirectory(spec.targetPath, { files: [{ name: 'svid.pem', data: Buffer.from('x'), mode: 0o644 }] });
     }
     await w.manager.resume();
