@@ -48,16 +48,27 @@ function splitOptions(value: string): string[] {
 }
 
 /**
+ * How the kernel writes a path in mountinfo: space, tab, newline and backslash
+ * as `\ooo` (show_mountinfo → seq_path with " \t\n\\", fs/proc_namespace.c).
+ */
+export function escapeMountPath(value: string): string {
+  return value.replace(/[ \t\n\\]/g, (char) => `\\${char.charCodeAt(0).toString(8).padStart(3, '0')}`);
+}
+
+/**
  * Parses mountinfo text. Throws on a line that does not have the documented
  * shape, naming the line, because guessing about mounts leads to unmounting
- * the wrong thing.
+ * the wrong thing. `mayConcern`, a cheap test on the raw line, skips the
+ * parsing of lines that cannot be wanted: a node with hundreds of pods has
+ * thousands of mounts, and every publish and unpublish looks at one path.
  */
-export function parseMountInfo(text: string): MountEntry[] {
+export function parseMountInfo(text: string, mayConcern?: (line: string) => boolean): MountEntry[] {
   const entries: MountEntry[] = [];
   const lines = text.split('\n');
   for (let index = 0; index < lines.length; index++) {
     const line = lines[index];
     if (line === undefined || line.trim() === '') continue;
+    if (mayConcern !== undefined && !mayConcern(line)) continue;
     const where = `mountinfo line ${index + 1}`;
     // Split on single spaces: the kernel writes exactly one between fields,
     // and an empty source (allowed for some file systems) shows up as an empty
@@ -99,6 +110,18 @@ export async function readMountInfo(): Promise<MountEntry[]> {
 }
 
 /**
+ * The mounts at `mountPath` (a path as mountinfo lists it) and, with
+ * `below`, anywhere under it. Only lines holding the escaped path after a
+ * space are parsed; the exact comparison is made on the parsed mount point.
+ */
+async function readMountsAt(mountPath: string, below: boolean): Promise<MountEntry[]> {
+  const needle = ` ${escapeMountPath(mountPath)}`;
+  const prefix = mountPath === '/' ? '/' : `${mountPath}/`;
+  const entries = parseMountInfo(await fs.readFile(MOUNTINFO_PATH, 'utf8'), (line) => line.includes(needle));
+  return entries.filter((entry) => entry.mountPoint === mountPath || (below && entry.mountPoint.startsWith(prefix)));
+}
+
+/**
  * The path mountinfo would list for `target`. The kernel records mount points
  * with every symlink resolved, so a target below a symlink (a kubelet root
  * directory moved to another disk and linked back) is compared on its real
@@ -124,15 +147,12 @@ async function mountPathOf(target: string): Promise<string> {
 
 /** True when something is mounted exactly at `target`. */
 export async function isMountPoint(target: string): Promise<boolean> {
-  const wanted = await mountPathOf(target);
-  return (await readMountInfo()).some((entry) => entry.mountPoint === wanted);
+  return (await readMountsAt(await mountPathOf(target), false)).length > 0;
 }
 
 /** The mounts at `target` and anywhere below it, in mountinfo order. */
 export async function mountsUnder(target: string): Promise<MountEntry[]> {
-  const wanted = await mountPathOf(target);
-  const prefix = wanted === '/' ? '/' : `${wanted}/`;
-  return (await readMountInfo()).filter((entry) => entry.mountPoint === wanted || entry.mountPoint.startsWith(prefix));
+  return readMountsAt(await mountPathOf(target), true);
 }
 
 /**
@@ -140,8 +160,7 @@ export async function mountsUnder(target: string): Promise<MountEntry[]> {
  * one no other mount at the same path sits on. Falls back to the last listed.
  */
 export async function findMount(target: string): Promise<MountEntry | undefined> {
-  const wanted = await mountPathOf(target);
-  return topmostMount((await readMountInfo()).filter((entry) => entry.mountPoint === wanted));
+  return topmostMount(await readMountsAt(await mountPathOf(target), false));
 }
 
 /** Exported for tests: picks the top of a stack of mounts at one path. */

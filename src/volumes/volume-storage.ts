@@ -85,13 +85,17 @@ export class VolumeStorage implements VolumeStorageBackend {
    * without a tmpfs, gives the directory the ownership and mode a tmpfs root has.
    */
   async prepare(targetPath: string, useTmpfs: boolean): Promise<void> {
-    await createTargetDir(targetPath);
+    const created = await createTargetDir(targetPath);
     await refuseAnythingButADirectory(targetPath);
     if (!useTmpfs) {
       await makeVolumeRoot(targetPath);
       return;
     }
-    const mounted = await findMount(targetPath);
+    // A directory this call has just created cannot have a mount on it yet,
+    // so the usual case (kubelet leaves target_path to the driver) skips
+    // reading the node's whole mount table; only a directory found in place,
+    // from an interrupted publish or somebody else, is looked up.
+    const mounted = created ? undefined : await findMount(targetPath);
     if (mounted && isOurTmpfs(mounted, this.options.mountSource)) return;
     if (mounted) {
       throw new DriverError(
@@ -232,10 +236,12 @@ export class VolumeStorage implements VolumeStorageBackend {
   }
 }
 
-async function createTargetDir(targetPath: string): Promise<void> {
+/** True when this call created the directory, false when something was already at the path. */
+async function createTargetDir(targetPath: string): Promise<boolean> {
   try {
     // mkdir's mode is filtered by the umask; makeVolumeRoot sets the real one.
     await fs.mkdir(targetPath, { mode: VOLUME_ROOT_MODE });
+    return true;
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') {
@@ -245,6 +251,7 @@ async function createTargetDir(targetPath: string): Promise<void> {
       );
     }
     if (code !== 'EEXIST') throw new DriverError(status.INTERNAL, `creating target_path ${targetPath} failed: ${errorMessage(err)}`);
+    return false;
   }
 }
 

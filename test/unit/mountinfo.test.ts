@@ -2,7 +2,9 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { findMount, isMountPoint, mountsUnder, parseMountInfo, readMountInfo, topmostMount } from '../../src/fs/mountinfo.js';
+import { escapeMountPath, findMount, isMountPoint, mountsUnder, parseMountInfo, readMountInfo, topmostMount } from '../../src/fs/mountinfo.js';
+import { mountTmpfs, unmount } from '../../src/fs/tmpfs.js';
+import { runningAsRoot } from '../support/driver-harness.js';
 import { makeScratchDir, removeScratchDir } from '../support/scratch.js';
 
 const KUBELET_POD = '/var/lib/kubelet/pods/0b6c1d1e-8f51-4c5e-9a57-2d0c4f1b2a3c/volumes/kubernetes.io~csi';
@@ -88,6 +90,23 @@ test('malformed lines are rejected with the line number', () => {
   assert.throws(() => parseMountInfo(`${FIXTURE}\nx y 0:1 / /a rw - tmpfs t rw`), /line 10.*non-numeric/);
 });
 
+test('escapeMountPath writes a path as the kernel does, so the cheap line filter finds it', () => {
+  const odd = '/mnt/with space\ttab\nnewline\\backslash';
+  assert.equal(escapeMountPath(odd), '/mnt/with\\040space\\011tab\\012newline\\134backslash');
+  const needle = ` ${escapeMountPath(odd)}`;
+  const kept = parseMountInfo(FIXTURE, (line) => line.includes(needle));
+  assert.deepEqual(
+    kept.map((e) => e.mountPoint),
+    [odd],
+  );
+  // A filtered parse returns the same entries as a full parse, filtered afterwards.
+  const stacked = parseMountInfo(FIXTURE, (line) => line.includes(' /mnt/stacked'));
+  assert.deepEqual(
+    stacked,
+    parseMountInfo(FIXTURE).filter((e) => e.mountPoint === '/mnt/stacked'),
+  );
+});
+
 test("reads this process's real mountinfo", async () => {
   const entries = await readMountInfo();
   assert.ok(entries.some((e) => e.mountPoint === '/'));
@@ -142,3 +161,29 @@ test('a symlink above the target is resolved as mountinfo shows it; a symlink at
 
   assert.equal(await isMountPoint(path.join(scratch, 'missing', 'mount')), false, 'a missing parent holds no mounts');
 });
+
+test(
+  'a tmpfs at a path with a space, a tab and a backslash is found; a sibling sharing its name as a prefix is not',
+  { skip: !runningAsRoot() && 'mounting needs root' },
+  async () => {
+    const odd = path.join(scratch, 'odd dir\twith\\backslash');
+    const sibling = `${odd}-sibling`;
+    await fs.mkdir(odd);
+    await fs.mkdir(sibling);
+    await mountTmpfs(odd, { sizeBytes: 65536, source: 'mountinfo-test', mode: 0o755 });
+    await mountTmpfs(sibling, { sizeBytes: 65536, source: 'mountinfo-test', mode: 0o755 });
+    try {
+      assert.equal((await findMount(odd))?.source, 'mountinfo-test');
+      assert.equal(await isMountPoint(odd), true);
+      assert.deepEqual(
+        (await mountsUnder(odd)).map((e) => e.mountPoint),
+        [odd],
+      );
+      assert.deepEqual((await mountsUnder(scratch)).map((e) => e.mountPoint).sort(), [odd, sibling].sort());
+    } finally {
+      await unmount(sibling);
+      await unmount(odd);
+    }
+    assert.equal(await findMount(odd), undefined);
+  },
+);
