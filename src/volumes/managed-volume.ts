@@ -25,7 +25,7 @@ import { formatSelectors } from '../spire/selectors.js';
 import { parseSubjectAltName } from '../x509/subject-alt-name.js';
 import { checkSvid, type CheckedSvid } from '../x509/svid-check.js';
 import type { VolumeRecord } from './metadata-store.js';
-import { buildVolumeFiles, pickSvid } from './volume-files.js';
+import { buildVolumeFiles, digestOfFiles, pickSvid } from './volume-files.js';
 import { assessVolumeHealth, type CurrentSvid, type VolumeCondition } from './volume-health.js';
 import { WriteRetry, errnoCodeOf, writeFailureReason, type WriteRetryOptions } from './write-retry.js';
 
@@ -61,6 +61,8 @@ export interface ManagedVolumeDeps {
 /** SVID material that passed every check, ready to become the volume's files. */
 interface PreparedWrite {
   files: FileSpec[];
+  /** digestOfFiles(files): what the files are, once written. */
+  digest: string;
   svid: CheckedSvid;
 }
 
@@ -90,6 +92,12 @@ export class ManagedVolume {
    * earliest-expiry gauge are judged against it.
    */
   private svidOnDisk: CurrentSvid | undefined;
+  /**
+   * digestOfFiles of the last write that succeeded in this process, cleared
+   * when a write fails. 32 bytes in place of the files, which the volume
+   * does not keep: after a restart the first write compares with the disk.
+   */
+  private writtenDigest: string | undefined;
 
   constructor(
     readonly record: VolumeRecord,
@@ -285,11 +293,20 @@ export class ManagedVolume {
       this.stopRetrying();
       return;
     }
+    if (prepared === 'unchanged') {
+      this.deps.metrics.svidUpdates.inc({ outcome: 'unchanged' });
+      this.logger.debug('the newest material is what the files already hold; nothing checked or written');
+      return;
+    }
     await this.writeFiles(prepared);
   }
 
-  /** The files for the newest SVID material, or undefined (with `problem` set) when there is nothing to write. */
-  private prepareWrite(): PreparedWrite | undefined {
+  /**
+   * The files for the newest SVID material; `unchanged` when they are those of
+   * the last successful write; undefined (with `problem` set) when there is
+   * nothing to write.
+   */
+  private prepareWrite(): PreparedWrite | 'unchanged' | undefined {
     const latest = this.latest;
     if (latest === undefined) return undefined;
     if (latest.x509_svids.length === 0) {
@@ -312,6 +329,13 @@ export class ManagedVolume {
       this.problem = `the SPIRE agent has not sent the trust bundle of ${picked.trustDomainId} yet`;
       return undefined;
     }
+    const files = buildVolumeFiles(picked, bundle.certificates, this.record.files, this.record.fsGroup, this.record.pkcs12Password);
+    const digest = digestOfFiles(files);
+    // The agent re-sends SVIDs it already sent (to every subscriber on each
+    // cache change, docs/design.md F6) and the bundle stream repeats itself: an
+    // update that would write exactly the files of the last successful write
+    // stops here, before the certificate checks and without touching the disk.
+    if (digest === this.writtenDigest) return 'unchanged';
     const checkStartedAt = this.clock.now();
     const checked = checkSvid({
       spiffeId: picked.spiffeId,
@@ -334,21 +358,20 @@ export class ManagedVolume {
       },
       'SVID checked',
     );
-    return {
-      files: buildVolumeFiles(picked, bundle.certificates, this.record.files, this.record.fsGroup, this.record.pkcs12Password),
-      svid: checked.svid,
-    };
+    return { files, digest, svid: checked.svid };
   }
 
-  private async writeFiles({ files, svid }: PreparedWrite): Promise<void> {
+  private async writeFiles({ files, digest, svid }: PreparedWrite): Promise<void> {
     let result: WriteResult;
     const writeStartedAt = this.clock.now();
     try {
       result = await this.writer.write(files, this.record.fsGroup === null ? {} : { gid: this.record.fsGroup });
     } catch (err) {
+      this.writtenDigest = undefined;
       this.writeFailed(err, svid);
       return;
     }
+    this.writtenDigest = digest;
     this.logger.debug(
       { version: result.version, duration_ms: Math.round(this.clock.now() - writeStartedAt) },
       result.changed ? 'volume files written' : 'volume files unchanged; nothing written',

@@ -2,6 +2,7 @@
  * From the agent's SVID list and the trust bundle to the exact files of one
  * volume: which SVID to write, what goes in each file, and each file's mode.
  */
+import { createHash } from 'node:crypto';
 import type { FileSpec } from '../fs/atomic-writer.js';
 import type { X509SvidWithKey } from '../spire/messages.js';
 import { DEFAULT_PKCS12_PASSWORD } from './attributes.js';
@@ -119,4 +120,21 @@ export function buildVolumeFiles(
  */
 function credentialBundle(keyPem: string, chainPem: string): Buffer {
   return Buffer.from(keyPem + chainPem);
+}
+
+/**
+ * What a set of files is, in 64 hex characters: every name, mode and content,
+ * each length-prefixed so that no two different sets hash alike by shifting
+ * bytes between fields.
+ */
+export function digestOfFiles(files: readonly FileSpec[]): string {
+  const hash = createHash('sha256');
+  const length = Buffer.alloc(4);
+  for (const file of files) {
+    for (const part of [Buffer.from(file.name), Buffer.from(file.mode.toString(8)), file.data]) {
+      length.writeUInt32BE(part.length);
+      hash.update(length).update(part);
+    }
+  }
+  return hash.digest('hex');
 }

@@ -510,7 +510,7 @@ describe('the sync loop', () => {
     await w.close();
   });
 
-  it('identical material writes nothing; an unchanged or foreign bundle does not even sync', async () => {
+  it('identical material reaches neither the checks nor the disk; an unchanged or foreign bundle does not even sync', async () => {
     const w = new World();
     const spec = podSpec(32);
     await w.publishLive(spec, svid(0));
@@ -519,18 +519,21 @@ describe('the sync loop', () => {
     await settle();
     assert.deepEqual(
       w.storage.attempts.map((a) => a.outcome),
-      ['written', 'unchanged'],
+      ['written'],
+      'the writer is not called for a re-send of what it wrote',
     );
     assert.equal(w.storage.filesAt(spec.targetPath), filesBefore, 'the same version');
     assert.equal(await w.counter('svidUpdates', { outcome: 'unchanged' }), 1);
     assert.equal(w.log.withMessage('SVID files written').length, 1, 'one info line: the first write');
-    assert.equal(w.log.withMessage('volume files unchanged; nothing written').length, 1);
+    assert.equal(w.log.withMessage('SVID checked').length, 1, 'the re-send is not checked again');
+    assert.equal(w.log.withMessage('the newest material is what the files already hold; nothing checked or written').length, 1);
 
     // The agent re-sends the same bundles, then adds another trust domain's.
     w.sendBundle();
     w.sendBundle(td.bundleResponse({ others: [otherTd] }));
     await settle();
-    assert.equal(w.storage.attempts.length, 2, "no sync: the volume's own bundle did not change");
+    assert.equal(w.storage.attempts.length, 1, "no sync: the volume's own bundle did not change");
+    assert.equal(await w.counter('svidUpdates', { outcome: 'unchanged' }), 1, 'not even counted as an unchanged update');
     await w.close();
   });
 
@@ -564,8 +567,7 @@ describe('the sync loop', () => {
         ['volume files written', 4],
         ['SVID update received from the SPIRE agent', 1],
         ['syncing the volume files with the newest material', null],
-        ['SVID checked', 0],
-        ['volume files unchanged; nothing written', 4],
+        ['the newest material is what the files already hold; nothing checked or written', null],
         ['SVID update received from the SPIRE agent', 0],
         ['syncing the volume files with the newest material', null],
         ['nothing to write from the newest material', null],
