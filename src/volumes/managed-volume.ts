@@ -379,7 +379,9 @@ export class ManagedVolume {
       else federated.set(trustDomainId, bundle.certificates);
     }
     if (missing.length > 0 && !this.hasFiles) {
-      this.problem = `the SPIRE agent lists ${missing.join(', ')} among the trust domains ${picked.spiffeId} federates with but has not sent its bundle yet`;
+      this.problem =
+        `the SPIRE agent lists ${missing.join(', ')} among the trust domains ${picked.spiffeId} federates with ` +
+        `but has not sent ${missing.length === 1 ? 'its bundle' : 'their bundles'} yet`;
       return undefined;
     }
     if (missing.length > 0)
