@@ -31,6 +31,7 @@ export { killOnExit, ToolProcess, unmountAllUnder, unmountOnExit } from './testb
 export { DRIVER_SPIFFE_ID, NODE_SPIFFE_ID, TEMPLATE_DIR, TRUST_DOMAIN, type DelegateSetup } from './testbed/spire-config.js';
 export { locateTools, SETUP_SCRIPT, type E2eTools } from './testbed/tools.js';
 export { freeTcpPort, sleep, waitFor } from './testbed/waits.js';
+export { SecondSpireServer } from './testbed/second-server.js';
 
 export interface SpireTestbedOptions {
   /** Scratch dir label. */
@@ -192,6 +193,16 @@ export class SpireTestbed {
   /** The server's current X.509 trust bundle of its own trust domain. */
   serverBundle(): Promise<X509Certificate[]> {
     return this.cli.bundle();
+  }
+
+  /** The own trust domain's bundle as a SPIFFE bundle document, for another server's `bundle set -format spiffe`. */
+  spiffeBundle(): Promise<string> {
+    return this.cli.spiffeBundle();
+  }
+
+  /** Federates the server with `trustDomainId` (`spiffe://<td>`), whose SPIFFE bundle document is `spiffeBundle`. */
+  setFederatedBundle(trustDomainId: string, spiffeBundle: string): Promise<void> {
+    return this.cli.setFederatedBundle(trustDomainId, spiffeBundle);
   }
 
   /** `spire-server localauthority x509 show -output json`, parsed. */

@@ -19,6 +19,8 @@ export interface EntrySpec {
   x509SvidTtlSeconds?: number;
   hint?: string;
   parentId?: string;
+  /** -federatesWith, `spiffe://<td>` each. */
+  federatesWith?: string[];
 }
 
 export interface PodLike {
@@ -42,6 +44,7 @@ export class SpireServerCli {
     for (const selector of spec.selectors) args.push('-selector', selector);
     if (spec.x509SvidTtlSeconds) args.push('-x509SVIDTTL', String(spec.x509SvidTtlSeconds));
     if (spec.hint) args.push('-hint', spec.hint);
+    for (const trustDomainId of spec.federatesWith ?? []) args.push('-federatesWith', trustDomainId);
     const { stdout } = await this.run(args);
     const ids = entryIdsFromJson(stdout);
     if (ids.length !== 1) throw new Error(`entry create did not report one created entry: ${stdout}`);
@@ -86,6 +89,26 @@ export class SpireServerCli {
   async bundle(): Promise<X509Certificate[]> {
     const { stdout } = await this.run(['bundle', 'show', '-format', 'pem']);
     return splitPem(stdout).map((pem) => new X509Certificate(pem));
+  }
+
+  /** `spire-server bundle show -format spiffe`: the own trust domain's bundle as a SPIFFE bundle document (JWKS). */
+  async spiffeBundle(): Promise<string> {
+    const { stdout } = await this.run(['bundle', 'show', '-format', 'spiffe']);
+    return stdout;
+  }
+
+  /** `spire-server bundle set -format spiffe -id <trustDomainId>`: federates with that trust domain, using its bundle document. */
+  async setFederatedBundle(trustDomainId: string, spiffeBundle: string): Promise<void> {
+    const file = path.join(this.scratchDir, `bundle-${Date.now()}.json`);
+    await fsp.writeFile(file, spiffeBundle);
+    await this.run(['bundle', 'set', '-format', 'spiffe', '-id', trustDomainId, '-path', file]);
+  }
+
+  /** `spire-server x509 mint -spiffeID <id>`: an X509-SVID signed by this server's CA, leaf first. */
+  async mintX509Svid(spiffeId: string): Promise<X509Certificate[]> {
+    const dir = await fsp.mkdtemp(path.join(this.scratchDir, 'mint-'));
+    await this.run(['x509', 'mint', '-spiffeID', spiffeId, '-write', dir]);
+    return splitPem(await fsp.readFile(path.join(dir, 'svid.pem'), 'utf8')).map((pem) => new X509Certificate(pem));
   }
 
   /** `spire-server localauthority x509 show -output json`, parsed. */

@@ -59,6 +59,16 @@ export async function renderSpireConfigs(settings: SpireSettings, to: { serverCo
   await fsp.writeFile(to.agentConfPath, agent);
 }
 
+/**
+ * server.conf for a second, stand-alone server of another trust domain (the
+ * federation test): the same template, only `trust_domain` changed; its
+ * paths follow from the $D it is started with.
+ */
+export async function renderServerConfigForTrustDomain(trustDomain: string, to: string): Promise<void> {
+  const serverTemplate = path.join(TEMPLATE_DIR, 'server.conf');
+  await fsp.writeFile(to, setHclString(await fsp.readFile(serverTemplate, 'utf8'), 'trust_domain', trustDomain, serverTemplate));
+}
+
 /** Replaces one `key = "value"` line of an HCL template; throws if the template no longer has it. */
 function setHclString(text: string, key: string, value: string, file: string): string {
   const pattern = new RegExp(`^(\\s*${key}\\s*=\\s*)"[^"]*"`, 'm');

@@ -10,6 +10,13 @@
 import { z } from 'zod';
 import { invalidArgument } from '../errors.js';
 import { describeFileNameProblem } from '../fs/file-names.js';
+import {
+  DEFAULT_COMBINED_BUNDLE_FILE,
+  DEFAULT_FEDERATED_BUNDLE_MODE,
+  FEDERATED_BUNDLE_MODES,
+  FEDERATED_BUNDLE_SUFFIX,
+  type FederatedBundleMode,
+} from './federated-bundles.js';
 
 export const ATTRIBUTE_PREFIX = 'csi.spire.io/';
 /** Keys kubelet itself adds to volume_context (podInfoOnMount, tokenRequests). */
@@ -67,6 +74,10 @@ export interface VolumeAttributes {
   spiffeId: string | undefined;
   /** Write the SVID whose entry carries this hint when several entries match. */
   hint: string | undefined;
+  /** csi.spire.io/federated-bundles; absent means the default (federated-bundles.ts). */
+  federatedBundles?: FederatedBundleMode | undefined;
+  /** The file with own and federated CAs, with federatedBundles combined only. */
+  combinedBundleFile?: string | undefined;
 }
 
 /**
@@ -127,6 +138,10 @@ const attributeSchema = z
     'fs-group': fsGroupSchema.optional(),
     'spiffe-id': spiffeIdSchema.optional(),
     hint: z.string().min(1, { error: 'must not be empty' }).max(1024).optional(),
+    'federated-bundles': z
+      .enum(FEDERATED_BUNDLE_MODES, { error: `must be one of ${FEDERATED_BUNDLE_MODES.join(', ')}` })
+      .default(DEFAULT_FEDERATED_BUNDLE_MODE),
+    'combined-bundle-file': fileName.optional(),
   })
   .strict();
 
@@ -170,13 +185,24 @@ export function parseVolumeAttributes(volumeContext: Readonly<Record<string, str
         `set ${ATTRIBUTE_PREFIX}pkcs12-file to the keystore's file name (e.g. keystore.p12), or remove the password`,
     );
   }
-  checkDistinct(value.layout, [
+  const federatedBundles = value['federated-bundles'];
+  if (federatedBundles !== 'combined' && value['combined-bundle-file'] !== undefined) {
+    throw invalidArgument(
+      `volume attribute ${ATTRIBUTE_PREFIX}combined-bundle-file is set but ${ATTRIBUTE_PREFIX}federated-bundles is ${federatedBundles}: ` +
+        `set ${ATTRIBUTE_PREFIX}federated-bundles to combined, or remove ${ATTRIBUTE_PREFIX}combined-bundle-file`,
+    );
+  }
+  const combinedBundleFile = federatedBundles === 'combined' ? (value['combined-bundle-file'] ?? DEFAULT_COMBINED_BUNDLE_FILE) : undefined;
+  const names = [
     ['cert-file', certFile, value['cert-file'] === undefined],
     ['key-file', keyFile, value['key-file'] === undefined],
     ['bundle-file', bundleFile, value['bundle-file'] === undefined],
     ...(credentialBundleFile === undefined ? [] : [['credential-bundle-file', credentialBundleFile, false] as const]),
     ...(pkcs12File === undefined ? [] : [['pkcs12-file', pkcs12File, false] as const]),
-  ]);
+    ...(combinedBundleFile === undefined ? [] : [['combined-bundle-file', combinedBundleFile, false] as const]),
+  ] as const;
+  checkDistinct(value.layout, names);
+  if (federatedBundles !== 'none') checkNoFederatedBundleName(names);
   return {
     layout: value.layout,
     certFile,
@@ -188,7 +214,24 @@ export function parseVolumeAttributes(volumeContext: Readonly<Record<string, str
     fsGroup: value['fs-group'],
     spiffeId: value['spiffe-id'],
     hint: value.hint,
+    federatedBundles,
+    combinedBundleFile,
   };
+}
+
+/**
+ * The per-trust-domain files are named `<td>.federated-bundle.pem` after
+ * whatever trust domains the agent lists later, so no other file may end that
+ * way: the names could not be told apart, and one file would replace another.
+ */
+function checkNoFederatedBundleName(names: readonly (readonly [attribute: string, name: string, fromLayout: boolean])[]): void {
+  const reserved = names.filter(([, name]) => name.endsWith(FEDERATED_BUNDLE_SUFFIX));
+  if (reserved.length === 0) return;
+  throw invalidArgument(
+    `${reserved.map(([attribute, name]) => `${ATTRIBUTE_PREFIX}${attribute}=${JSON.stringify(name)}`).join(', ')}: ` +
+      `names ending in "${FEDERATED_BUNDLE_SUFFIX}" are reserved for the federated trust bundles; ` +
+      `choose another name, or set ${ATTRIBUTE_PREFIX}federated-bundles to none`,
+  );
 }
 
 /**

@@ -24,8 +24,9 @@ import { ResilientStream, systemClock, type Clock } from '../spire/resilient-str
 import { formatSelectors } from '../spire/selectors.js';
 import { parseSubjectAltName } from '../x509/subject-alt-name.js';
 import { checkSvid, type CheckedSvid } from '../x509/svid-check.js';
+import { DEFAULT_COMBINED_BUNDLE_FILE, buildFederatedBundleFiles, federatedBundleModeOf, federatedTrustDomainIds } from './federated-bundles.js';
 import type { VolumeRecord } from './metadata-store.js';
-import { buildVolumeFiles, digestOfFiles, pickSvid } from './volume-files.js';
+import { buildVolumeFiles, digestOfFiles, pickSvid, type PickedSvid } from './volume-files.js';
 import { assessVolumeHealth, type CurrentSvid, type VolumeCondition } from './volume-health.js';
 import { WriteRetry, errnoCodeOf, writeFailureReason, type WriteRetryOptions } from './write-retry.js';
 
@@ -78,6 +79,12 @@ export class ManagedVolume {
   private unsubscribeBundles: (() => void) | undefined;
   private latest: SubscribeToX509SvidsResponse | undefined;
   private trustDomainId: string | undefined;
+  /**
+   * The federated trust domains whose bundles this volume writes, from the
+   * newest SVID response: a change of one of their bundles rewrites this
+   * volume, a change of any other trust domain's does not.
+   */
+  private federatedTrustDomains: ReadonlySet<string> = new Set();
   private dirty = false;
   private draining: Promise<void> | undefined;
   private closed = false;
@@ -158,6 +165,12 @@ export class ManagedVolume {
     this.unsubscribeBundles = this.deps.bundles.subscribe((changed) => {
       if (this.trustDomainId !== undefined && changed.has(this.trustDomainId)) {
         this.logger.debug({ trust_domain: this.trustDomainId }, "the trust bundle of the volume's trust domain changed");
+        this.scheduleSync();
+        return;
+      }
+      const federated = [...changed].filter((trustDomainId) => this.federatedTrustDomains.has(trustDomainId));
+      if (federated.length > 0) {
+        this.logger.debug({ trust_domains: federated }, 'the trust bundle of a federated trust domain of the volume changed');
         this.scheduleSync();
       }
     });
@@ -329,7 +342,10 @@ export class ManagedVolume {
       this.problem = `the SPIRE agent has not sent the trust bundle of ${picked.trustDomainId} yet`;
       return undefined;
     }
-    const files = buildVolumeFiles(picked, bundle.certificates, this.record.files, this.record.fsGroup, this.record.pkcs12Password);
+    const ownFiles = buildVolumeFiles(picked, bundle.certificates, this.record.files, this.record.fsGroup, this.record.pkcs12Password);
+    const federatedFiles = this.federatedBundleFiles(latest.federates_with, picked, bundle.certificates, ownFiles);
+    if (federatedFiles === undefined) return undefined;
+    const files = [...ownFiles, ...federatedFiles];
     const digest = digestOfFiles(files);
     // The agent re-sends SVIDs it already sent (to every subscriber on each
     // cache change, docs/design.md F6) and the bundle stream repeats itself: an
@@ -359,6 +375,52 @@ export class ManagedVolume {
       'SVID checked',
     );
     return { files, digest, svid: checked.svid };
+  }
+
+  /**
+   * The files of the federated trust domains the entry federates with
+   * (federated-bundles.ts), or undefined (with `problem` set) while the first
+   * files of the volume wait for a bundle the response lists: the agent lists
+   * only trust domains whose bundle it holds (docs/design.md F22), so the bundle
+   * stream brings it at once, and the pod should not start without it. A live
+   * volume never waits: its rotation is written, and the file follows when the
+   * bundle arrives.
+   */
+  private federatedBundleFiles(
+    federatesWith: readonly string[],
+    picked: PickedSvid,
+    ownBundle: readonly Buffer[],
+    files: readonly FileSpec[],
+  ): FileSpec[] | undefined {
+    const mode = federatedBundleModeOf(this.record.federatedBundles);
+    const trustDomainIds = mode === 'none' ? [] : federatedTrustDomainIds(federatesWith, picked.trustDomainId);
+    this.federatedTrustDomains = new Set(trustDomainIds);
+    const federated = new Map<string, readonly Buffer[]>();
+    const missing: string[] = [];
+    for (const trustDomainId of trustDomainIds) {
+      const bundle = this.deps.bundles.get(trustDomainId);
+      if (bundle === undefined) missing.push(trustDomainId);
+      else federated.set(trustDomainId, bundle.certificates);
+    }
+    if (missing.length > 0 && !this.hasFiles) {
+      this.problem =
+        `the SPIRE agent lists ${missing.join(', ')} among the trust domains ${picked.spiffeId} federates with ` +
+        `but has not sent ${missing.length === 1 ? 'its bundle' : 'their bundles'} yet`;
+      return undefined;
+    }
+    if (missing.length > 0)
+      this.logger.warn({ trust_domains: missing }, 'no bundle yet for a federated trust domain; its file follows when it arrives');
+    const built = buildFederatedBundleFiles({
+      mode,
+      combinedFileName: this.record.files.combinedBundle ?? DEFAULT_COMBINED_BUNDLE_FILE,
+      ownBundle,
+      federated,
+      takenNames: new Set(files.map((file) => file.name)),
+    });
+    for (const { trustDomainId, problem } of built.skipped) {
+      this.logger.error({ trust_domain: trustDomainId, reason: problem }, 'not writing the bundle of a federated trust domain');
+    }
+    return built.files;
   }
 
   private async writeFiles({ files, digest, svid }: PreparedWrite): Promise<void> {

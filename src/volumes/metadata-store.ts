@@ -62,7 +62,17 @@ const volumeRecordFields = {
     bundle: z.string().min(1),
     credentialBundle: z.string().min(1).optional(),
     pkcs12: z.string().min(1).optional(),
+    /** With federatedBundles combined: the file of own and federated CAs. */
+    combinedBundle: z.string().min(1).optional(),
   }),
+  /**
+   * csi.spire.io/federated-bundles. Any string, like `layout`, so a mode added
+   * later never makes this version quarantine the record (federated-bundles.ts
+   * reads an unknown or absent one as the default). Which trust domains the
+   * entry federates with is not recorded: the agent's first response after a
+   * restart says it again.
+   */
+  federatedBundles: z.string().min(1).optional(),
   /**
    * The keystore's password, with files.pkcs12: needed to write it again after
    * a restart, and not a secret (it is in the pod spec, for everyone who can

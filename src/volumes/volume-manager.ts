@@ -11,6 +11,7 @@ import { DriverError, errorMessage } from '../errors.js';
 import { systemClock, type Clock } from '../spire/resilient-stream.js';
 import { formatSelectors, selectorsForPod } from '../spire/selectors.js';
 import { DEFAULT_LAYOUT } from './attributes.js';
+import { federatedBundleModeOf } from './federated-bundles.js';
 import { ManagedVolume, type ManagedVolumeDeps } from './managed-volume.js';
 import type { VolumeRecord, VolumeRecordStore } from './metadata-store.js';
 import type { PublishSpec } from './publish-spec.js';
@@ -388,7 +389,9 @@ export function recordFor(spec: PublishSpec, tmpfs: boolean): VolumeRecord {
       bundle: spec.attributes.bundleFile,
       ...(spec.attributes.credentialBundleFile === undefined ? {} : { credentialBundle: spec.attributes.credentialBundleFile }),
       ...(spec.attributes.pkcs12File === undefined ? {} : { pkcs12: spec.attributes.pkcs12File }),
+      ...(spec.attributes.combinedBundleFile === undefined ? {} : { combinedBundle: spec.attributes.combinedBundleFile }),
     },
+    ...(spec.attributes.federatedBundles === undefined ? {} : { federatedBundles: spec.attributes.federatedBundles }),
     ...(spec.attributes.pkcs12Password === undefined ? {} : { pkcs12Password: spec.attributes.pkcs12Password }),
     fsGroup: spec.fsGroup,
     spiffeId: spec.attributes.spiffeId ?? null,
@@ -414,6 +417,9 @@ function describeDifference(record: VolumeRecord, spec: PublishSpec): string | u
     ['layout', record.layout ?? DEFAULT_LAYOUT, wanted.layout],
     ['credential-bundle-file', record.files.credentialBundle ?? 'none', wanted.files.credentialBundle ?? 'none'],
     ['pkcs12-file', record.files.pkcs12 ?? 'none', wanted.files.pkcs12 ?? 'none'],
+    // Records from before federation: the default.
+    ['federated-bundles', federatedBundleModeOf(record.federatedBundles), federatedBundleModeOf(wanted.federatedBundles)],
+    ['combined-bundle-file', record.files.combinedBundle ?? 'none', wanted.files.combinedBundle ?? 'none'],
     ['fsGroup', record.fsGroup, wanted.fsGroup],
     ['spiffe-id', record.spiffeId, wanted.spiffeId],
     ['hint', record.hint, wanted.hint],

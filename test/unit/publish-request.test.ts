@@ -71,6 +71,8 @@ describe('a request as kubelet sends it', () => {
         fsGroup: undefined,
         spiffeId: undefined,
         hint: undefined,
+        federatedBundles: 'separate',
+        combinedBundleFile: undefined,
       },
       fsGroup: null,
     } satisfies PublishSpec);

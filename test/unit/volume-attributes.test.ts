@@ -24,6 +24,8 @@ const DEFAULTS: VolumeAttributes = {
   fsGroup: undefined,
   spiffeId: undefined,
   hint: undefined,
+  federatedBundles: 'separate',
+  combinedBundleFile: undefined,
 };
 
 /** What kubelet merges over the user's attributes for an inline volume with podInfoOnMount and tokenRequests. */
@@ -54,7 +56,9 @@ describe('defaults and accepted attributes', () => {
     assert.deepEqual([...SUPPORTED_ATTRIBUTES].sort(), [
       'csi.spire.io/bundle-file',
       'csi.spire.io/cert-file',
+      'csi.spire.io/combined-bundle-file',
       'csi.spire.io/credential-bundle-file',
+      'csi.spire.io/federated-bundles',
       'csi.spire.io/fs-group',
       'csi.spire.io/hint',
       'csi.spire.io/key-file',
@@ -97,6 +101,8 @@ describe('defaults and accepted attributes', () => {
         fsGroup: 1000,
         spiffeId: 'spiffe://example.org/ns/default/sa/app',
         hint: 'internal',
+        federatedBundles: 'separate',
+        combinedBundleFile: undefined,
       },
     );
   });
@@ -173,7 +179,9 @@ describe('attributes can never touch selectors (invariant 1)', () => {
     assert.deepEqual(Object.keys(parseVolumeAttributes(KUBELET_KEYS)).sort(), [
       'bundleFile',
       'certFile',
+      'combinedBundleFile',
       'credentialBundleFile',
+      'federatedBundles',
       'fsGroup',
       'hint',
       'keyFile',
@@ -371,6 +379,70 @@ describe('pkcs12-file and pkcs12-password', () => {
     rejected(
       { 'csi.spire.io/credential-bundle-file': 'creds', 'csi.spire.io/pkcs12-file': 'creds' },
       /credential-bundle-file and csi\.spire\.io\/pkcs12-file are both "creds"/,
+    );
+  });
+});
+
+describe('federated-bundles and combined-bundle-file', () => {
+  test('absent: one file per federated trust domain, no combined file', () => {
+    const parsed = parseVolumeAttributes({});
+    assert.equal(parsed.federatedBundles, 'separate');
+    assert.equal(parsed.combinedBundleFile, undefined);
+  });
+
+  test('combined gets the documented default name, or the one asked for', () => {
+    assert.equal(parseVolumeAttributes(attr('federated-bundles', 'combined')).combinedBundleFile, 'combined_bundle.pem');
+    const custom = parseVolumeAttributes({ 'csi.spire.io/federated-bundles': 'combined', 'csi.spire.io/combined-bundle-file': 'all-cas.pem' });
+    assert.equal(custom.federatedBundles, 'combined');
+    assert.equal(custom.combinedBundleFile, 'all-cas.pem');
+  });
+
+  test('none is accepted and writes no combined file', () => {
+    const parsed = parseVolumeAttributes(attr('federated-bundles', 'none'));
+    assert.equal(parsed.federatedBundles, 'none');
+    assert.equal(parsed.combinedBundleFile, undefined);
+  });
+
+  test('an unknown mode is rejected and the known ones are named', () => {
+    for (const value of ['', 'Combined', 'merged', 'true']) {
+      rejected(attr('federated-bundles', value), /"csi\.spire\.io\/federated-bundles"/, /must be one of separate, combined, none/);
+    }
+  });
+
+  test('a combined file name without combined is rejected, saying what to set', () => {
+    rejected(
+      attr('combined-bundle-file', 'all.pem'),
+      /combined-bundle-file is set but csi\.spire\.io\/federated-bundles is separate: set csi\.spire\.io\/federated-bundles to combined/,
+    );
+    rejected({ 'csi.spire.io/federated-bundles': 'none', 'csi.spire.io/combined-bundle-file': 'all.pem' }, /federated-bundles is none/);
+  });
+
+  test('the combined file name follows the file-name rules and must differ from the others', () => {
+    rejected(
+      { 'csi.spire.io/federated-bundles': 'combined', 'csi.spire.io/combined-bundle-file': '../x' },
+      /"csi\.spire\.io\/combined-bundle-file"/,
+      /contains "\/"/,
+    );
+    rejected(
+      { 'csi.spire.io/federated-bundles': 'combined', 'csi.spire.io/combined-bundle-file': 'svid_bundle.pem' },
+      /bundle-file \(layout spiffe-helper's default\) and csi\.spire\.io\/combined-bundle-file are both "svid_bundle\.pem"/,
+    );
+  });
+
+  test('names ending in .federated-bundle.pem are reserved while federated files are written', () => {
+    rejected(
+      attr('cert-file', 'example.org.federated-bundle.pem'),
+      /cert-file="example\.org\.federated-bundle\.pem"/,
+      /reserved for the federated trust bundles/,
+    );
+    rejected(
+      { 'csi.spire.io/federated-bundles': 'combined', 'csi.spire.io/combined-bundle-file': 'all.federated-bundle.pem' },
+      /combined-bundle-file="all\.federated-bundle\.pem"/,
+      /set csi\.spire\.io\/federated-bundles to none/,
+    );
+    assert.equal(
+      parseVolumeAttributes({ 'csi.spire.io/federated-bundles': 'none', 'csi.spire.io/cert-file': 'x.federated-bundle.pem' }).certFile,
+      'x.federated-bundle.pem',
     );
   });
 });
