@@ -105,8 +105,54 @@ export function parseMountInfo(text: string, mayConcern?: (line: string) => bool
   return entries;
 }
 
+/**
+ * Runs `read` for many callers at once without ever answering one of them
+ * with a result that began before it asked: a caller that arrives while a
+ * read is in flight waits for the next one, which starts when that read ends
+ * and is shared by everyone who arrived meanwhile. So a caller always sees
+ * the effect of a mount or unmount it made before asking, and a burst of
+ * calls costs two reads, not one each.
+ */
+export class SharedRead<T> {
+  private inFlight: Promise<T> | undefined;
+  private next: Promise<T> | undefined;
+
+  constructor(private readonly read: () => Promise<T>) {}
+
+  get(): Promise<T> {
+    if (this.inFlight === undefined) return this.start();
+    const settled = this.inFlight.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.next ??= settled.then(() => {
+      this.next = undefined;
+      return this.start();
+    });
+    return this.next;
+  }
+
+  private start(): Promise<T> {
+    const read = this.read();
+    this.inFlight = read;
+    const done = (): void => {
+      if (this.inFlight === read) this.inFlight = undefined;
+    };
+    read.then(done, done);
+    return read;
+  }
+}
+
+/**
+ * The mount table's text, read once for all callers waiting at the same time:
+ * when 500 pods go at once, 500 unpublishes each reading a table of thousands
+ * of lines would hold as many copies of it (hundreds of MiB) and parse it
+ * 500 times over.
+ */
+const mountTable = new SharedRead(() => fs.readFile(MOUNTINFO_PATH, 'utf8'));
+
 export async function readMountInfo(): Promise<MountEntry[]> {
-  return parseMountInfo(await fs.readFile(MOUNTINFO_PATH, 'utf8'));
+  return parseMountInfo(await mountTable.get());
 }
 
 /**
@@ -117,7 +163,7 @@ export async function readMountInfo(): Promise<MountEntry[]> {
 async function readMountsAt(mountPath: string, below: boolean): Promise<MountEntry[]> {
   const needle = ` ${escapeMountPath(mountPath)}`;
   const prefix = mountPath === '/' ? '/' : `${mountPath}/`;
-  const entries = parseMountInfo(await fs.readFile(MOUNTINFO_PATH, 'utf8'), (line) => line.includes(needle));
+  const entries = parseMountInfo(await mountTable.get(), (line) => line.includes(needle));
   return entries.filter((entry) => entry.mountPoint === mountPath || (below && entry.mountPoint.startsWith(prefix)));
 }
 

@@ -2,7 +2,16 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { escapeMountPath, findMount, isMountPoint, mountsUnder, parseMountInfo, readMountInfo, topmostMount } from '../../src/fs/mountinfo.js';
+import {
+  SharedRead,
+  escapeMountPath,
+  findMount,
+  isMountPoint,
+  mountsUnder,
+  parseMountInfo,
+  readMountInfo,
+  topmostMount,
+} from '../../src/fs/mountinfo.js';
 import { mountTmpfs, unmount } from '../../src/fs/tmpfs.js';
 import { runningAsRoot } from '../support/driver-harness.js';
 import { makeScratchDir, removeScratchDir } from '../support/scratch.js';
@@ -187,3 +196,57 @@ test(
     assert.equal(await findMount(odd), undefined);
   },
 );
+
+test('SharedRead: callers arriving during a read share the next one, which starts after they asked', async () => {
+  const started: number[] = [];
+  const finishers: Array<() => void> = [];
+  let reads = 0;
+  const shared = new SharedRead(
+    () =>
+      new Promise<number>((resolve) => {
+        const n = ++reads;
+        started.push(n);
+        finishers.push(() => resolve(n));
+      }),
+  );
+  const first = shared.get();
+  assert.equal(reads, 1);
+  // Nine callers arrive while read 1 is in flight: none may get read 1.
+  const waiting = Array.from({ length: 9 }, () => shared.get());
+  assert.equal(reads, 1, 'the next read waits for the one in flight');
+  finishers[0]?.();
+  assert.equal(await first, 1);
+  await new Promise((resolve) => setImmediate(resolve));
+  assert.equal(reads, 2, 'one more read for all nine');
+  // A caller arriving during read 2 gets read 3, not read 2.
+  const late = shared.get();
+  finishers[1]?.();
+  assert.deepEqual(await Promise.all(waiting), Array(9).fill(2));
+  await new Promise((resolve) => setImmediate(resolve));
+  finishers[2]?.();
+  assert.equal(await late, 3);
+  assert.deepEqual(started, [1, 2, 3]);
+  // Idle again: the next caller starts a read at once.
+  const again = shared.get();
+  assert.equal(reads, 4);
+  finishers[3]?.();
+  assert.equal(await again, 4);
+});
+
+test('SharedRead: a failed read fails its callers only; the next read goes ahead', async () => {
+  let reads = 0;
+  let fail: (err: Error) => void = () => undefined;
+  const shared = new SharedRead(
+    () =>
+      new Promise<number>((resolve, reject) => {
+        reads++;
+        if (reads === 1) fail = reject;
+        else resolve(reads);
+      }),
+  );
+  const first = shared.get();
+  const second = shared.get();
+  fail(new Error('EMFILE'));
+  await assert.rejects(first, /EMFILE/);
+  assert.equal(await second, 2);
+});
