@@ -19,31 +19,11 @@ import { delegatedIdentityService, type SubscribeToX509SvidsResponse } from '../
 import { Harness, eventually, runningAsRoot, sleep } from '../test/support/driver-harness.js';
 import type { PublishedVolume } from '../test/support/kubelet-simulator.js';
 import { readVolume } from '../test/support/volume-assertions.js';
+import { procStat, quantile, summary } from './measure.js';
 
 const RUNS = Number(process.env['BENCH_RUNS'] ?? 3);
 const VOLUMES = Number(process.env['BENCH_VOLUMES'] ?? 500);
 const PUBLISHES = Number(process.env['BENCH_PUBLISHES'] ?? 200);
-
-function quantile(sorted: number[], q: number): number {
-  if (sorted.length === 0) return NaN;
-  const index = Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1));
-  return sorted[index] as number;
-}
-
-function summary(values: number[], unit: string, digits = 1): string {
-  const sorted = [...values].sort((a, b) => a - b);
-  const median = quantile(sorted, 0.5);
-  return `median ${median.toFixed(digits)} ${unit} (min ${sorted[0]?.toFixed(digits)}, max ${sorted.at(-1)?.toFixed(digits)}, n=${values.length})`;
-}
-
-async function procStat(pid: number): Promise<{ rssBytes: number; cpuTicks: number }> {
-  const status = await fs.readFile(`/proc/${pid}/status`, 'utf8');
-  const rssKb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? NaN);
-  const stat = (await fs.readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1]?.split(' ') ?? [];
-  // Fields 14 and 15 (utime, stime) of /proc/pid/stat, counted after "pid (comm) ".
-  const cpuTicks = Number(stat[11]) + Number(stat[12]);
-  return { rssBytes: rssKb * 1024, cpuTicks };
-}
 
 /** Time for the agent alone to answer a fresh subscription with the SVID. */
 async function agentFirstResponseMs(h: Harness, selectors: string[]): Promise<number> {
