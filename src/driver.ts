@@ -10,13 +10,15 @@ import { DEFAULT_MAX_VOLUMES, type Config } from './config.js';
 import { identityService } from './csi/identity-service.js';
 import { nodeService } from './csi/node-service.js';
 import { startCsiServer, type CsiServer } from './csi/grpc-server.js';
-import type { Libc } from './fs/libc.js';
+import { loadLibc, type Libc } from './fs/libc.js';
 import { acquireStateDirLock, type StateDirLock } from './fs/state-dir-lock.js';
 import { chooseMountMechanism } from './fs/tmpfs.js';
+import { MemoryTrimmer } from './memory-trimmer.js';
 import type { Logger } from './observability/logger.js';
 import { DriverMetrics, serveMetrics } from './observability/metrics.js';
 import { AgentConnection } from './spire/agent-connection.js';
 import { BundleWatcher } from './spire/bundle-watcher.js';
+import { systemClock } from './spire/resilient-stream.js';
 import { DRIVER_VERSION } from './version.js';
 import { MetadataStore } from './volumes/metadata-store.js';
 import { VolumeManager } from './volumes/volume-manager.js';
@@ -82,6 +84,9 @@ async function startLocked(config: Config, options: StartDriverOptions, lock: St
     logger,
     ...(options.loadLibcForMounts && { loadLibc: options.loadLibcForMounts }),
   });
+  const trimmer = await startMemoryTrimmer(logger);
+  // A bundle change rewrites every volume of its trust domain at once.
+  const unsubscribeTrimmer = trimmer && bundles.subscribe(() => trimmer.activity());
   const volumes = new VolumeManager({
     nodeName: config.nodeName,
     driverName: config.driverName,
@@ -93,6 +98,7 @@ async function startLocked(config: Config, options: StartDriverOptions, lock: St
     storage,
     logger,
     metrics,
+    ...(trimmer && { onActivity: () => trimmer.activity() }),
   });
 
   let ready = false;
@@ -108,6 +114,7 @@ async function startLocked(config: Config, options: StartDriverOptions, lock: St
     if (config.metricsAddress) metricsServer = await serveMetrics(metrics, config.metricsAddress);
   } catch (err) {
     await volumes.shutdown();
+    trimmer?.close();
     bundles.close();
     await connection.close();
     await csiServer?.close();
@@ -145,6 +152,8 @@ async function startLocked(config: Config, options: StartDriverOptions, lock: St
           );
         }
         await volumes.shutdown();
+        unsubscribeTrimmer?.();
+        trimmer?.close();
         bundles.close();
         await connection.close();
         await new Promise<void>((resolve) => (metricsServer ? metricsServer.close(() => resolve()) : resolve()));
@@ -155,4 +164,18 @@ async function startLocked(config: Config, options: StartDriverOptions, lock: St
       logger.info('spire-csi-driver stopped; volumes stay in place for the next start');
     },
   };
+}
+
+/**
+ * The trimmer where the C library has malloc_trim (glibc, through koffi);
+ * elsewhere none, and the heap is left to the allocator.
+ */
+async function startMemoryTrimmer(logger: Logger): Promise<MemoryTrimmer | undefined> {
+  const libc = await loadLibc().catch(() => undefined);
+  const trim = libc?.mallocTrim;
+  if (trim === undefined) {
+    logger.debug('malloc_trim is not available here; freed C heap memory stays with the allocator');
+    return undefined;
+  }
+  return new MemoryTrimmer({ trim, clock: systemClock, logger });
 }

@@ -36,6 +36,11 @@ export interface Libc {
   mount(source: string, target: string, fsType: string, flags: number, data: string): number;
   /** umount2(2) (Linux): 0 on success, otherwise the errno. Synchronous, like mount. */
   umount2(target: string, flags: number): number;
+  /**
+   * malloc_trim(3) with no padding: returns the C heap's free pages to the
+   * kernel. glibc only; undefined with another C library (musl has none).
+   */
+  mallocTrim?: () => void;
 }
 
 /** koffi or the C library could not be loaded on this platform; `message` says why. */
@@ -75,6 +80,7 @@ async function load(): Promise<Libc> {
       'int mount(const char *source, const char *target, const char *filesystemtype, unsigned long mountflags, const char *data)',
     );
     const umount2 = lib.func('int umount2(const char *target, int flags)');
+    const mallocTrim = bindOptional(() => lib.func('int malloc_trim(size_t pad)'));
     // koffi saves errno right after each call, before any other code can change it.
     const errnoOf = (result: unknown): number => {
       if (result === 0) return 0;
@@ -85,9 +91,19 @@ async function load(): Promise<Libc> {
       flock: (fd, operation) => errnoOf(flock(fd, operation)),
       mount: (source, target, fsType, flags, data) => errnoOf(mount(source, target, fsType, flags, data)),
       umount2: (target, flags) => errnoOf(umount2(target, flags)),
+      ...(mallocTrim && { mallocTrim: () => void mallocTrim(0) }),
     };
   } catch (err) {
     throw new LibcUnavailableError(`koffi loaded but cannot bind flock, mount and umount2 from the C library: ${describe(err)}`);
+  }
+}
+
+/** A function only some C libraries have: undefined where the symbol is missing. */
+function bindOptional<T>(bind: () => T): T | undefined {
+  try {
+    return bind();
+  } catch {
+    return undefined;
   }
 }
 

@@ -50,6 +50,8 @@ export interface LogFields {
   newer_format?: number;
   svids?: number;
   max_volumes?: number;
+  rss_before_mib?: number;
+  rss_after_mib?: number;
   // Files and places.
   file?: string;
   quarantined_to?: string;

@@ -32,6 +32,8 @@ export interface VolumeManagerDeps extends ManagedVolumeDeps {
   maxVolumes: number;
   store: VolumeRecordStore;
   storage: VolumeStorageBackend;
+  /** Called when a publish, an unpublish or the resume at start has finished (memory-trimmer.ts). */
+  onActivity?: () => void;
 }
 
 export class VolumeManager {
@@ -109,6 +111,7 @@ export class VolumeManager {
       { volumes: this.volumes.size, quarantined: quarantined.length, newer_format: unsupported.length },
       'resumed volumes from the state directory',
     );
+    this.deps.onActivity?.();
   }
 
   private async resumeOne(record: VolumeRecord): Promise<void> {
@@ -160,6 +163,7 @@ export class VolumeManager {
     try {
       await this.withVolumeLock(spec.volumeId, () => this.publishLocked(spec, controller.signal, startedAt));
     } finally {
+      this.deps.onActivity?.();
       callSignal.removeEventListener('abort', abort);
       inFlight.delete(controller);
       if (inFlight.size === 0 && this.publishing.get(spec.volumeId) === inFlight) this.publishing.delete(spec.volumeId);
@@ -280,6 +284,14 @@ export class VolumeManager {
   }
 
   async unpublish(volumeId: string, targetPath: string): Promise<void> {
+    try {
+      await this.unpublishVolume(volumeId, targetPath);
+    } finally {
+      this.deps.onActivity?.();
+    }
+  }
+
+  private async unpublishVolume(volumeId: string, targetPath: string): Promise<void> {
     for (const controller of this.publishing.get(volumeId) ?? []) {
       controller.abort(new DriverError(status.ABORTED, 'the volume was unpublished while it was being published'));
     }
