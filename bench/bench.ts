@@ -4,13 +4,15 @@
  * fails, it reports what it measured on this machine.
  *
  *  1. NodePublishVolume overhead beyond the agent's own first response.
- *  2. 500 live volumes: driver RSS, idle CPU, time for one trust-bundle change
- *     to reach every volume's bundle file.
+ *  2. 500 volumes published at once: driver RSS before, at the peak and
+ *     settled, idle CPU, time for one trust-bundle change to reach every
+ *     volume's bundle file.
  *  3. Driver SIGKILL + restart with 500 volumes: time until every stream is
  *     re-opened and the files are verified unchanged.
  *
- * The driver runs as a child process (the real binary), the development SPIRE
- * agent in this process, so the driver's RSS and CPU are its own.
+ * The driver runs as a child process (the real binary, its default log level
+ * info), the development SPIRE agent in this process, so the driver's RSS and
+ * CPU are its own.
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
@@ -53,7 +55,7 @@ async function benchPublishOverhead(useTmpfs: boolean): Promise<void> {
   const p50s: number[] = [];
   const p99s: number[] = [];
   for (let run = 0; run < RUNS; run++) {
-    const h = await Harness.start({ driverProcess: true, useTmpfs });
+    const h = await Harness.start({ driverProcess: true, useTmpfs, logLevel: 'info' });
     try {
       const overheads: number[] = [];
       for (let i = 0; i < PUBLISHES; i++) {
@@ -84,27 +86,30 @@ async function benchPublishOverhead(useTmpfs: boolean): Promise<void> {
 
 async function benchManyVolumes(): Promise<void> {
   const rss: number[] = [];
-  const rssAfterPublishing: number[] = [];
+  const idleRss: number[] = [];
+  const peakRss: number[] = [];
+  const allAtOnceMs: number[] = [];
   const idleCpu: number[] = [];
   const bundleMs: number[] = [];
   const restartMs: number[] = [];
   for (let run = 0; run < RUNS; run++) {
-    const h = await Harness.start({ driverProcess: true, useTmpfs: runningAsRoot(), publishTimeoutMs: 60_000 });
+    const h = await Harness.start({ driverProcess: true, useTmpfs: runningAsRoot(), publishTimeoutMs: 60_000, logLevel: 'info' });
     try {
-      const volumes: PublishedVolume[] = [];
+      const pid = h.child?.process.pid as number;
       const pods = Array.from({ length: VOLUMES }, (_, i) => h.kubelet.createPod({ name: `pod-${i}` }));
       for (const [i, pod] of pods.entries()) {
         await h.agent.addEntry({ spiffeId: `spiffe://example.org/w${i}`, selectors: [`k8s:pod-uid:${pod.uid}`] });
       }
-      for (let i = 0; i < pods.length; i += 25) {
-        volumes.push(...(await Promise.all(pods.slice(i, i + 25).map((pod) => h.kubelet.publish(pod)))));
-      }
-      const pid = h.child?.process.pid as number;
-      await sleep(1000);
-      rssAfterPublishing.push((await procStat(pid)).rssBytes / 1024 / 1024);
-      // V8's memory reducer returns the garbage of the publishing burst after
-      // some idle seconds; the settled figure is what a quiet node carries.
+      await sleep(3000);
+      idleRss.push((await procStat(pid)).rssBytes / 1024 / 1024);
+      // All at once, as kubelet does when a node takes many pods.
+      const publishStarted = performance.now();
+      const volumes: PublishedVolume[] = await Promise.all(pods.map((pod) => h.kubelet.publish(pod)));
+      allAtOnceMs.push(performance.now() - publishStarted);
+      // The memory trimmer (src/memory-trimmer.ts) runs 10 s after the burst and
+      // V8's memory reducer some idle seconds after it; settled is what a quiet node carries.
       await sleep(15_000);
+      peakRss.push((await procStat(pid)).peakRssBytes / 1024 / 1024);
       const before = await procStat(pid);
       await sleep(5000);
       const after = await procStat(pid);
@@ -153,11 +158,15 @@ async function benchManyVolumes(): Promise<void> {
     }
   }
   console.log(`${VOLUMES} live volumes (driver child process):`);
-  console.log(`  RSS right after publishing them: ${summary(rssAfterPublishing, 'MiB')}`);
-  console.log(`  RSS settled (20 s idle): ${summary(rss, 'MiB')}   target <= 80 MiB`);
+  console.log(`  RSS of the driver with no volume: ${summary(idleRss, 'MiB')}   target <= 55 MiB`);
+  console.log(
+    `  ${VOLUMES} publishes at once, until all succeeded: ${summary(allAtOnceMs, 'ms', 0)}   (the real-agent target, <= 3 s, is npm run bench:side-by-side's)`,
+  );
+  console.log(`  peak RSS while publishing them (VmHWM): ${summary(peakRss, 'MiB')}   target <= 96 MiB`);
+  console.log(`  RSS settled (20 s idle): ${summary(rss, 'MiB')}   target <= 60 MiB`);
   console.log(`  idle CPU over 5 s: ${summary(idleCpu, '% of a core', 2)}   target ~0`);
-  console.log(`  one bundle change written to all ${VOLUMES} volumes: ${summary(bundleMs, 'ms', 0)}   target <= 1000 ms`);
-  console.log(`  SIGKILL + restart until all ${VOLUMES} streams re-opened and files verified: ${summary(restartMs, 'ms', 0)}   target <= 2000 ms`);
+  console.log(`  one bundle change written to all ${VOLUMES} volumes: ${summary(bundleMs, 'ms', 0)}   target <= 250 ms`);
+  console.log(`  SIGKILL + restart until all ${VOLUMES} streams re-opened and files verified: ${summary(restartMs, 'ms', 0)}   target <= 1000 ms`);
 }
 
 console.log(`spire-csi-driver benchmarks: ${RUNS} runs each, node ${process.version}, as ${runningAsRoot() ? 'root' : 'non-root'}`);

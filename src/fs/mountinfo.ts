@@ -201,6 +201,13 @@ export async function mountsUnder(target: string): Promise<MountEntry[]> {
   return readMountsAt(await mountPathOf(target), true);
 }
 
+/** From one read of the table: the mounts at `target` (in mountinfo order) and those strictly below it. */
+export async function mountsAtAndBelow(target: string): Promise<{ at: MountEntry[]; below: MountEntry[] }> {
+  const wanted = await mountPathOf(target);
+  const entries = await readMountsAt(wanted, true);
+  return { at: entries.filter((entry) => entry.mountPoint === wanted), below: entries.filter((entry) => entry.mountPoint !== wanted) };
+}
+
 /**
  * The mount that is visible at `target` when several are stacked there: the
  * one no other mount at the same path sits on. Falls back to the last listed.

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { DriverError, errorMessage } from '../errors.js';
 import { AtomicWriter, holdsOnlyWriterFiles } from '../fs/atomic-writer.js';
-import { findMount, mountsUnder } from '../fs/mountinfo.js';
+import { findMount, mountsAtAndBelow, mountsUnder, topmostMount } from '../fs/mountinfo.js';
 import type { Libc } from '../fs/libc.js';
 import { isOurTmpfs, mountTmpfs, unmount, type TmpfsCallOptions } from '../fs/tmpfs.js';
 import type { Logger } from '../observability/logger.js';
@@ -126,20 +126,29 @@ export class VolumeStorage implements VolumeStorageBackend {
    */
   async remove(targetPath: string): Promise<void> {
     if (await removeIfSymlink(targetPath)) return;
+    // One read of the mount table (thousands of lines on a busy node): each
+    // umount2 takes the topmost mount at the path off this list as it does
+    // off the kernel's, and what is left at or below the path is not ours.
+    const { at, below } = await mountsAtAndBelow(targetPath);
     for (let i = 0; i < MAX_STACKED_MOUNTS; i++) {
-      const mounted = await findMount(targetPath);
+      const mounted = topmostMount(at);
       if (mounted === undefined || !isOurTmpfs(mounted, this.options.mountSource)) break;
       try {
         await unmount(targetPath, this.mountOptions);
       } catch (err) {
         throw new DriverError(status.INTERNAL, errorMessage(err));
       }
+      at.splice(at.indexOf(mounted), 1);
     }
-    const foreign = await mountsUnder(targetPath);
-    if (foreign.length > 0) {
+    const left = [...at, ...below];
+    if (left.length > 0) {
+      // Ours can remain only under somebody else's (umount2 takes the top one): name theirs.
+      const ours = left.filter((m) => isOurTmpfs(m, this.options.mountSource));
+      const theirs = left.filter((m) => !ours.includes(m));
       throw new DriverError(
         status.INTERNAL,
-        `refusing to delete ${targetPath}: ${foreign.map((m) => `${m.fsType} from ${m.source} at ${m.mountPoint}`).join(', ')} is mounted there and was not made by this driver`,
+        `refusing to delete ${targetPath}: ${(theirs.length > 0 ? theirs : left).map((m) => `${m.fsType} from ${m.source} at ${m.mountPoint}`).join(', ')} ` +
+          `is mounted there and was not made by this driver${theirs.length > 0 && ours.length > 0 ? ` (under it: ${ours.length} tmpfs of ours)` : ''}`,
       );
     }
     await fs.rm(targetPath, { recursive: true, force: true });

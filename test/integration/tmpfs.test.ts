@@ -6,6 +6,8 @@ import { after, before, test } from 'node:test';
 import { findMount, isMountPoint, mountsUnder } from '../../src/fs/mountinfo.js';
 import { LibcUnavailableError, type Libc } from '../../src/fs/libc.js';
 import { chooseMountMechanism, isOurTmpfs, mountTmpfs, unmount, type TmpfsCallOptions } from '../../src/fs/tmpfs.js';
+import { VolumeStorage } from '../../src/volumes/volume-storage.js';
+import { MemoryLog } from '../support/fakes/memory-log.js';
 import { makeScratchDir, removeScratchDir } from '../support/scratch.js';
 
 const SOURCE = 'csi.spire.io';
@@ -202,3 +204,53 @@ test('mount(2) EPERM says that mounting needs CAP_SYS_ADMIN or --tmpfs=false', a
     ['/nowhere/volume', 8],
   ]);
 });
+
+test(
+  'VolumeStorage.remove unmounts every stacked tmpfs of ours from one read of the table, and refuses a foreign mount below',
+  { skip },
+  async () => {
+    const storage = new VolumeStorage({
+      useTmpfs: true,
+      tmpfsSizeBytes: SIZE,
+      mountSource: SOURCE,
+      kubeletRootDir: scratch,
+      logger: new MemoryLog().logger(),
+    });
+    // A crash between mount and record can leave our tmpfs stacked on itself.
+    const stacked = path.join(scratch, 'stacked');
+    await storage.prepare(stacked, true);
+    await mountTmpfs(stacked, { sizeBytes: SIZE, source: SOURCE, mode: 0o755 });
+    await mountTmpfs(stacked, { sizeBytes: SIZE, source: SOURCE, mode: 0o755 });
+    assert.equal((await mountsUnder(stacked)).length, 3);
+    await storage.remove(stacked);
+    assert.deepEqual(await mountsUnder(stacked), [], 'all three unmounted');
+    await assert.rejects(fs.lstat(stacked), { code: 'ENOENT' }, 'and the directory removed');
+
+    // Somebody else's mount inside our volume: unmounting ours fails (busy) and nothing is deleted.
+    const withForeign = path.join(scratch, 'with-foreign');
+    await storage.prepare(withForeign, true);
+    const inner = path.join(withForeign, 'inner');
+    await fs.mkdir(inner);
+    await mountTmpfs(inner, { sizeBytes: SIZE, source: 'someone-else', mode: 0o755 });
+    await fs.writeFile(path.join(inner, 'theirs'), 'keep me');
+    await assert.rejects(storage.remove(withForeign), /EBUSY/);
+    assert.equal(await fs.readFile(path.join(inner, 'theirs'), 'utf8'), 'keep me', 'their file is untouched');
+    await unmount(inner);
+    await storage.remove(withForeign);
+    assert.deepEqual(await mountsUnder(withForeign), []);
+
+    // Somebody else's tmpfs on top of ours: not unmounted, and nothing deleted.
+    const coveredByForeign = path.join(scratch, 'covered');
+    await storage.prepare(coveredByForeign, true);
+    await mountTmpfs(coveredByForeign, { sizeBytes: SIZE, source: 'someone-else', mode: 0o755 });
+    await fs.writeFile(path.join(coveredByForeign, 'theirs'), 'keep me');
+    await assert.rejects(
+      storage.remove(coveredByForeign),
+      /refusing to delete .*covered: tmpfs from someone-else at .*covered is mounted there and was not made by this driver \(under it: 1 tmpfs of ours\)/,
+    );
+    assert.equal(await fs.readFile(path.join(coveredByForeign, 'theirs'), 'utf8'), 'keep me');
+    await unmount(coveredByForeign);
+    await storage.remove(coveredByForeign);
+    assert.deepEqual(await mountsUnder(coveredByForeign), []);
+  },
+);

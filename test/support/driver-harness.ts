@@ -33,6 +33,8 @@ export interface HarnessOptions {
   driverProcess?: boolean;
   /** The in-process driver's C library binding for mounts (default: koffi's). */
   loadLibcForMounts?: StartDriverOptions['loadLibcForMounts'];
+  /** Default debug, for the tests' assertions on log lines; the benchmarks measure the driver at its default, info. */
+  logLevel?: Config['logLevel'];
 }
 
 /** Captured JSON log lines of the in-process driver. */
@@ -75,7 +77,7 @@ export class Harness {
       publishTimeoutMs: options.publishTimeoutMs ?? 10_000,
       useTmpfs: options.useTmpfs ?? false,
       tmpfsSizeBytes: 1024 * 1024,
-      logLevel: 'debug',
+      logLevel: options.logLevel ?? 'debug',
       metricsAddress: undefined,
       maxReceiveMessageBytes: 32 * 1024 * 1024,
     };
