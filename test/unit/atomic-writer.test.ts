@@ -254,14 +254,39 @@ test('crash leftovers (..data_tmp, orphaned version dirs) are cleaned up', async
   await fs.mkdir(path.join(dir, '..2020_01_01_00_00_01.Xy12Zz'));
   await fs.symlink('..2020_01_01_00_00_00.orphan', path.join(dir, '..data_tmp'));
 
-  // Even a no-op write clears them.
-  const same = await writer.write(svidFiles(1));
+  // The restarted driver's writer knows nothing of earlier writes: even a no-op write clears them.
+  const same = await new AtomicWriter(dir).write(svidFiles(1));
   assert.deepEqual(same, { changed: false, version: first.version });
   assert.deepEqual((await fs.readdir(dir)).filter((e) => e.startsWith('..')).sort(), ['..data', first.version].sort());
 
   await fs.mkdir(path.join(dir, '..2020_01_01_00_00_02.again'));
-  const second = await writer.write(svidFiles(2));
+  const second = await new AtomicWriter(dir).write(svidFiles(2));
   assert.deepEqual((await fs.readdir(dir)).filter((e) => e.startsWith('..')).sort(), ['..data', second.version].sort());
+});
+
+test('a writer trusts its own last write: the next one neither re-reads nor re-checks it, unless ..data changed behind its back', async () => {
+  const dir = await freshVolume();
+  const writer = new AtomicWriter(dir);
+  const first = await writer.write(svidFiles(1));
+  // Somebody else changes a file of the live version. The only writer of a
+  // volume is its driver (the pod's mount is read-only), so the writer does
+  // not look: the same payload is "unchanged" without a read.
+  await fs.writeFile(path.join(dir, first.version, 'svid.pem'), 'tampered');
+  assert.deepEqual(await writer.write(svidFiles(1)), { changed: false, version: first.version });
+  // A restarted driver compares with the disk and repairs it.
+  const repaired = await new AtomicWriter(dir).write(svidFiles(1));
+  assert.equal(repaired.changed, true);
+  assert.notEqual(repaired.version, first.version);
+
+  // ..data pointing elsewhere than the writer left it: the full path, which compares with the disk.
+  const other = new AtomicWriter(dir);
+  const second = await other.write(svidFiles(2));
+  await fs.symlink(second.version, path.join(dir, '..data_tmp'));
+  await fs.rename(path.join(dir, '..data_tmp'), path.join(dir, '..data'));
+  await fs.mkdir(path.join(dir, '..2020_01_01_00_00_03.stale'));
+  const afterSwap = await writer.write(svidFiles(2));
+  assert.deepEqual(afterSwap, { changed: false, version: second.version }, 'found equal on disk');
+  assert.deepEqual((await fs.readdir(dir)).filter((e) => e.startsWith('..')).sort(), ['..data', second.version].sort(), 'leftovers cleared');
 });
 
 test('a missing visible link is restored even when the content is unchanged (kubernetes#121472)', async () => {
@@ -273,7 +298,8 @@ test('a missing visible link is restored even when the content is unchanged (kub
   await fs.unlink(path.join(dir, 'svid.pem'));
   await fs.symlink(first.version + '/svid.pem', path.join(dir, 'svid.pem'));
 
-  const again = await writer.write(svidFiles(1));
+  // As the restarted driver finds them after a crash between the swap and the links.
+  const again = await new AtomicWriter(dir).write(svidFiles(1));
   assert.equal(again.changed, false);
   assert.equal(await fs.readlink(path.join(dir, 'svid_key.pem')), '..data/svid_key.pem');
   assert.equal(await fs.readlink(path.join(dir, 'svid.pem')), '..data/svid.pem');
