@@ -17,6 +17,7 @@ import type { Logger } from './observability/logger.js';
 import { DriverMetrics, serveMetrics } from './observability/metrics.js';
 import { AgentConnection } from './spire/agent-connection.js';
 import { BundleWatcher } from './spire/bundle-watcher.js';
+import { JwtBundleWatcher } from './spire/jwt-bundle-watcher.js';
 import { DRIVER_VERSION } from './version.js';
 import { MetadataStore } from './volumes/metadata-store.js';
 import { VolumeManager } from './volumes/volume-manager.js';
@@ -67,6 +68,8 @@ async function startLocked(config: Config, options: StartDriverOptions, lock: St
   });
   await connection.start();
   const bundles = new BundleWatcher({ connection, logger, metrics });
+  // Opens its stream only when a volume asks for JWT-SVIDs.
+  const jwtBundles = new JwtBundleWatcher({ connection, logger, metrics });
   const mounting = await chooseMountMechanism({ ...(options.loadLibcForMounts && { loadLibc: options.loadLibcForMounts }) });
   if (mounting.reason !== undefined && config.useTmpfs) {
     logger.warn(
@@ -89,6 +92,7 @@ async function startLocked(config: Config, options: StartDriverOptions, lock: St
     maxVolumes: config.maxVolumes ?? DEFAULT_MAX_VOLUMES,
     connection,
     bundles,
+    jwtBundles,
     store,
     storage,
     logger,
@@ -109,6 +113,7 @@ async function startLocked(config: Config, options: StartDriverOptions, lock: St
   } catch (err) {
     await volumes.shutdown();
     bundles.close();
+    jwtBundles.close();
     await connection.close();
     await csiServer?.close();
     throw err;
@@ -146,6 +151,7 @@ async function startLocked(config: Config, options: StartDriverOptions, lock: St
         }
         await volumes.shutdown();
         bundles.close();
+        jwtBundles.close();
         await connection.close();
         await new Promise<void>((resolve) => (metricsServer ? metricsServer.close(() => resolve()) : resolve()));
       } finally {

@@ -10,6 +10,7 @@
 import { z } from 'zod';
 import { invalidArgument } from '../errors.js';
 import { describeFileNameProblem } from '../fs/file-names.js';
+import { DEFAULT_JWT_BUNDLE_FILE, parseJwtAudiences, type JwtAttributes } from './jwt-attributes.js';
 
 export const ATTRIBUTE_PREFIX = 'csi.spire.io/';
 /** Keys kubelet itself adds to volume_context (podInfoOnMount, tokenRequests). */
@@ -67,6 +68,8 @@ export interface VolumeAttributes {
   spiffeId: string | undefined;
   /** Write the SVID whose entry carries this hint when several entries match. */
   hint: string | undefined;
+  /** JWT-SVIDs and the JWT bundle (jwt-attributes.ts); absent without csi.spire.io/jwt-audiences. */
+  jwt?: JwtAttributes;
 }
 
 /**
@@ -127,6 +130,18 @@ const attributeSchema = z
     'fs-group': fsGroupSchema.optional(),
     'spiffe-id': spiffeIdSchema.optional(),
     hint: z.string().min(1, { error: 'must not be empty' }).max(1024).optional(),
+    'jwt-audiences': z
+      .string()
+      .transform((value, ctx) => {
+        const parsed = parseJwtAudiences(value);
+        if ('problem' in parsed) {
+          ctx.addIssue({ code: 'custom', message: parsed.problem });
+          return z.NEVER;
+        }
+        return parsed.svids;
+      })
+      .optional(),
+    'jwt-bundle-file': fileName.optional(),
   })
   .strict();
 
@@ -170,12 +185,22 @@ export function parseVolumeAttributes(volumeContext: Readonly<Record<string, str
         `set ${ATTRIBUTE_PREFIX}pkcs12-file to the keystore's file name (e.g. keystore.p12), or remove the password`,
     );
   }
+  const jwtSvids = value['jwt-audiences'];
+  if (jwtSvids === undefined && value['jwt-bundle-file'] !== undefined) {
+    throw invalidArgument(
+      `volume attribute ${ATTRIBUTE_PREFIX}jwt-bundle-file is set but ${ATTRIBUTE_PREFIX}jwt-audiences is not: ` +
+        `set ${ATTRIBUTE_PREFIX}jwt-audiences to the tokens' audiences (e.g. vault), or remove the bundle file name`,
+    );
+  }
+  const jwt: JwtAttributes | undefined =
+    jwtSvids === undefined ? undefined : { svids: jwtSvids, bundleFile: value['jwt-bundle-file'] ?? DEFAULT_JWT_BUNDLE_FILE };
   checkDistinct(value.layout, [
     ['cert-file', certFile, value['cert-file'] === undefined],
     ['key-file', keyFile, value['key-file'] === undefined],
     ['bundle-file', bundleFile, value['bundle-file'] === undefined],
     ...(credentialBundleFile === undefined ? [] : [['credential-bundle-file', credentialBundleFile, false] as const]),
     ...(pkcs12File === undefined ? [] : [['pkcs12-file', pkcs12File, false] as const]),
+    ...(jwt === undefined ? [] : jwtFileNames(jwt, value['jwt-bundle-file'] === undefined)),
   ]);
   return {
     layout: value.layout,
@@ -188,7 +213,13 @@ export function parseVolumeAttributes(volumeContext: Readonly<Record<string, str
     fsGroup: value['fs-group'],
     spiffeId: value['spiffe-id'],
     hint: value.hint,
+    ...(jwt === undefined ? {} : { jwt }),
   };
+}
+
+/** The JWT files for checkDistinct; a default name counts as the layout's, so the message says it was not set. */
+function jwtFileNames(jwt: JwtAttributes, defaultBundleFile: boolean): (readonly [attribute: string, name: string, fromLayout: boolean])[] {
+  return [...jwt.svids.map((svid) => ['jwt-audiences', svid.file, false] as const), ['jwt-bundle-file', jwt.bundleFile, defaultBundleFile] as const];
 }
 
 /**

@@ -293,10 +293,17 @@ describe('DevAgent', () => {
       );
       assert.equal(agent.openSvidStreams(), 0);
 
+      // FetchJWTSVIDs, unlike the X.509 stream, answers "nothing matches" with an error (service.go).
       const jwt = await new Promise<grpc.ServiceError | null>((resolve) =>
         client.FetchJWTSVIDs({ audience: ['x'], selectors: [toSelector('k8s:ns:a')] }, resolve),
       );
-      assert.equal(jwt?.code, grpc.status.UNIMPLEMENTED);
+      assert.equal(jwt?.code, grpc.status.PERMISSION_DENIED);
+      assert.equal(jwt?.details, 'no identity issued');
+      const noAudience = await new Promise<grpc.ServiceError | null>((resolve) =>
+        client.FetchJWTSVIDs({ audience: [], selectors: [toSelector('k8s:ns:a')] }, resolve),
+      );
+      assert.equal(noAudience?.code, grpc.status.INVALID_ARGUMENT);
+      assert.equal(noAudience?.details, 'audience must be specified');
     });
   });
 
