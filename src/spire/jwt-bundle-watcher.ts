@@ -102,9 +102,11 @@ export class JwtBundleWatcher implements JwtBundleSource {
 }
 
 /**
- * The JWKS as go-spiffe's jwtbundle.Bundle.Marshal writes it, which is what
- * spiffe-helper puts in its JSON file: only `keys` (SPIRE adds
- * spiffe_sequence and spiffe_refresh_hint, which a JOSE library does not need).
+ * The JWKS compact, with only its `keys`, as go-spiffe's jwtbundle.Bundle.Marshal
+ * writes it for spiffe-helper's file. The agent sends a standard JWKS already
+ * (bundleutil.Marshal with StandardJWKS: no SPIFFE `use`, no spiffe_sequence;
+ * https://github.com/spiffe/spire/blob/v1.15.3/pkg/common/bundleutil/marshal.go),
+ * indented; re-serialising drops the indentation and anything else at the top.
  * A document that is not a JWKS is refused rather than written.
  */
 export function normaliseJwks(raw: Buffer): Buffer {

@@ -3,13 +3,17 @@
  * us when a token is due), so this is the one place the driver schedules work
  * of its own (docs/design.md invariant 9): ONE timer per volume, for all its
  * tokens, set to fetch again when half of the shortest remaining lifetime has
- * passed (jittered a little earlier, so volumes published together spread
+ * passed (plus up to a tenth more, so volumes published together spread
  * out), as spiffe-helper refreshes at half of the remaining lifetime
- * (https://github.com/spiffe/spiffe-helper). Half of the *remaining* lifetime,
- * not of the whole: the agent serves a cached token until it is half-way
- * through its life, so the next fetch after a cached one always finds a fresh
- * one instead of spinning. A failed fetch is retried on the same timer with a
- * capped, jittered backoff; close() cancels it.
+ * (https://github.com/spiffe/spiffe-helper). The jitter is later, never
+ * earlier: the agent serves a cached token until it is half-way through its
+ * life (FetchJWTSVID in
+ * https://github.com/spiffe/spire/blob/v1.15.3/pkg/agent/manager/manager.go),
+ * so a fetch before that point would bring back the same token. Half of the
+ * *remaining* lifetime, not of the whole: after a cached token the next fetch
+ * still lands past its half-life, and a token always has at least 40 % of its
+ * life left when it is replaced. A failed fetch is retried on the same timer
+ * with a capped, jittered backoff; close() cancels it.
  */
 import { Backoff } from '../spire/backoff.js';
 import type { JwtSvidMessage } from '../spire/messages.js';
@@ -23,7 +27,7 @@ export const JWT_RETRY_MAX_MS = 60_000;
 export const JWT_MIN_REFRESH_MS = 1000;
 /** setTimeout's longest delay (2^31 - 1 ms, about 24.8 days); a longer one would fire at once. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
-/** The share of the remaining lifetime to wait: 40 % to 50 %, by the jitter. */
+/** The share of the remaining lifetime to wait: 50 % to 60 %, by the jitter. */
 const REFRESH_SHARE = 0.5;
 const JITTER_SHARE = 0.1;
 
@@ -127,12 +131,12 @@ export class JwtRefresher {
     this.cancelTimer = this.options.schedule(() => void this.refresh(), delayMs);
   }
 
-  /** Half of the shortest remaining lifetime, jittered down by up to a tenth of it. */
+  /** Half of the shortest remaining lifetime, jittered up by up to a tenth of it. */
   nextRefreshDelay(svids: readonly JwtSvidMessage[]): number {
     if (svids.length === 0) return JWT_RETRY_MAX_MS;
     const now = this.options.wallClock();
     const remainingMs = Math.min(...svids.map((svid) => svid.expires_at * 1000 - now));
-    const share = REFRESH_SHARE - JITTER_SHARE * this.random();
+    const share = REFRESH_SHARE + JITTER_SHARE * this.random();
     return Math.min(MAX_TIMER_MS, Math.max(JWT_MIN_REFRESH_MS, Math.round(remainingMs * share)));
   }
 }

@@ -1,6 +1,6 @@
 /**
  * The JWT refresh schedule (src/volumes/jwt-refresh.ts) on a manual clock: one
- * timer per volume, at half of the remaining lifetime (jittered down by up to
+ * timer per volume, at half of the remaining lifetime (jittered up by up to
  * a tenth of it), a capped backoff after failures, nothing left after close().
  */
 import assert from 'node:assert/strict';
@@ -76,13 +76,13 @@ describe('JWT refresh schedule', () => {
     assert.deepEqual(h.clock.pendingDelays(), []);
   });
 
-  test('the jitter only ever makes the refresh earlier: 40 % to 50 % of the remaining lifetime', () => {
-    const early = harness(ONE, () => 1);
-    const late = harness(ONE, () => 0);
+  test('the jitter only ever makes the refresh later (past the agent cache half-life): 50 % to 60 % of the remaining lifetime', () => {
+    const latest = harness(ONE, () => 1);
+    const soonest = harness(ONE, () => 0);
     const now = Math.floor((EPOCH_MS + 0) / 1000);
     const svid: JwtSvidMessage = { token: 't', id: null, issued_at: now, expires_at: now + 1000, hint: '' };
-    assert.equal(early.refresher.nextRefreshDelay([svid]), 400_000);
-    assert.equal(late.refresher.nextRefreshDelay([svid]), 500_000);
+    assert.equal(latest.refresher.nextRefreshDelay([svid]), 600_000);
+    assert.equal(soonest.refresher.nextRefreshDelay([svid]), 500_000);
   });
 
   test('several tokens share one timer, due at the shortest-lived one', async () => {
@@ -133,7 +133,7 @@ describe('JWT refresh schedule', () => {
     await h.clock.advance(h.clock.nextDueIn() ?? 0);
     assert.equal(h.tokens(), 1);
     assert.equal(h.refresher.failedAttempts, 0);
-    assert.deepEqual(h.clock.pendingDelays(), [240_000], 'back on the lifetime schedule (random() = 1: 40 %)');
+    assert.deepEqual(h.clock.pendingDelays(), [360_000], 'back on the lifetime schedule (random() = 1: 60 %)');
     h.refresher.close();
   });
 

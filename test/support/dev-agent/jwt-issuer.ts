@@ -30,9 +30,14 @@ export class JwtIssuer {
     public ttlSeconds: number,
   ) {}
 
-  /** The JWKS document of the trust domain, as SubscribeToJWTBundles sends it (with SPIRE's extra member). */
+  /**
+   * The JWKS document of the trust domain as SubscribeToJWTBundles sends it:
+   * bundleutil.Marshal with NoX509SVIDKeys and StandardJWKS, so only the JWT
+   * keys, no SPIFFE `use` or `spiffe_sequence`, indented by four spaces
+   * (https://github.com/spiffe/spire/blob/v1.15.3/pkg/common/bundleutil/marshal.go).
+   */
   jwks(): Buffer {
-    return Buffer.from(JSON.stringify({ keys: this.keys.map((key) => ({ ...key.publicJwk, kid: key.kid, use: 'jwt-svid' })), spiffe_sequence: 1 }));
+    return Buffer.from(JSON.stringify({ keys: this.keys.map((key) => ({ ...key.publicJwk, kid: key.kid })) }, null, 4));
   }
 
   /** A new signing key; the old one stays published. Cached tokens are dropped, as after a real key rotation they are re-signed. */
