@@ -200,3 +200,49 @@ describe('JWT-SVID refresh', () => {
     await h.kubelet.unpublish(volume);
   });
 });
+
+/** Ref'd timers of this process (process.getActiveResourcesInfo), where the in-process driver's refresh timers show. */
+function activeTimeouts(): number {
+  return process.getActiveResourcesInfo().filter((type) => type === 'Timeout').length;
+}
+
+describe('JWT volumes leave nothing behind', () => {
+  let h: Harness;
+  before(async () => {
+    h = await Harness.start({ agent: { jwtSvidTtlSeconds: 60 } });
+  });
+  after(async () => {
+    await h.close();
+  });
+
+  it('20 publish/unpublish cycles: no refresh timer, JWT bundle listener or socket-ready listener stays; no fetch afterwards', async () => {
+    assert.ok(h.driver, 'the in-process driver runs');
+    const internals = h.driver.volumes as unknown as {
+      deps: { jwtBundles: { listeners: Set<unknown> }; connection: { listenerCount(event: string): number } };
+    };
+    assert.ok(internals.deps.jwtBundles.listeners instanceof Set, 'JwtBundleWatcher.listeners is no longer a Set: update this test');
+    const spiffeId = 'spiffe://example.org/jwt/churn';
+    await h.agent.addEntry({ spiffeId, selectors: ['k8s:ns:jwt-churn'] });
+    // Warm-up: the node-wide JWT bundle stream opens with the first JWT volume and stays.
+    const warm = h.kubelet.createPod({ namespace: 'jwt-churn' });
+    await h.kubelet.unpublish(await h.kubelet.publish(warm, { attributes: { [AUDIENCES]: 'vault' } }));
+    await sleep(300);
+    const timeoutsBefore = activeTimeouts();
+    const socketReadyBefore = internals.deps.connection.listenerCount('socket-ready');
+
+    for (let i = 0; i < 20; i++) {
+      const pod = h.kubelet.createPod({ namespace: 'jwt-churn' });
+      const volume = await h.kubelet.publish(pod, { attributes: { [AUDIENCES]: `vault;aws.token=aws${i}` } });
+      if (i % 5 === 0) await assertValidJwtSvid(volume.targetPath, { tokenFile: 'aws.token', spiffeId, audiences: [`aws${i}`] });
+      await h.kubelet.unpublish(volume);
+    }
+
+    assert.equal(internals.deps.jwtBundles.listeners.size, 0, 'JWT bundle listeners');
+    assert.equal(internals.deps.connection.listenerCount('socket-ready'), socketReadyBefore, 'socket-ready listeners');
+    assert.equal(h.agent.openJwtBundleStreams(), 1, 'the one JWT bundle stream stays open');
+    await eventually('the timers to be back at the baseline', () => activeTimeouts() <= timeoutsBefore, 5000);
+    const fetches = h.agent.receivedJwtFetches().length;
+    await sleep(1500);
+    assert.equal(h.agent.receivedJwtFetches().length, fetches, 'no fetch after every JWT volume is gone');
+  });
+});
