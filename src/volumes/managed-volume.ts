@@ -138,7 +138,8 @@ export class ManagedVolume {
       // bundle stream's last failure may be stale.
       streamFailure: this.stream?.lastFailure,
       agentSocketPath: this.deps.connection.socketPath,
-      writeFailure: this.retry.failedAttempts > 0 ? this.problem : undefined,
+      // A JWT-SVID fetch failing keeps the tokens from being renewed as a failing write keeps any file.
+      writeFailure: this.retry.failedAttempts > 0 ? this.problem : this.jwtFailure,
     });
   }
 

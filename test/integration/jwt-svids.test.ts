@@ -88,6 +88,26 @@ describe('JWT-SVIDs', () => {
     await h.kubelet.unpublish(volume);
   });
 
+  it('with an fsGroup the tokens are 0640 and group-owned, like the key; a republish with other audiences is refused', async () => {
+    const pod = h.kubelet.createPod();
+    const spiffeId = 'spiffe://example.org/jwt/group';
+    await h.agent.addEntry({ spiffeId, selectors: [`k8s:pod-uid:${pod.uid}`] });
+    const volume = await h.kubelet.publish(pod, { attributes: { [AUDIENCES]: 'vault' }, fsGroup: 4321 });
+    const version = await fs.readlink(path.join(volume.targetPath, '..data'));
+    const token = await fs.stat(path.join(volume.targetPath, version, 'jwt_svid.token'));
+    assert.equal(token.mode & 0o777, 0o640);
+    assert.equal(token.gid, 4321);
+    assert.equal(await modeOf(path.join(volume.targetPath, version, 'svid_key.pem')), 0o640);
+    await assertValidJwtSvid(volume.targetPath, { tokenFile: 'jwt_svid.token', spiffeId, audiences: ['vault'] });
+
+    await assert.rejects(h.kubelet.publish(pod, { attributes: { [AUDIENCES]: 'other' }, fsGroup: 4321 }), (err: unknown) => {
+      assert.ok(isServiceError(err));
+      assert.match(err.details, /jwt-audiences was jwt_svid\.token=vault \(bundle bundle\.json\), now jwt_svid\.token=other/);
+      return true;
+    });
+    await h.kubelet.unpublish(volume);
+  });
+
   it('a bad jwt-audiences is INVALID_ARGUMENT naming what to change, before the agent is asked', async () => {
     const pod = h.kubelet.createPod();
     const fetchesBefore = h.agent.receivedJwtFetches().length;
