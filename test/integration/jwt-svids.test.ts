@@ -108,6 +108,37 @@ describe('JWT-SVIDs', () => {
     await h.kubelet.unpublish(volume);
   });
 
+  it('FetchJWTSVIDs failing: the publish times out naming it, the X.509 files alone are never written, and the fetch is retried until it works', async () => {
+    const pod = h.kubelet.createPod();
+    const spiffeId = 'spiffe://example.org/jwt/failing';
+    await h.agent.addEntry({ spiffeId, selectors: [`k8s:pod-uid:${pod.uid}`] });
+    h.agent.failJwtFetches({ code: grpc.status.UNAVAILABLE, details: 'could not fetch JWT-SVID: signing is down' });
+    try {
+      await assert.rejects(h.kubelet.publish(pod, { attributes: { [AUDIENCES]: 'vault' }, timeoutMs: 30_000 }), (err: unknown) => {
+        assert.ok(isServiceError(err));
+        assert.equal(err.code, grpc.status.DEADLINE_EXCEEDED);
+        assert.match(err.details, /has not issued the JWT-SVID for audience vault yet/);
+        assert.match(
+          err.details,
+          /fetching the JWT-SVIDs from the SPIRE agent failed \(\d+ failed attempts?, last: .*could not fetch JWT-SVID: signing is down\)/,
+        );
+        return true;
+      });
+      const volume = h.kubelet.volumeFor(pod);
+      await assert.rejects(fs.stat(path.join(volume.targetPath, 'svid.pem')), 'all files or none');
+
+      // Kubelet retries; the agent recovers while the retry waits: the fetch is retried with backoff and the publish succeeds.
+      const retry = h.kubelet.publish(pod, { attributes: { [AUDIENCES]: 'vault' }, timeoutMs: 30_000 });
+      await sleep(1500);
+      h.agent.failJwtFetches(undefined);
+      await retry;
+      await assertValidJwtSvid(volume.targetPath, { tokenFile: 'jwt_svid.token', spiffeId, audiences: ['vault'] });
+      await h.kubelet.unpublish(volume);
+    } finally {
+      h.agent.failJwtFetches(undefined);
+    }
+  });
+
   it('a bad jwt-audiences is INVALID_ARGUMENT naming what to change, before the agent is asked', async () => {
     const pod = h.kubelet.createPod();
     const fetchesBefore = h.agent.receivedJwtFetches().length;

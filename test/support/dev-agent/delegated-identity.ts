@@ -63,6 +63,8 @@ export class DelegatedIdentityService {
   private readonly bundleSubscribers = new Set<BundleSubscriber>();
   private readonly jwtBundleSubscribers = new Set<{ call: JwtBundleCall; done: boolean }>();
   private readonly jwtFetchLog: FetchJwtSvidsRequest[] = [];
+  /** While set, every FetchJWTSVIDs call that gets past the checks fails with it (the agent's signing failing). */
+  jwtFetchFault: { code: grpc.status; details: string } | undefined;
   private readonly jwt: JwtIssuer;
   private readonly selectorLog: Selector[][] = [];
   private lastBundleSignature: string;
@@ -110,6 +112,7 @@ export class DelegatedIdentityService {
     if (!selectors.every(isValidSelector)) return fail(grpc.status.INVALID_ARGUMENT, 'could not parse provided selectors');
     const matched = this.store.matching(new Set(selectors.map(selectorKey))).filter((record) => !record.entry.admin);
     if (matched.length === 0) return fail(grpc.status.PERMISSION_DENIED, 'no identity issued');
+    if (this.jwtFetchFault) return fail(this.jwtFetchFault.code, this.jwtFetchFault.details);
     const svids: JwtSvidMessage[] = matched.map((record) => {
       const issued = this.jwt.issue(record.entry.id, record.entry.spiffeId, audience);
       const id = parseSpiffeId(record.entry.spiffeId);

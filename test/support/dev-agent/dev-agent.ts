@@ -18,6 +18,7 @@
  * and injected material).
  */
 import path from 'node:path';
+import type * as grpc from '@grpc/grpc-js';
 import type { FetchJwtSvidsRequest, Selector } from '../../../src/spire/messages.js';
 import type { MintedCa } from '../certs.js';
 import { AdminSocketServer } from './admin-socket.js';
@@ -236,6 +237,11 @@ export class DevAgent {
   /** Lifetime of JWT-SVIDs signed from now on. */
   setJwtSvidTtl(seconds: number): void {
     this.jwt.ttlSeconds = seconds;
+  }
+
+  /** Makes FetchJWTSVIDs fail as the agent does when it cannot sign (F22), until called with undefined. */
+  failJwtFetches(fault: { code: grpc.status; details: string } | undefined): void {
+    this.service.jwtFetchFault = fault;
   }
 
   /** Every FetchJWTSVIDs request received, in order. */
