@@ -73,7 +73,7 @@ export function describeTokenProblem(token: string, spiffeId: string, audiences:
   } catch {
     return 'its claims are not JSON';
   }
-  if (typeof claims !== 'object' || claims === null) return 'its claims are not a JSON object';
+  if (typeof claims !== 'object' || claims === null || Array.isArray(claims)) return 'its claims are not a JSON object';
   const { sub, aud, exp } = claims as { sub?: unknown; aud?: unknown; exp?: unknown };
   if (sub !== spiffeId) return `sub is ${JSON.stringify(sub)}, not ${spiffeId}`;
   const audList = typeof aud === 'string' ? [aud] : Array.isArray(aud) ? aud : [];
