@@ -94,9 +94,16 @@ export class ManagedVolume {
   private draining: Promise<void> | undefined;
   private closed = false;
   private readonly stateListeners = new Set<() => void>();
-  /** Why the volume has no (current) files, in words for kubelet's event. */
   /** The last JWT-SVID fetch failure, cleared by the next success; part of `problem` while no token is held. */
   private jwtFailure: string | undefined;
+  /**
+   * The JWT files of the last write (or found on disk after a restart). While
+   * no current token can be written they go into the next version unchanged,
+   * so a JWT problem never holds back the X.509 rotation of a volume that has
+   * files, and a token file never disappears (the previous files stay, invariant 6).
+   */
+  private lastJwtFiles: FileSpec[] | undefined;
+  /** Why the volume has no (current) files, in words for kubelet's event. */
   private problem = 'the SPIRE agent has not sent an SVID for this pod yet (it may still be signing it)';
   /** Files are on disk: written by this process, or found in place after a restart. */
   private hasFiles: boolean;
@@ -150,6 +157,7 @@ export class ManagedVolume {
    * until then; the first write replaces it either way.
    */
   async readSvidOnDisk(): Promise<void> {
+    await this.readJwtFilesOnDisk();
     try {
       const pem = await fs.readFile(path.join(this.record.targetPath, this.record.files.cert), 'utf8');
       // X509Certificate takes the first PEM block: the leaf (volume-files.ts writes it first).
@@ -159,6 +167,22 @@ export class ManagedVolume {
       this.svidOnDisk ??= { spiffeId, notBefore: new Date(leaf.validFrom), notAfter: new Date(leaf.validTo) };
     } catch (err) {
       this.logger.debug({ err: errorMessage(err) }, 'could not read the SVID in the files; its validity is known after the first response');
+    }
+  }
+
+  /** A resumed JWT volume's token and bundle files, kept as lastJwtFiles; unreadable ones leave it unset. */
+  private async readJwtFilesOnDisk(): Promise<void> {
+    const jwt = this.record.jwt;
+    if (jwt === undefined) return;
+    const tokenMode = this.record.fsGroup === null ? 0o600 : 0o640;
+    try {
+      const read = (name: string): Promise<Buffer> => fs.readFile(path.join(this.record.targetPath, name));
+      this.lastJwtFiles = [
+        ...(await Promise.all(jwt.svids.map(async (svid) => ({ name: svid.file, data: await read(svid.file), mode: tokenMode })))),
+        { name: jwt.bundleFile, data: await read(jwt.bundleFile), mode: 0o644 },
+      ];
+    } catch (err) {
+      this.logger.debug({ err: errorMessage(err) }, 'could not read the JWT files of the resumed volume; the next write needs current tokens');
     }
   }
 
@@ -430,8 +454,11 @@ export class ManagedVolume {
     });
     if ('problem' in built) {
       this.problem = this.jwtFailure === undefined ? built.problem : `${built.problem}: ${this.jwtFailure}`;
-      return undefined;
+      if (this.lastJwtFiles === undefined) return undefined;
+      this.logger.warn({ reason: this.problem }, 'no current JWT-SVID to write; the X.509 files are updated and the JWT files stay as they are');
+      return this.lastJwtFiles;
     }
+    this.lastJwtFiles = built;
     return built;
   }
 

@@ -230,6 +230,37 @@ describe('JWT-SVID refresh', () => {
     assert.equal(h.agent.receivedJwtFetches().length, afterUnpublish, 'unpublish stopped the refresh timer');
   });
 
+  it('while no current JWT-SVID can be had, the X.509 files still rotate and the token file stays as it was', async () => {
+    const pod = h.kubelet.createPod();
+    const spiffeId = 'spiffe://example.org/jwt/stale';
+    const entryId = await h.agent.addEntry({ spiffeId, selectors: [`k8s:pod-uid:${pod.uid}`] });
+    const volume = await h.kubelet.publish(pod, { attributes: { [AUDIENCES]: 'vault' } });
+    h.agent.failJwtFetches({ code: grpc.status.UNAVAILABLE, details: 'could not fetch JWT-SVID: down' });
+    try {
+      const token = await eventually('the held token to expire', async () => {
+        const text = await fs.readFile(path.join(volume.targetPath, 'jwt_svid.token'), 'utf8');
+        const exp = (JSON.parse(Buffer.from(text.split('.')[1] ?? '', 'base64url').toString()) as { exp: number }).exp;
+        return Date.now() > exp * 1000 ? text : undefined;
+      });
+      const serial = (await readVolume(volume.targetPath)).leaf.serialNumber;
+      await h.agent.rotateSvids(entryId);
+      await eventually('the rotated X.509-SVID', async () => (await readVolume(volume.targetPath)).leaf.serialNumber !== serial);
+      await assertValidSvidVolume(volume.targetPath, spiffeId);
+      assert.equal(await fs.readFile(path.join(volume.targetPath, 'jwt_svid.token'), 'utf8'), token, 'the last token stays in the new version');
+      assert.ok((await readJwtBundles(volume.targetPath))['example.org'], 'and so does the JWT bundle');
+    } finally {
+      h.agent.failJwtFetches(undefined);
+    }
+    await eventually(
+      'a current token once the agent signs again',
+      async () =>
+        (await assertValidJwtSvid(volume.targetPath, { tokenFile: 'jwt_svid.token', spiffeId, audiences: ['vault'] }).catch(() => undefined)) ??
+        false,
+      10_000,
+    );
+    await h.kubelet.unpublish(volume);
+  });
+
   it('after a driver restart the resumed volume fetches again and keeps refreshing', async () => {
     const pod = h.kubelet.createPod();
     const spiffeId = 'spiffe://example.org/jwt/resumed';
