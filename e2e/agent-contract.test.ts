@@ -9,9 +9,12 @@ import assert from 'node:assert/strict';
 import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
+import { createLocalJWKSet, decodeProtectedHeader, jwtVerify, type JSONWebKeySet } from 'jose';
 import {
   delegatedIdentityService,
+  type FetchJwtSvidsResponse,
   type Selector,
+  type SubscribeToJwtBundlesResponse,
   type SubscribeToX509BundlesResponse,
   type SubscribeToX509SvidsResponse,
 } from '../src/spire/messages.js';
@@ -74,6 +77,25 @@ function subscribeSvids(selectors: string[]): Recorder<SubscribeToX509SvidsRespo
 function subscribeBundles(): Recorder<SubscribeToX509BundlesResponse> {
   const generated = client as unknown as { SubscribeToX509Bundles(r: object): grpc.ClientReadableStream<SubscribeToX509BundlesResponse> };
   return new Recorder(generated.SubscribeToX509Bundles({}));
+}
+
+function fetchJwtSvids(audience: string[], selectors: string[]): Promise<FetchJwtSvidsResponse> {
+  const parsed: Selector[] = selectors.map((s) => ({ type: s.slice(0, s.indexOf(':')), value: s.slice(s.indexOf(':') + 1) }));
+  const generated = client as unknown as {
+    FetchJWTSVIDs(r: object, callback: (err: grpc.ServiceError | null, response?: FetchJwtSvidsResponse) => void): grpc.ClientUnaryCall;
+  };
+  return new Promise((resolve, reject) =>
+    generated.FetchJWTSVIDs({ audience, selectors: parsed }, (err, response) => (err ? reject(err) : resolve(response ?? { svids: [] }))),
+  );
+}
+
+async function jwtFetchError(audience: string[], selectors: string[]): Promise<grpc.ServiceError> {
+  try {
+    await fetchJwtSvids(audience, selectors);
+  } catch (err) {
+    return err as grpc.ServiceError;
+  }
+  throw new Error('FetchJWTSVIDs succeeded');
 }
 
 describe('the real agent, as the driver and the development agent assume it', () => {
@@ -168,5 +190,53 @@ describe('the real agent, as the driver and the development agent assume it', ()
     assert.equal(empty.error?.details, 'must provide either selectors or non-zero PID, but not both');
     assert.equal(malformed.error?.code, grpc.status.INVALID_ARGUMENT);
     assert.equal(malformed.error?.details, 'could not parse provided selectors');
+  });
+
+  it('FetchJWTSVIDs: no audience or no match is an error; a match gives one token per entry, cached until half its life; the JWT bundle is a standard JWKS', async () => {
+    assert.ok(testbed);
+    const noAudience = await jwtFetchError([], ['k8s:pod-uid:contract-jwt']);
+    assert.equal(noAudience.code, grpc.status.INVALID_ARGUMENT);
+    assert.equal(noAudience.details, 'audience must be specified');
+    const noEntry = await jwtFetchError(['a'], ['k8s:pod-uid:contract-jwt']);
+    assert.equal(noEntry.code, grpc.status.PERMISSION_DENIED);
+    assert.equal(noEntry.details, 'no identity issued');
+
+    await testbed.createEntry({ spiffeId: 'spiffe://example.org/contract-jwt', selectors: ['k8s:pod-uid:contract-jwt'] });
+    const response = await waitFor(
+      'the entry to reach the agent',
+      () => fetchJwtSvids(['a', 'b'], ['k8s:pod-uid:contract-jwt']).catch(() => undefined),
+      {
+        timeoutMs: 15_000,
+        intervalMs: 250,
+      },
+    );
+    assert.equal(response.svids.length, 1);
+    const svid = response.svids[0];
+    assert.ok(svid);
+    assert.deepEqual(svid.id, { trust_domain: 'example.org', path: '/contract-jwt' });
+    assert.equal(svid.hint, '');
+    const again = await fetchJwtSvids(['a', 'b'], ['k8s:pod-uid:contract-jwt']);
+    assert.equal(again.svids[0]?.token, svid.token, 'the agent serves its cached token while it is young');
+
+    const bundles = new Recorder(
+      (client as unknown as { SubscribeToJWTBundles(r: object): grpc.ClientReadableStream<SubscribeToJwtBundlesResponse> }).SubscribeToJWTBundles({}),
+    );
+    try {
+      const first = await bundles.next('the first JWT bundle response', () => true, 0, 5000);
+      assert.deepEqual(Object.keys(first.message.bundles), ['spiffe://example.org']);
+      const jwks = JSON.parse((first.message.bundles['spiffe://example.org'] as Buffer).toString('utf8')) as JSONWebKeySet & Record<string, unknown>;
+      assert.deepEqual(Object.keys(jwks), ['keys'], 'StandardJWKS: no spiffe_sequence or spiffe_refresh_hint');
+      assert.ok(
+        jwks.keys.length > 0 && jwks.keys.every((key) => typeof key.kid === 'string' && key.use === undefined),
+        'keys with kid, no SPIFFE use',
+      );
+      assert.ok(jwks.keys.some((key) => key.kid === decodeProtectedHeader(svid.token).kid));
+      const { payload } = await jwtVerify(svid.token, createLocalJWKSet(jwks), { subject: 'spiffe://example.org/contract-jwt' });
+      assert.deepEqual(payload.aud, ['a', 'b'], 'every requested audience in one token');
+      assert.equal(payload.exp, svid.expires_at);
+      assert.equal(payload.iat, svid.issued_at);
+    } finally {
+      bundles.cancel();
+    }
   });
 });

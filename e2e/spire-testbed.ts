@@ -40,6 +40,8 @@ export interface SpireTestbedOptions {
   caTtl?: string;
   /** server default_x509_svid_ttl; template default "10m". Also the agent's own SVID TTL. */
   defaultX509SvidTtl?: string;
+  /** server default_jwt_svid_ttl; template default "5m". */
+  defaultJwtSvidTtl?: string;
   delegate?: DelegateSetup;
   /** How long to wait for each start-up step. Default 30 s. */
   startTimeoutMs?: number;
@@ -94,6 +96,7 @@ export class SpireTestbed {
     const testbed = new SpireTestbed(dir, await freeTcpPort(), tools, {
       caTtl: options.caTtl ?? '1h',
       defaultX509SvidTtl: options.defaultX509SvidTtl ?? '10m',
+      defaultJwtSvidTtl: options.defaultJwtSvidTtl ?? '5m',
       delegate: options.delegate ?? 'registered',
       startTimeoutMs: options.startTimeoutMs ?? 30_000,
     });

@@ -18,6 +18,7 @@ import type { Logger } from './observability/logger.js';
 import { DriverMetrics, serveMetrics } from './observability/metrics.js';
 import { AgentConnection } from './spire/agent-connection.js';
 import { BundleWatcher } from './spire/bundle-watcher.js';
+import { JwtBundleWatcher } from './spire/jwt-bundle-watcher.js';
 import { systemClock } from './spire/resilient-stream.js';
 import { DRIVER_VERSION } from './version.js';
 import { MetadataStore } from './volumes/metadata-store.js';
@@ -69,6 +70,8 @@ async function startLocked(config: Config, options: StartDriverOptions, lock: St
   });
   await connection.start();
   const bundles = new BundleWatcher({ connection, logger, metrics });
+  // Opens its stream only when a volume asks for JWT-SVIDs.
+  const jwtBundles = new JwtBundleWatcher({ connection, logger, metrics });
   const mounting = await chooseMountMechanism({ ...(options.loadLibcForMounts && { loadLibc: options.loadLibcForMounts }) });
   if (mounting.reason !== undefined && config.useTmpfs) {
     logger.warn(
@@ -94,6 +97,7 @@ async function startLocked(config: Config, options: StartDriverOptions, lock: St
     maxVolumes: config.maxVolumes ?? DEFAULT_MAX_VOLUMES,
     connection,
     bundles,
+    jwtBundles,
     store,
     storage,
     logger,
@@ -116,6 +120,7 @@ async function startLocked(config: Config, options: StartDriverOptions, lock: St
     await volumes.shutdown();
     trimmer?.close();
     bundles.close();
+    jwtBundles.close();
     await connection.close();
     await csiServer?.close();
     throw err;
@@ -155,6 +160,7 @@ async function startLocked(config: Config, options: StartDriverOptions, lock: St
         unsubscribeTrimmer?.();
         trimmer?.close();
         bundles.close();
+        jwtBundles.close();
         await connection.close();
         await new Promise<void>((resolve) => (metricsServer ? metricsServer.close(() => resolve()) : resolve()));
       } finally {

@@ -26,6 +26,8 @@ export interface SpireSettings {
   caTtl: string;
   /** server default_x509_svid_ttl. Also the agent's own SVID TTL. */
   defaultX509SvidTtl: string;
+  /** server default_jwt_svid_ttl. */
+  defaultJwtSvidTtl: string;
   delegate: DelegateSetup;
 }
 
@@ -51,6 +53,7 @@ export async function renderSpireConfigs(settings: SpireSettings, to: { serverCo
   let server = await fsp.readFile(serverTemplate, 'utf8');
   server = setHclString(server, 'ca_ttl', settings.caTtl, serverTemplate);
   server = setHclString(server, 'default_x509_svid_ttl', settings.defaultX509SvidTtl, serverTemplate);
+  server = setHclString(server, 'default_jwt_svid_ttl', settings.defaultJwtSvidTtl, serverTemplate);
   let agent = await fsp.readFile(agentTemplate, 'utf8');
   if (settings.delegate === 'not-authorized') {
     agent = setHclList(agent, 'authorized_delegates', [`spiffe://${TRUST_DOMAIN}/someone-else`], agentTemplate);

@@ -18,6 +18,9 @@ import { errorMessage } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import {
   delegatedIdentityService,
+  type FetchJwtSvidsRequest,
+  type FetchJwtSvidsResponse,
+  type SubscribeToJwtBundlesResponse,
   type SubscribeToX509BundlesResponse,
   type SubscribeToX509SvidsRequest,
   type SubscribeToX509SvidsResponse,
@@ -39,6 +42,9 @@ export interface AgentStreamCall<T> {
 export interface DelegatedIdentityClient {
   subscribeToX509Svids(request: SubscribeToX509SvidsRequest): AgentStreamCall<SubscribeToX509SvidsResponse>;
   subscribeToX509Bundles(): AgentStreamCall<SubscribeToX509BundlesResponse>;
+  /** Unary; rejects with the grpc-js ServiceError. */
+  fetchJwtSvids(request: FetchJwtSvidsRequest, deadlineMs: number): Promise<FetchJwtSvidsResponse>;
+  subscribeToJwtBundles(): AgentStreamCall<SubscribeToJwtBundlesResponse>;
 }
 
 /**
@@ -60,6 +66,12 @@ export interface AgentStreamConnection {
 interface GeneratedDelegatedIdentityClient extends grpc.Client {
   SubscribeToX509SVIDs(request: SubscribeToX509SvidsRequest): grpc.ClientReadableStream<SubscribeToX509SvidsResponse>;
   SubscribeToX509Bundles(request: Record<string, never>): grpc.ClientReadableStream<SubscribeToX509BundlesResponse>;
+  FetchJWTSVIDs(
+    request: FetchJwtSvidsRequest,
+    options: grpc.CallOptions,
+    callback: (err: grpc.ServiceError | null, response?: FetchJwtSvidsResponse) => void,
+  ): grpc.ClientUnaryCall;
+  SubscribeToJWTBundles(request: Record<string, never>): grpc.ClientReadableStream<SubscribeToJwtBundlesResponse>;
 }
 
 export interface AgentConnectionOptions {
@@ -102,6 +114,15 @@ export class AgentConnection extends EventEmitter implements AgentStreamConnecti
     return {
       subscribeToX509Svids: (request) => generated.SubscribeToX509SVIDs(request),
       subscribeToX509Bundles: () => generated.SubscribeToX509Bundles({}),
+      fetchJwtSvids: (request, deadlineMs) =>
+        new Promise((resolve, reject) => {
+          // Unary, unlike the streams: a deadline, so a hung agent fails the fetch and its retry takes over.
+          generated.FetchJWTSVIDs(request, { deadline: Date.now() + deadlineMs }, (err, response) => {
+            if (err) reject(err);
+            else resolve(response ?? { svids: [] });
+          });
+        }),
+      subscribeToJwtBundles: () => generated.SubscribeToJWTBundles({}),
     };
   }
 

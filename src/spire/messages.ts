@@ -47,6 +47,33 @@ export interface SubscribeToX509BundlesResponse {
   ca_certificates: Record<string, Buffer>;
 }
 
+export interface JwtSvidMessage {
+  /** The compact JWT. A credential: never log it. */
+  token: string;
+  id: SpiffeIdMessage | null;
+  /** Unix seconds. */
+  expires_at: number;
+  issued_at: number;
+  hint: string;
+}
+
+export interface FetchJwtSvidsRequest {
+  /** At least one; all of them go into each token's `aud`. */
+  audience: string[];
+  selectors: Selector[];
+  pid?: number;
+}
+
+export interface FetchJwtSvidsResponse {
+  /** One per matching entry. */
+  svids: JwtSvidMessage[];
+}
+
+export interface SubscribeToJwtBundlesResponse {
+  /** key "spiffe://<td>", value the trust domain's JWKS JSON document. */
+  bundles: Record<string, Buffer>;
+}
+
 export const DELEGATED_IDENTITY_SERVICE_NAME = 'spire.api.agent.delegatedidentity.v1.DelegatedIdentity';
 
 let cachedConstructor: grpc.ServiceClientConstructor | undefined;

@@ -41,7 +41,7 @@ export const STREAM_BACKOFF_INITIAL_MS = 500;
 export const STREAM_BACKOFF_MAX_MS = 30_000;
 
 export interface ResilientStreamOptions<T> {
-  kind: 'svid' | 'bundle';
+  kind: 'svid' | 'bundle' | 'jwt_bundle';
   connection: AgentStreamConnection;
   open: (client: DelegatedIdentityClient) => AgentStreamCall<T>;
   onMessage: (message: T) => void;

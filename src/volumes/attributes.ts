@@ -17,6 +17,7 @@ import {
   FEDERATED_BUNDLE_SUFFIX,
   type FederatedBundleMode,
 } from './federated-bundles.js';
+import { DEFAULT_JWT_BUNDLE_FILE, parseJwtAudiences, type JwtAttributes } from './jwt-attributes.js';
 
 export const ATTRIBUTE_PREFIX = 'csi.spire.io/';
 /** Keys kubelet itself adds to volume_context (podInfoOnMount, tokenRequests). */
@@ -78,6 +79,8 @@ export interface VolumeAttributes {
   federatedBundles?: FederatedBundleMode | undefined;
   /** The file with own and federated CAs, with federatedBundles combined only. */
   combinedBundleFile?: string | undefined;
+  /** JWT-SVIDs and the JWT bundle (jwt-attributes.ts); absent without csi.spire.io/jwt-audiences. */
+  jwt?: JwtAttributes;
 }
 
 /**
@@ -142,6 +145,18 @@ const attributeSchema = z
       .enum(FEDERATED_BUNDLE_MODES, { error: `must be one of ${FEDERATED_BUNDLE_MODES.join(', ')}` })
       .default(DEFAULT_FEDERATED_BUNDLE_MODE),
     'combined-bundle-file': fileName.optional(),
+    'jwt-audiences': z
+      .string()
+      .transform((value, ctx) => {
+        const parsed = parseJwtAudiences(value);
+        if ('problem' in parsed) {
+          ctx.addIssue({ code: 'custom', message: parsed.problem });
+          return z.NEVER;
+        }
+        return parsed.svids;
+      })
+      .optional(),
+    'jwt-bundle-file': fileName.optional(),
   })
   .strict();
 
@@ -193,6 +208,15 @@ export function parseVolumeAttributes(volumeContext: Readonly<Record<string, str
     );
   }
   const combinedBundleFile = federatedBundles === 'combined' ? (value['combined-bundle-file'] ?? DEFAULT_COMBINED_BUNDLE_FILE) : undefined;
+  const jwtSvids = value['jwt-audiences'];
+  if (jwtSvids === undefined && value['jwt-bundle-file'] !== undefined) {
+    throw invalidArgument(
+      `volume attribute ${ATTRIBUTE_PREFIX}jwt-bundle-file is set but ${ATTRIBUTE_PREFIX}jwt-audiences is not: ` +
+        `set ${ATTRIBUTE_PREFIX}jwt-audiences to the tokens' audiences (e.g. vault), or remove the bundle file name`,
+    );
+  }
+  const jwt: JwtAttributes | undefined =
+    jwtSvids === undefined ? undefined : { svids: jwtSvids, bundleFile: value['jwt-bundle-file'] ?? DEFAULT_JWT_BUNDLE_FILE };
   const names = [
     ['cert-file', certFile, value['cert-file'] === undefined],
     ['key-file', keyFile, value['key-file'] === undefined],
@@ -200,6 +224,7 @@ export function parseVolumeAttributes(volumeContext: Readonly<Record<string, str
     ...(credentialBundleFile === undefined ? [] : [['credential-bundle-file', credentialBundleFile, false] as const]),
     ...(pkcs12File === undefined ? [] : [['pkcs12-file', pkcs12File, false] as const]),
     ...(combinedBundleFile === undefined ? [] : [['combined-bundle-file', combinedBundleFile, false] as const]),
+    ...(jwt === undefined ? [] : jwtFileNames(jwt, value['jwt-bundle-file'] === undefined)),
   ] as const;
   checkDistinct(value.layout, names);
   if (federatedBundles !== 'none') checkNoFederatedBundleName(names);
@@ -216,7 +241,13 @@ export function parseVolumeAttributes(volumeContext: Readonly<Record<string, str
     hint: value.hint,
     federatedBundles,
     combinedBundleFile,
+    ...(jwt === undefined ? {} : { jwt }),
   };
+}
+
+/** The JWT files for checkDistinct; a default name counts as the layout's, so the message says it was not set. */
+function jwtFileNames(jwt: JwtAttributes, defaultBundleFile: boolean): (readonly [attribute: string, name: string, fromLayout: boolean])[] {
+  return [...jwt.svids.map((svid) => ['jwt-audiences', svid.file, false] as const), ['jwt-bundle-file', jwt.bundleFile, defaultBundleFile] as const];
 }
 
 /**

@@ -19,6 +19,7 @@ import type { DriverMetrics } from '../observability/metrics.js';
 import type { AgentStreamConnection } from '../spire/agent-connection.js';
 import { describeStreamFailure, isConfigurationFailure, type StreamFailure } from '../spire/agent-errors.js';
 import type { BundleSource } from '../spire/bundle-watcher.js';
+import type { JwtBundleSource } from '../spire/jwt-bundle-watcher.js';
 import type { Selector, SubscribeToX509SvidsResponse } from '../spire/messages.js';
 import { ResilientStream, systemClock, type Clock } from '../spire/resilient-stream.js';
 import { formatSelectors } from '../spire/selectors.js';
@@ -27,8 +28,13 @@ import { checkSvid, type CheckedSvid } from '../x509/svid-check.js';
 import { DEFAULT_COMBINED_BUNDLE_FILE, buildFederatedBundleFiles, federatedBundleModeOf, federatedTrustDomainIds } from './federated-bundles.js';
 import type { VolumeRecord } from './metadata-store.js';
 import { buildVolumeFiles, digestOfFiles, pickSvid, type PickedSvid } from './volume-files.js';
+import { buildJwtFiles } from './jwt-files.js';
+import { JwtRefresher } from './jwt-refresh.js';
 import { assessVolumeHealth, type CurrentSvid, type VolumeCondition } from './volume-health.js';
 import { WriteRetry, errnoCodeOf, writeFailureReason, type WriteRetryOptions } from './write-retry.js';
+
+/** A FetchJWTSVIDs call that takes longer fails, and the refresher's backoff retries it. */
+const JWT_FETCH_DEADLINE_MS = 30_000;
 
 /** What a volume needs from the writer of its directory (AtomicWriter in production). */
 export interface VolumeWriter {
@@ -38,6 +44,8 @@ export interface VolumeWriter {
 export interface ManagedVolumeDeps {
   connection: AgentStreamConnection;
   bundles: BundleSource;
+  /** The node-wide JWT bundles; only volumes with csi.spire.io/jwt-audiences subscribe (which opens the stream). */
+  jwtBundles?: JwtBundleSource;
   logger: Logger;
   metrics: DriverMetrics;
   /** Default: an AtomicWriter on the target path. Tests inject one that fails on demand. */
@@ -77,6 +85,12 @@ export class ManagedVolume {
   private receivedMessage = false;
   private stream: ResilientStream<SubscribeToX509SvidsResponse> | undefined;
   private unsubscribeBundles: (() => void) | undefined;
+  /** With csi.spire.io/jwt-audiences: the volume's one refresh timer, and its JWT bundle subscription. */
+  private jwtRefresher: JwtRefresher | undefined;
+  private unsubscribeJwtBundles: (() => void) | undefined;
+  private readonly onSocketReady = (): void => {
+    if (this.jwtRefresher !== undefined && this.jwtRefresher.failedAttempts > 0) this.jwtRefresher.refreshNow();
+  };
   private latest: SubscribeToX509SvidsResponse | undefined;
   private trustDomainId: string | undefined;
   /**
@@ -89,6 +103,15 @@ export class ManagedVolume {
   private draining: Promise<void> | undefined;
   private closed = false;
   private readonly stateListeners = new Set<() => void>();
+  /** The last JWT-SVID fetch failure, cleared by the next success; part of `problem` while no token is held. */
+  private jwtFailure: string | undefined;
+  /**
+   * The JWT files of the last write (or found on disk after a restart). While
+   * no current token can be written they go into the next version unchanged,
+   * so a JWT problem never holds back the X.509 rotation of a volume that has
+   * files, and a token file never disappears (the previous files stay, invariant 6).
+   */
+  private lastJwtFiles: FileSpec[] | undefined;
   /** Why the volume has no (current) files, in words for kubelet's event. */
   private problem = 'the SPIRE agent has not sent an SVID for this pod yet (it may still be signing it)';
   /** Files are on disk: written by this process, or found in place after a restart. */
@@ -137,7 +160,8 @@ export class ManagedVolume {
       // bundle stream's last failure may be stale.
       streamFailure: this.stream?.lastFailure,
       agentSocketPath: this.deps.connection.socketPath,
-      writeFailure: this.retry.failedAttempts > 0 ? this.problem : undefined,
+      // A JWT-SVID fetch failing keeps the tokens from being renewed as a failing write keeps any file.
+      writeFailure: this.retry.failedAttempts > 0 ? this.problem : this.jwtFailure,
     });
   }
 
@@ -148,6 +172,7 @@ export class ManagedVolume {
    * until then; the first write replaces it either way.
    */
   async readSvidOnDisk(): Promise<void> {
+    await this.readJwtFilesOnDisk();
     try {
       const pem = await fs.readFile(path.join(this.record.targetPath, this.record.files.cert), 'utf8');
       // X509Certificate takes the first PEM block: the leaf (volume-files.ts writes it first).
@@ -157,6 +182,22 @@ export class ManagedVolume {
       this.svidOnDisk ??= { spiffeId, notBefore: new Date(leaf.validFrom), notAfter: new Date(leaf.validTo) };
     } catch (err) {
       this.logger.debug({ err: errorMessage(err) }, 'could not read the SVID in the files; its validity is known after the first response');
+    }
+  }
+
+  /** A resumed JWT volume's token and bundle files, kept as lastJwtFiles; unreadable ones leave it unset. */
+  private async readJwtFilesOnDisk(): Promise<void> {
+    const jwt = this.record.jwt;
+    if (jwt === undefined) return;
+    const tokenMode = this.record.fsGroup === null ? 0o600 : 0o640;
+    try {
+      const read = (name: string): Promise<Buffer> => fs.readFile(path.join(this.record.targetPath, name));
+      this.lastJwtFiles = [
+        ...(await Promise.all(jwt.svids.map(async (svid) => ({ name: svid.file, data: await read(svid.file), mode: tokenMode })))),
+        { name: jwt.bundleFile, data: await read(jwt.bundleFile), mode: 0o644 },
+      ];
+    } catch (err) {
+      this.logger.debug({ err: errorMessage(err) }, 'could not read the JWT files of the resumed volume; the next write needs current tokens');
     }
   }
 
@@ -194,6 +235,55 @@ export class ManagedVolume {
       random: this.deps.random,
     });
     this.stream.start();
+    this.startJwt();
+  }
+
+  /**
+   * JWT-SVIDs: fetched with the same selectors as the X.509 stream, refreshed
+   * on one timer (jwt-refresh.ts); the node-wide JWT bundle stream wakes the
+   * volume only when a trust domain it writes changed.
+   */
+  private startJwt(): void {
+    const jwt = this.record.jwt;
+    if (jwt === undefined || this.deps.jwtBundles === undefined) return;
+    this.unsubscribeJwtBundles = this.deps.jwtBundles.subscribe((changed) => {
+      if (this.jwtTrustDomainIds().some((id) => changed.has(id))) {
+        this.logger.debug({ trust_domains: [...changed] }, 'a JWT bundle the volume writes changed');
+        this.scheduleSync();
+      }
+    });
+    this.deps.connection.on('socket-ready', this.onSocketReady);
+    this.jwtRefresher = new JwtRefresher({
+      requests: jwt.svids,
+      fetch: async (audiences) => {
+        const response = await this.deps.connection
+          .client()
+          .fetchJwtSvids({ audience: [...audiences], selectors: this.selectors }, JWT_FETCH_DEADLINE_MS);
+        return response.svids;
+      },
+      schedule: (callback, delayMs) => this.clock.schedule(callback, delayMs),
+      wallClock: this.deps.wallClock ?? Date.now,
+      random: this.deps.random,
+      onTokens: () => {
+        this.jwtFailure = undefined;
+        this.logger.debug('JWT-SVIDs fetched from the SPIRE agent');
+        this.scheduleSync();
+      },
+      onFailure: (err, attempt, retryInMs) => {
+        this.jwtFailure = `fetching the JWT-SVIDs from the SPIRE agent failed (${attempt} failed ${attempt === 1 ? 'attempt' : 'attempts'}, last: ${errorMessage(err)}); the driver keeps retrying with backoff`;
+        const fields: LogFields = { err: errorMessage(err), attempt, retry_in_ms: retryInMs };
+        if (attempt === 1) this.logger.error(fields, 'fetching the JWT-SVIDs failed; retrying with backoff');
+        else this.logger.warn(fields, 'fetching the JWT-SVIDs failed again; retrying');
+        this.notifyStateListeners();
+      },
+    });
+    this.jwtRefresher.start();
+  }
+
+  /** The trust domains whose JWT bundles the volume writes: its own, then those its SVID federates with. */
+  private jwtTrustDomainIds(): string[] {
+    if (this.trustDomainId === undefined) return [];
+    return [this.trustDomainId, ...(this.latest?.federates_with ?? []).filter((id) => id !== this.trustDomainId)];
   }
 
   private logReceived(message: SubscribeToX509SvidsResponse): void {
@@ -211,6 +301,9 @@ export class ManagedVolume {
     this.closed = true;
     this.stream?.close();
     this.unsubscribeBundles?.();
+    this.jwtRefresher?.close();
+    this.unsubscribeJwtBundles?.();
+    this.deps.connection.off('socket-ready', this.onSocketReady);
     // A write still in progress cannot schedule another: writeFailed checks `closed`.
     this.retry.reset();
     this.deps.metrics.setWriteFailing(this, false);
@@ -345,7 +438,9 @@ export class ManagedVolume {
     const ownFiles = buildVolumeFiles(picked, bundle.certificates, this.record.files, this.record.fsGroup, this.record.pkcs12Password);
     const federatedFiles = this.federatedBundleFiles(latest.federates_with, picked, bundle.certificates, ownFiles);
     if (federatedFiles === undefined) return undefined;
-    const files = [...ownFiles, ...federatedFiles];
+    const jwtFiles = this.prepareJwtFiles(picked.spiffeId, picked.hint);
+    if (jwtFiles === undefined) return undefined;
+    const files = [...ownFiles, ...federatedFiles, ...jwtFiles];
     const digest = digestOfFiles(files);
     // The agent re-sends SVIDs it already sent (to every subscriber on each
     // cache change, docs/design.md F6) and the bundle stream repeats itself: an
@@ -375,6 +470,35 @@ export class ManagedVolume {
       'SVID checked',
     );
     return { files, digest, svid: checked.svid };
+  }
+
+  /** The JWT files (none without jwt-audiences), or undefined with `problem` set: the volume writes all its files or none. */
+  private prepareJwtFiles(spiffeId: string, hint: string): FileSpec[] | undefined {
+    const jwt = this.record.jwt;
+    if (jwt === undefined) return [];
+    if (this.jwtRefresher === undefined || this.deps.jwtBundles === undefined) {
+      this.problem = 'this driver was started without JWT support';
+      return undefined;
+    }
+    const refresher = this.jwtRefresher;
+    const built = buildJwtFiles({
+      jwt,
+      spiffeId,
+      hint,
+      trustDomainIds: this.jwtTrustDomainIds(),
+      svidsFor: (request) => refresher.svidsFor(request),
+      bundles: this.deps.jwtBundles,
+      tokenMode: this.record.fsGroup === null ? 0o600 : 0o640,
+      nowMs: (this.deps.wallClock ?? Date.now)(),
+    });
+    if ('problem' in built) {
+      this.problem = this.jwtFailure === undefined ? built.problem : `${built.problem}: ${this.jwtFailure}`;
+      if (this.lastJwtFiles === undefined) return undefined;
+      this.logger.warn({ reason: this.problem }, 'no current JWT-SVID to write; the X.509 files are updated and the JWT files stay as they are');
+      return this.lastJwtFiles;
+    }
+    this.lastJwtFiles = built;
+    return built;
   }
 
   /**

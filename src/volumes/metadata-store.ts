@@ -79,6 +79,17 @@ const volumeRecordFields = {
    * read the pod; the records are root's, 0600). Never logged.
    */
   pkcs12Password: z.string().min(1).optional(),
+  /**
+   * csi.spire.io/jwt-audiences and jwt-bundle-file, resolved: the tokens to
+   * fetch again after a restart. Absent: no JWT files. A driver older than
+   * this field drops it and writes the volume without them (docs/design.md §4).
+   */
+  jwt: z
+    .object({
+      svids: z.array(z.object({ file: z.string().min(1), audiences: z.array(z.string().min(1)).min(1) })).min(1),
+      bundleFile: z.string().min(1),
+    })
+    .optional(),
   fsGroup: z.number().int().nonnegative().nullable(),
   spiffeId: z.string().nullable(),
   hint: z.string().nullable(),

@@ -405,6 +405,7 @@ export function recordFor(spec: PublishSpec, tmpfs: boolean): VolumeRecord {
     },
     ...(spec.attributes.federatedBundles === undefined ? {} : { federatedBundles: spec.attributes.federatedBundles }),
     ...(spec.attributes.pkcs12Password === undefined ? {} : { pkcs12Password: spec.attributes.pkcs12Password }),
+    ...(spec.attributes.jwt === undefined ? {} : { jwt: structuredClone(spec.attributes.jwt) }),
     fsGroup: spec.fsGroup,
     spiffeId: spec.attributes.spiffeId ?? null,
     hint: spec.attributes.hint ?? null,
@@ -435,9 +436,16 @@ function describeDifference(record: VolumeRecord, spec: PublishSpec): string | u
     ['fsGroup', record.fsGroup, wanted.fsGroup],
     ['spiffe-id', record.spiffeId, wanted.spiffeId],
     ['hint', record.hint, wanted.hint],
+    ['jwt-audiences', describeJwt(record.jwt), describeJwt(wanted.jwt)],
   ];
   const differing = fields.filter(([, was, now]) => was !== now).map(([name, was, now]) => `${name} was ${String(was)}, now ${String(now)}`);
   // Compared, never shown: the message becomes a pod event.
   if (record.pkcs12Password !== wanted.pkcs12Password) differing.push('pkcs12-password differs');
   return differing.length > 0 ? differing.join('; ') : undefined;
+}
+
+/** The JWT attributes as one comparable string ("none" without them). */
+function describeJwt(jwt: VolumeRecord['jwt']): string {
+  if (jwt === undefined) return 'none';
+  return `${jwt.svids.map((svid) => `${svid.file}=${svid.audiences.join(',')}`).join(';')} (bundle ${jwt.bundleFile})`;
 }

@@ -43,7 +43,53 @@ describe('idle driver', () => {
     assert.ok(ticks <= 4, `the idle driver used ${ticks * 10} ms of CPU in 4 s`);
     assert.equal(h.agent.receivedSelectorSets().length, requestsBefore, 'no new subscriptions');
     assert.equal(h.agent.openSvidStreams(), volumes.length, 'one stream per volume, kept open');
+    assert.deepEqual(h.agent.receivedJwtFetches(), [], 'no JWT-SVID fetch without a JWT volume');
+    assert.equal(h.agent.openJwtBundleStreams(), 0, 'no JWT bundle stream without a JWT volume');
     const versionsAfter = await Promise.all(volumes.map(async (v) => (await readVolume(v.targetPath)).version));
     assert.deepEqual(versionsAfter, versionsBefore, 'nothing rewritten');
+  });
+});
+
+/**
+ * FetchJWTSVIDs is unary, so JWT volumes are the one thing the driver
+ * schedules: one refresh per volume per half of a token's remaining lifetime.
+ * Over a few such periods nothing else reaches the agent.
+ */
+describe('idle driver with JWT volumes', () => {
+  let h: Harness;
+  const volumes: PublishedVolume[] = [];
+  const TTL_SECONDS = 8;
+  before(async () => {
+    h = await Harness.start({ driverProcess: true, useTmpfs: runningAsRoot(), agent: { jwtSvidTtlSeconds: TTL_SECONDS } });
+    await h.agent.addEntry({ spiffeId: 'spiffe://example.org/idle-jwt', selectors: ['k8s:ns:idle-jwt'] });
+    const pods = Array.from({ length: 5 }, () => h.kubelet.createPod({ namespace: 'idle-jwt' }));
+    volumes.push(...(await Promise.all(pods.map((pod) => h.kubelet.publish(pod, { attributes: { 'csi.spire.io/jwt-audiences': 'vault' } })))));
+  });
+  after(async () => {
+    for (const volume of volumes) await h.kubelet.unpublish(volume);
+    await h.close();
+  });
+
+  it(`with 5 JWT volumes of ${TTL_SECONDS} s tokens: only their FetchJWTSVIDs calls over 10 s, at most one per volume per refresh`, async () => {
+    await sleep(500);
+    const subscriptionsBefore = h.agent.receivedSelectorSets().length;
+    const fetchesBefore = h.agent.receivedJwtFetches().length;
+    await sleep(10_000);
+    const fetches = h.agent.receivedJwtFetches().slice(fetchesBefore);
+    assert.equal(h.agent.receivedSelectorSets().length, subscriptionsBefore, 'no new SVID subscriptions');
+    assert.equal(h.agent.openSvidStreams(), volumes.length, 'one SVID stream per volume, kept open');
+    assert.equal(h.agent.openJwtBundleStreams(), 1, 'one node-wide JWT bundle stream, kept open');
+    // Each volume refreshes when 50-60 % of its token's remaining life has passed: a fresh
+    // 8 s token every 4-4.8 s, so 2 or 3 fetches per volume in 10 s (one more if a fetch
+    // caught the agent's cached token just before its half-life), never a tight loop.
+    assert.ok(fetches.length >= 2 * volumes.length, `${fetches.length} fetches: every volume refreshed`);
+    assert.ok(fetches.length <= 4 * volumes.length, `${fetches.length} fetches for ${volumes.length} volumes in 10 s of ${TTL_SECONDS} s tokens`);
+    for (const fetch of fetches) {
+      assert.deepEqual(fetch.audience, ['vault']);
+      assert.ok(
+        fetch.selectors.some((s) => s.type === 'k8s' && s.value === 'ns:idle-jwt'),
+        "every fetch is a JWT volume's, with its pod selectors",
+      );
+    }
   });
 });

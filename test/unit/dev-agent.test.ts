@@ -10,7 +10,10 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { X509Certificate, createPrivateKey } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
+import { createLocalJWKSet, jwtVerify, type JSONWebKeySet } from 'jose';
 import {
+  type FetchJwtSvidsResponse,
+  type SubscribeToJwtBundlesResponse,
   delegatedIdentityService,
   type SubscribeToX509BundlesResponse,
   type SubscribeToX509SvidsRequest,
@@ -26,8 +29,9 @@ interface DelegatedIdentityClient extends grpc.Client {
   SubscribeToX509Bundles(request: Record<string, never>): grpc.ClientReadableStream<SubscribeToX509BundlesResponse>;
   FetchJWTSVIDs(
     request: { audience: string[]; selectors: { type: string; value: string }[] },
-    callback: (error: grpc.ServiceError | null) => void,
+    callback: (error: grpc.ServiceError | null, response?: FetchJwtSvidsResponse) => void,
   ): grpc.ClientUnaryCall;
+  SubscribeToJWTBundles(request: Record<string, never>): grpc.ClientReadableStream<SubscribeToJwtBundlesResponse>;
 }
 
 function connect(socketPath: string): DelegatedIdentityClient {
@@ -293,10 +297,17 @@ describe('DevAgent', () => {
       );
       assert.equal(agent.openSvidStreams(), 0);
 
+      // FetchJWTSVIDs, unlike the X.509 stream, answers "nothing matches" with an error (service.go).
       const jwt = await new Promise<grpc.ServiceError | null>((resolve) =>
         client.FetchJWTSVIDs({ audience: ['x'], selectors: [toSelector('k8s:ns:a')] }, resolve),
       );
-      assert.equal(jwt?.code, grpc.status.UNIMPLEMENTED);
+      assert.equal(jwt?.code, grpc.status.PERMISSION_DENIED);
+      assert.equal(jwt?.details, 'no identity issued');
+      const noAudience = await new Promise<grpc.ServiceError | null>((resolve) =>
+        client.FetchJWTSVIDs({ audience: [], selectors: [toSelector('k8s:ns:a')] }, resolve),
+      );
+      assert.equal(noAudience?.code, grpc.status.INVALID_ARGUMENT);
+      assert.equal(noAudience?.details, 'audience must be specified');
     });
   });
 
@@ -513,6 +524,49 @@ describe('DevAgent', () => {
       assert.ok(response.x509_svids[0]?.x509_svid_key.equals(key));
       assert.equal(response.x509_svids[0]?.x509_svid?.expires_at, bad.notAfter.getTime() / 1000);
       assert.equal(agent.currentSvid(id).serialHex, bad.serialHex);
+    });
+  });
+});
+
+describe('JWT-SVIDs (e2e/agent-contract.test.ts checks the same against the real agent)', () => {
+  it('one token per matching entry with every audience, cached until half its life, verifying against the JWKS of SubscribeToJWTBundles', async () => {
+    await withAgent({ jwtSvidTtlSeconds: 120 }, async ({ agent, client }) => {
+      await agent.addEntry({ spiffeId: 'spiffe://example.org/jwt', selectors: ['k8s:ns:a'], hint: 'h' });
+      await agent.addEntry({ spiffeId: 'spiffe://example.org/admin', selectors: ['k8s:ns:a'], admin: true });
+      const fetch = (): Promise<FetchJwtSvidsResponse> =>
+        new Promise((resolve, reject) =>
+          client.FetchJWTSVIDs({ audience: ['a', 'b'], selectors: [toSelector('k8s:ns:a')] }, (err, response) =>
+            err ? reject(err) : resolve(response ?? { svids: [] }),
+          ),
+        );
+      const response = await fetch();
+      assert.equal(response.svids.length, 1, 'admin entries are never sent');
+      const svid = response.svids[0];
+      assert.ok(svid);
+      assert.deepEqual(svid.id, { trust_domain: 'example.org', path: '/jwt' });
+      assert.equal(svid.hint, 'h');
+      assert.equal(svid.expires_at - svid.issued_at, 120);
+      assert.equal((await fetch()).svids[0]?.token, svid.token, 'cached while young');
+
+      const bundles = new StreamReader(client.SubscribeToJWTBundles({}));
+      try {
+        const first = await bundles.next();
+        assert.deepEqual(Object.keys(first.bundles), ['spiffe://example.org']);
+        const jwks = JSON.parse((first.bundles['spiffe://example.org'] as Buffer).toString('utf8')) as JSONWebKeySet & Record<string, unknown>;
+        assert.deepEqual(Object.keys(jwks), ['keys']);
+        const { payload } = await jwtVerify(svid.token, createLocalJWKSet(jwks), { subject: 'spiffe://example.org/jwt', audience: 'a' });
+        assert.deepEqual(payload.aud, ['a', 'b']);
+        assert.equal(payload.exp, svid.expires_at);
+
+        agent.rotateJwtKey();
+        const rotated = JSON.parse(((await bundles.next()).bundles['spiffe://example.org'] as Buffer).toString('utf8')) as JSONWebKeySet;
+        assert.equal(rotated.keys.length, 2, 'the old key stays published next to the new one');
+        const resigned = (await fetch()).svids[0];
+        assert.ok(resigned && resigned.token !== svid.token, 'tokens are re-signed after a key rotation');
+        await jwtVerify(resigned.token, createLocalJWKSet(rotated), { subject: 'spiffe://example.org/jwt' });
+      } finally {
+        bundles.cancel();
+      }
     });
   });
 });

@@ -308,6 +308,27 @@ describe('loadAll quarantines bad files, never failing the others (invariant 6)'
     assert.equal(loaded?.files.credentialBundle, undefined);
   });
 
+  test('jwt (audiences and file names, never a token): written with version 1, read back for the resume; records without it load without it', async () => {
+    const withJwt = record(UID_A, {
+      jwt: { svids: [{ file: 'jwt_svid.token', audiences: ['vault', 'https://api.example.com'] }], bundleFile: 'bundle.json' },
+    });
+    await store.write(withJwt);
+    const json = JSON.parse(await fs.readFile(store.pathOf(withJwt.volumeId), 'utf8')) as Record<string, unknown>;
+    assert.equal(json['version'], 1);
+    assert.deepEqual(json['jwt'], {
+      svids: [{ file: 'jwt_svid.token', audiences: ['vault', 'https://api.example.com'] }],
+      bundleFile: 'bundle.json',
+    });
+    assert.deepEqual(await store.read(withJwt.volumeId), withJwt);
+    const plain = record(UID_B);
+    await store.write(plain);
+    assert.equal((await store.read(plain.volumeId))?.jwt, undefined);
+    // A token smuggled into the record never reaches the file: only this version's own fields are written.
+    const smuggled = { ...record(UID_C), jwt: { svids: [{ file: 'a', audiences: ['x'], token: 'eyJ.secret.sig' }], bundleFile: 'b' } };
+    await store.write(smuggled);
+    assert.doesNotMatch(await fs.readFile(store.pathOf(smuggled.volumeId), 'utf8'), /secret|token/);
+  });
+
   test('a layout this version does not know (a newer driver added it) loads: the resolved names are what it writes', async () => {
     const c = record(UID_C, { layout: 'some-future-layout', files: { cert: 'a.pem', key: 'b.pem', bundle: 'c.pem' } });
     await fs.writeFile(store.pathOf(c.volumeId), JSON.stringify(c));

@@ -61,6 +61,8 @@ describe('defaults and accepted attributes', () => {
       'csi.spire.io/federated-bundles',
       'csi.spire.io/fs-group',
       'csi.spire.io/hint',
+      'csi.spire.io/jwt-audiences',
+      'csi.spire.io/jwt-bundle-file',
       'csi.spire.io/key-file',
       'csi.spire.io/layout',
       'csi.spire.io/pkcs12-file',

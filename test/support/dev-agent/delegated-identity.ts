@@ -8,18 +8,25 @@
 import * as grpc from '@grpc/grpc-js';
 import {
   delegatedIdentityService,
+  type FetchJwtSvidsRequest,
+  type FetchJwtSvidsResponse,
+  type JwtSvidMessage,
   type Selector,
+  type SubscribeToJwtBundlesResponse,
   type SubscribeToX509BundlesResponse,
   type SubscribeToX509SvidsRequest,
   type SubscribeToX509SvidsResponse,
   type X509SvidWithKey,
 } from '../../../src/spire/messages.js';
 import type { EntryStore } from './entry-store.js';
+import type { JwtIssuer } from './jwt-issuer.js';
 import { compareStrings, isValidSelector, parseSpiffeId, selectorKey } from './spiffe-names.js';
 import type { CallerAuthorization, EntryRecord } from './types.js';
 
 type SvidCall = grpc.ServerWritableStream<SubscribeToX509SvidsRequest, SubscribeToX509SvidsResponse>;
 type BundleCall = grpc.ServerWritableStream<Record<string, never>, SubscribeToX509BundlesResponse>;
+type JwtBundleCall = grpc.ServerWritableStream<Record<string, never>, SubscribeToJwtBundlesResponse>;
+type JwtFetchCall = grpc.ServerUnaryCall<FetchJwtSvidsRequest, FetchJwtSvidsResponse>;
 
 interface SvidSubscriber {
   call: SvidCall;
@@ -43,6 +50,7 @@ export interface DelegatedIdentityOptions {
   callerAuthorization: CallerAuthorization;
   firstResponseDelayMs: number;
   isClosed: () => boolean;
+  jwt: JwtIssuer;
 }
 
 export class DelegatedIdentityService {
@@ -53,6 +61,11 @@ export class DelegatedIdentityService {
 
   private readonly svidSubscribers = new Set<SvidSubscriber>();
   private readonly bundleSubscribers = new Set<BundleSubscriber>();
+  private readonly jwtBundleSubscribers = new Set<{ call: JwtBundleCall; done: boolean }>();
+  private readonly jwtFetchLog: FetchJwtSvidsRequest[] = [];
+  /** While set, every FetchJWTSVIDs call that gets past the checks fails with it (the agent's signing failing). */
+  jwtFetchFault: { code: grpc.status; details: string } | undefined;
+  private readonly jwt: JwtIssuer;
   private readonly selectorLog: Selector[][] = [];
   private lastBundleSignature: string;
   private readonly streamCountListeners = new Set<() => void>();
@@ -65,6 +78,7 @@ export class DelegatedIdentityService {
     this.callerAuthorization = options.callerAuthorization;
     this.firstResponseDelayMs = options.firstResponseDelayMs;
     this.isClosed = options.isClosed;
+    this.jwt = options.jwt;
     this.lastBundleSignature = store.bundleSignature();
   }
 
@@ -73,13 +87,74 @@ export class DelegatedIdentityService {
     server.addService(delegatedIdentityService().service, {
       SubscribeToX509SVIDs: (call: SvidCall) => this.onSubscribeToX509Svids(call),
       SubscribeToX509Bundles: (call: BundleCall) => this.onSubscribeToX509Bundles(call),
-      FetchJWTSVIDs: (_call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
-        callback({ code: grpc.status.UNIMPLEMENTED, details: 'the development agent does not issue JWT-SVIDs' });
-      },
-      SubscribeToJWTBundles: (call: grpc.ServerWritableStream<unknown, unknown>) => {
-        endWithStatus(call, grpc.status.UNIMPLEMENTED, 'the development agent does not serve JWT bundles');
-      },
+      FetchJWTSVIDs: (call: JwtFetchCall, callback: grpc.sendUnaryData<FetchJwtSvidsResponse>) => this.onFetchJwtSvids(call, callback),
+      SubscribeToJWTBundles: (call: JwtBundleCall) => this.onSubscribeToJwtBundles(call),
     });
+  }
+
+  /**
+   * service.go's FetchJWTSVIDs: the audience first, then the caller, then the
+   * selectors; one token per matching non-admin entry, sorted by entry ID;
+   * none: PERMISSION_DENIED "no identity issued".
+   */
+  private onFetchJwtSvids(call: JwtFetchCall, callback: grpc.sendUnaryData<FetchJwtSvidsResponse>): void {
+    const request = call.request;
+    const audience = request.audience ?? [];
+    const selectors = request.selectors ?? [];
+    this.jwtFetchLog.push({ audience: [...audience], selectors: selectors.map((s) => ({ type: s.type, value: s.value })), pid: request.pid ?? 0 });
+    const fail = (code: grpc.status, details: string): void => callback({ code, details });
+    if (audience.length === 0) return fail(grpc.status.INVALID_ARGUMENT, 'audience must be specified');
+    const denied = this.authorizationFailure();
+    if (denied) return fail(grpc.status.PERMISSION_DENIED, denied);
+    if ((selectors.length === 0) === ((request.pid ?? 0) === 0)) {
+      return fail(grpc.status.INVALID_ARGUMENT, 'must provide either selectors or non-zero PID, but not both');
+    }
+    if (!selectors.every(isValidSelector)) return fail(grpc.status.INVALID_ARGUMENT, 'could not parse provided selectors');
+    const matched = this.store.matching(new Set(selectors.map(selectorKey))).filter((record) => !record.entry.admin);
+    if (matched.length === 0) return fail(grpc.status.PERMISSION_DENIED, 'no identity issued');
+    if (this.jwtFetchFault) return fail(this.jwtFetchFault.code, this.jwtFetchFault.details);
+    const svids: JwtSvidMessage[] = matched.map((record) => {
+      const issued = this.jwt.issue(record.entry.id, record.entry.spiffeId, audience);
+      const id = parseSpiffeId(record.entry.spiffeId);
+      return {
+        token: issued.token,
+        id: { trust_domain: id.trustDomain, path: id.path },
+        expires_at: issued.expiresAt,
+        issued_at: issued.issuedAt,
+        hint: record.entry.hint,
+      };
+    });
+    callback(null, { svids });
+  }
+
+  private onSubscribeToJwtBundles(call: JwtBundleCall): void {
+    const denied = this.authorizationFailure();
+    if (denied) return endWithStatus(call, grpc.status.PERMISSION_DENIED, denied);
+    const subscriber = { call, done: false };
+    this.jwtBundleSubscribers.add(subscriber);
+    call.on('cancelled', () => {
+      subscriber.done = true;
+      this.jwtBundleSubscribers.delete(subscriber);
+    });
+    call.write(this.jwtBundles());
+  }
+
+  /** The own trust domain's JWT signing keys changed: every JWT bundle stream gets the new map. */
+  jwtBundlesChanged(): void {
+    for (const subscriber of this.jwtBundleSubscribers) if (!subscriber.done) subscriber.call.write(this.jwtBundles());
+  }
+
+  private jwtBundles(): SubscribeToJwtBundlesResponse {
+    return { bundles: { [`spiffe://${this.jwt.name}`]: this.jwt.jwks() } };
+  }
+
+  /** Every FetchJWTSVIDs request received, in order, rejected ones included. */
+  receivedJwtFetches(): FetchJwtSvidsRequest[] {
+    return this.jwtFetchLog.map((request) => structuredClone(request));
+  }
+
+  openJwtBundleStreams(): number {
+    return this.jwtBundleSubscribers.size;
   }
 
   // --------------------------------------------------------------- requests
@@ -203,6 +278,8 @@ export class DelegatedIdentityService {
       clearTimeout(subscriber.firstDelayTimer);
     }
     for (const subscriber of this.bundleSubscribers) subscriber.done = true;
+    for (const subscriber of this.jwtBundleSubscribers) subscriber.done = true;
+    this.jwtBundleSubscribers.clear();
     this.svidSubscribers.clear();
     this.bundleSubscribers.clear();
     this.streamCountChanged();

@@ -18,12 +18,14 @@
  * and injected material).
  */
 import path from 'node:path';
-import type { Selector } from '../../../src/spire/messages.js';
+import type * as grpc from '@grpc/grpc-js';
+import type { FetchJwtSvidsRequest, Selector } from '../../../src/spire/messages.js';
 import type { MintedCa } from '../certs.js';
 import { AdminSocketServer } from './admin-socket.js';
 import { DelegatedIdentityService } from './delegated-identity.js';
 import { EntryStore } from './entry-store.js';
 import { FaultInjector } from './faults.js';
+import { JwtIssuer } from './jwt-issuer.js';
 import { RotationTimers } from './rotation.js';
 import { trustDomainId } from './spiffe-names.js';
 import type { CallerAuthorization, CurrentSvid, DevAgentOptions, DevEntry, DevEntrySpec, EntryRecord, InjectedSvid } from './types.js';
@@ -39,6 +41,7 @@ export class DevAgent {
   private readonly service: DelegatedIdentityService;
   private readonly socket: AdminSocketServer;
   private readonly faults: FaultInjector;
+  private readonly jwt: JwtIssuer;
   private readonly inflight = new Set<Promise<unknown>>();
   private closed = false;
 
@@ -47,6 +50,7 @@ export class DevAgent {
     this.trustDomain = store.trustDomain;
     this.store = store;
     const isClosed = (): boolean => this.closed;
+    this.jwt = new JwtIssuer(store.trustDomain, options.jwtSvidTtlSeconds ?? 300);
     this.rotation = new RotationTimers({
       autoRotate: options.autoRotate ?? false,
       isLive: (record) => store.isLive(record),
@@ -57,6 +61,7 @@ export class DevAgent {
       callerAuthorization: options.callerAuthorization ?? 'authorized',
       firstResponseDelayMs: options.firstResponseDelayMs ?? 0,
       isClosed,
+      jwt: this.jwt,
     });
     this.socket = new AdminSocketServer(options.socketPath, (server) => this.service.addTo(server), isClosed);
     this.faults = new FaultInjector({
@@ -222,6 +227,32 @@ export class DevAgent {
    * nothing changed: an identical re-send (which the real agent occasionally
    * does, F9), or the end of an {@link injectBundle}.
    */
+  /** A new JWT signing key (the old one stays published); JWT bundle streams get the new JWKS, cached tokens are re-signed. */
+  rotateJwtKey(): void {
+    this.assertOpen();
+    this.jwt.rotateKey();
+    this.service.jwtBundlesChanged();
+  }
+
+  /** Lifetime of JWT-SVIDs signed from now on. */
+  setJwtSvidTtl(seconds: number): void {
+    this.jwt.ttlSeconds = seconds;
+  }
+
+  /** Makes FetchJWTSVIDs fail as the agent does when it cannot sign (F23), until called with undefined. */
+  failJwtFetches(fault: { code: grpc.status; details: string } | undefined): void {
+    this.service.jwtFetchFault = fault;
+  }
+
+  /** Every FetchJWTSVIDs request received, in order. */
+  receivedJwtFetches(): FetchJwtSvidsRequest[] {
+    return this.service.receivedJwtFetches();
+  }
+
+  openJwtBundleStreams(): number {
+    return this.service.openJwtBundleStreams();
+  }
+
   resendBundles(): void {
     this.assertOpen();
     this.service.resendBundles();

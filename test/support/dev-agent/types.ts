@@ -17,6 +17,8 @@ export interface DevAgentOptions {
   autoRotate?: boolean;
   /** Delay before the first response of a stream whose selectors match entries (F5: the real agent blocks until the SVIDs are cached). */
   firstResponseDelayMs?: number;
+  /** JWT-SVID lifetime. Default 300 (SPIRE's default `default_jwt_svid_ttl`, 5 min). */
+  jwtSvidTtlSeconds?: number;
   /** Outcome of the caller check that stands in for peer attestation (F2). Default `authorized`. */
   callerAuthorization?: CallerAuthorization;
 }

@@ -10,6 +10,8 @@ import { EventEmitter } from 'node:events';
 import * as grpc from '@grpc/grpc-js';
 import type { AgentStreamCall, AgentStreamConnection, DelegatedIdentityClient } from '../../../src/spire/agent-connection.js';
 import type {
+  FetchJwtSvidsRequest,
+  SubscribeToJwtBundlesResponse,
   SubscribeToX509BundlesResponse,
   SubscribeToX509SvidsRequest,
   SubscribeToX509SvidsResponse,
@@ -71,6 +73,7 @@ export class FakeCall<T> extends EventEmitter implements AgentStreamCall<T> {
 
 export type SvidCall = FakeCall<SubscribeToX509SvidsResponse>;
 export type BundleCall = FakeCall<SubscribeToX509BundlesResponse>;
+export type JwtBundleCall = FakeCall<SubscribeToJwtBundlesResponse>;
 
 export class FakeAgentConnection extends EventEmitter implements AgentStreamConnection {
   readonly socketPath = '/fake/spire-agent/admin.sock';
@@ -79,6 +82,9 @@ export class FakeAgentConnection extends EventEmitter implements AgentStreamConn
   socketPresent = true;
   readonly svidCalls: SvidCall[] = [];
   readonly bundleCalls: BundleCall[] = [];
+  /** JWT calls, so tests of X.509-only volumes can prove none was made. */
+  readonly jwtFetches: FetchJwtSvidsRequest[] = [];
+  readonly jwtBundleCalls: JwtBundleCall[] = [];
 
   socketExists(): boolean {
     return this.socketPresent;
@@ -95,6 +101,15 @@ export class FakeAgentConnection extends EventEmitter implements AgentStreamConn
       subscribeToX509Bundles: () => {
         const call: BundleCall = new FakeCall(undefined, generation);
         this.bundleCalls.push(call);
+        return call;
+      },
+      fetchJwtSvids: (request) => {
+        this.jwtFetches.push(structuredClone(request));
+        return Promise.reject(Object.assign(new Error('12 UNIMPLEMENTED: the fake agent issues no JWT-SVIDs'), { code: grpc.status.UNIMPLEMENTED }));
+      },
+      subscribeToJwtBundles: () => {
+        const call: JwtBundleCall = new FakeCall(undefined, generation);
+        this.jwtBundleCalls.push(call);
         return call;
       },
     };
