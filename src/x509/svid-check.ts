@@ -104,9 +104,9 @@ export function checkSvid(material: SvidMaterial, now: Date = new Date()): SvidC
   if (material.bundle.length === 0) {
     return { ok: false, reason: `the trust bundle for ${trustDomainIdOf(material.spiffeId)} is empty` };
   }
-  let authorities: X509Certificate[];
+  let authorities: readonly X509Certificate[];
   try {
-    authorities = material.bundle.map((der) => new X509Certificate(der));
+    authorities = parsedBundle(material.bundle);
   } catch (err) {
     return { ok: false, reason: `a trust bundle certificate does not parse: ${errorMessage(err)}` };
   }
@@ -114,6 +114,23 @@ export function checkSvid(material: SvidMaterial, now: Date = new Date()): SvidC
   if (chainProblem !== undefined) return { ok: false, reason: chainProblem };
 
   return { ok: true, svid: { spiffeId: material.spiffeId, serialNumber: leaf.serialNumber, notBefore, notAfter } };
+}
+
+/**
+ * The bundle's certificates, parsed once per bundle: every volume of a trust
+ * domain checks its SVID against the same array the bundle watcher holds, so
+ * a bundle change checked on 500 volumes parses the bundle once, not 500
+ * times. Keyed weakly: a replaced bundle's entry goes with it.
+ */
+const parsedBundles = new WeakMap<readonly Buffer[], readonly X509Certificate[]>();
+
+function parsedBundle(bundle: readonly Buffer[]): readonly X509Certificate[] {
+  let parsed = parsedBundles.get(bundle);
+  if (parsed === undefined) {
+    parsed = bundle.map((der) => new X509Certificate(der));
+    parsedBundles.set(bundle, parsed);
+  }
+  return parsed;
 }
 
 /** Undefined when each certificate is signed by the next and the last by an authority of the bundle. */
