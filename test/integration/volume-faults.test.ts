@@ -127,7 +127,8 @@ describe('filesystem faults', () => {
       async () => (await readVolume(v.volume.targetPath)).leaf.serialNumber.toLowerCase() === rotated,
       15_000,
     );
-    assert.match(h.child?.output() ?? '', /SVID files written after failed attempts/);
+    // The log line follows the write on the driver's stdout pipe: it may arrive a moment after the file is read.
+    await eventually('the recovery logged', () => /SVID files written after failed attempts/.test(h?.child?.output() ?? ''), 5_000);
     await h.kubelet.unpublish(v.volume);
   });
 
