@@ -24,7 +24,7 @@ import type { Selector, SubscribeToX509SvidsResponse } from '../spire/messages.j
 import { ResilientStream, systemClock, type Clock } from '../spire/resilient-stream.js';
 import { formatSelectors } from '../spire/selectors.js';
 import { parseSubjectAltName } from '../x509/subject-alt-name.js';
-import { checkSvid, type CheckedSvid } from '../x509/svid-check.js';
+import { checkSvid, type CheckedSvid, type LeafCheckMemo } from '../x509/svid-check.js';
 import { DEFAULT_COMBINED_BUNDLE_FILE, buildFederatedBundleFiles, federatedBundleModeOf, federatedTrustDomainIds } from './federated-bundles.js';
 import type { VolumeRecord } from './metadata-store.js';
 import { buildVolumeFiles, digestOfFiles, pickSvid, type PickedSvid } from './volume-files.js';
@@ -128,6 +128,8 @@ export class ManagedVolume {
    * does not keep: after a restart the first write compares with the disk.
    */
   private writtenDigest: string | undefined;
+  /** The SVID whose own checks last passed: a bundle change re-checks only its validity and chain (svid-check.ts). */
+  private readonly leafCheck: LeafCheckMemo = {};
 
   constructor(
     readonly record: VolumeRecord,
@@ -448,12 +450,16 @@ export class ManagedVolume {
     // stops here, before the certificate checks and without touching the disk.
     if (digest === this.writtenDigest) return 'unchanged';
     const checkStartedAt = this.clock.now();
-    const checked = checkSvid({
-      spiffeId: picked.spiffeId,
-      certChain: picked.certChain,
-      keyDer: picked.keyDer,
-      bundle: bundle.certificates,
-    });
+    const checked = checkSvid(
+      {
+        spiffeId: picked.spiffeId,
+        certChain: picked.certChain,
+        keyDer: picked.keyDer,
+        bundle: bundle.certificates,
+      },
+      undefined,
+      this.leafCheck,
+    );
     if (!checked.ok) {
       this.problem = `the SPIRE agent's SVID for ${picked.spiffeId} was rejected: ${checked.reason}`;
       this.deps.metrics.svidUpdates.inc({ outcome: 'rejected' });

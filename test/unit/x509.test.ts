@@ -3,7 +3,7 @@ import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { before, describe, test } from 'node:test';
 import { certificatesToPem, derToPem, splitConcatenatedDer } from '../../src/x509/pem.js';
 import { parseSubjectAltName } from '../../src/x509/subject-alt-name.js';
-import { checkSvid, trustDomainIdOf, type SvidMaterial } from '../../src/x509/svid-check.js';
+import { checkSvid, digestOfLeafMaterial, trustDomainIdOf, type LeafCheckMemo, type SvidMaterial } from '../../src/x509/svid-check.js';
 import { exportPkcs8, mintCa, mintEcSec1KeyDer, mintRsaPkcs1KeyDer, mintSvid, type MintedCa, type MintedSvid } from '../support/certs.js';
 
 const TD = 'example.org';
@@ -249,6 +249,42 @@ describe('checkSvid accepts a valid SVID', () => {
 
   test('one second before notAfter is still valid', () => {
     assert.equal(checkSvid(material(), new Date(svid.notAfter.getTime() - 1000)).ok, true);
+  });
+});
+
+describe('checkSvid with a memo: an SVID whose own checks passed is re-checked against each bundle, not re-parsed', () => {
+  test('the same SVID against a new bundle: the chain and validity are checked again', async () => {
+    const memo: LeafCheckMemo = {};
+    assert.equal(checkSvid(material(), undefined, memo).ok, true);
+    assert.equal(memo.passed, digestOfLeafMaterial(material()), 'the SVID is remembered');
+    // A bundle change: the same SVID against a bundle that still holds its CA, then one that does not.
+    const otherCa = await mintCa({ trustDomain: TD });
+    assert.equal(checkSvid(material({ bundle: [otherCa.certDer, ca.certDer] }), undefined, memo).ok, true);
+    assert.match(failure(checkSvid(material({ bundle: [otherCa.certDer] }), undefined, memo)), /does not lead to a CA of the trust bundle/);
+    assert.match(failure(checkSvid(material(), new Date(svid.notAfter.getTime() + 1000), memo)), /expired/, 'validity is always checked');
+  });
+
+  test('what the memo skips: the checks of the remembered bytes alone (shown with a memo forged for a mismatched key)', () => {
+    const mismatched = material({ keyDer: other.keyPkcs8Der });
+    assert.match(failure(checkSvid(mismatched)), /does not match the leaf/);
+    assert.equal(checkSvid(mismatched, undefined, { passed: digestOfLeafMaterial(mismatched) }).ok, true);
+  });
+
+  test('other bytes, or the same bytes for another SPIFFE ID, are checked in full', () => {
+    const memo: LeafCheckMemo = {};
+    assert.equal(checkSvid(material(), undefined, memo).ok, true);
+    assert.match(failure(checkSvid(material({ keyDer: other.keyPkcs8Der }), undefined, memo)), /does not match the leaf/);
+    assert.match(
+      failure(checkSvid(material({ spiffeId: 'spiffe://example.org/else' }), undefined, memo)),
+      /exactly one URI SAN equal to spiffe:\/\/example.org\/else/,
+    );
+    assert.equal(checkSvid(material(), undefined, memo).ok, true);
+  });
+
+  test('a failed check is not remembered', () => {
+    const memo: LeafCheckMemo = {};
+    assert.equal(checkSvid(material({ keyDer: other.keyPkcs8Der }), undefined, memo).ok, false);
+    assert.equal(memo.passed, undefined);
   });
 });
 
