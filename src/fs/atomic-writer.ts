@@ -117,6 +117,27 @@ export class AtomicWriter {
     return run;
   }
 
+  /**
+   * True when `files` (with `options.gid`) are exactly the current version and
+   * every visible link is in place, so a write of them would change nothing.
+   * Reads; never writes. Queued behind writes in progress.
+   */
+  async holds(files: readonly FileSpec[], options: WriteOptions = {}): Promise<boolean> {
+    const { files: wanted, gid } = validatePayload(files, options);
+    const check = this.tail.then(async () => {
+      const current = await readDataLink(this.targetDir);
+      if (current === null) return false;
+      if (!(await versionMatches(path.join(this.targetDir, current), wanted, gid ?? process.getegid?.()))) return false;
+      const links = await Promise.all(wanted.map((f) => fs.readlink(path.join(this.targetDir, f.name)).catch(() => null)));
+      if (!links.every((target, i) => target === `${DATA_LINK_NAME}/${wanted[i]?.name ?? ''}`)) return false;
+      // No visible name besides these (a link left by a payload with more files is removed by a write).
+      const names = new Set(wanted.map((f) => f.name));
+      return (await this.listVolumeDir()).every((entry) => entry.startsWith('.') || names.has(entry));
+    });
+    this.tail = check.catch(() => undefined);
+    return check;
+  }
+
   /** The version directory `..data` points to, or null before the first write. */
   async currentVersion(): Promise<string | null> {
     return readDataLink(this.targetDir);

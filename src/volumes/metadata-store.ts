@@ -25,6 +25,9 @@ import { z } from 'zod';
 import { errorMessage } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 
+/** Records read ahead at start: enough to keep the disk busy, few enough file descriptors. */
+const READ_AHEAD = 32;
+
 /** kubelet's inline volume ids; anything else never names a file of ours. */
 const VOLUME_ID = /^csi-[0-9a-f]{64}$/;
 
@@ -223,7 +226,21 @@ export class MetadataStore implements VolumeRecordStore {
 
   async loadAll(): Promise<LoadedRecords> {
     const loaded: LoadedRecords = { records: [], quarantined: [], unsupported: [] };
-    for (const name of await fs.readdir(this.volumesDir)) {
+    const names = await fs.readdir(this.volumesDir);
+    // Reads ahead, a bounded number at a time (each holds a file descriptor);
+    // parsing and quarantining stay in order, one record after the other.
+    const contents = new Map<string, Promise<string>>();
+    const readAhead = (index: number): void => {
+      const name = names[index];
+      if (name?.endsWith('.json')) {
+        const reading = fs.readFile(path.join(this.volumesDir, name), 'utf8');
+        reading.catch(() => undefined); // awaited below, in order
+        contents.set(name, reading);
+      }
+    };
+    for (let i = 0; i < Math.min(READ_AHEAD, names.length); i++) readAhead(i);
+    for (const [index, name] of names.entries()) {
+      readAhead(index + READ_AHEAD);
       // write-file-atomic's temp files ("<name>.json.<hash>") from a crash mid-write.
       if (!name.endsWith('.json')) {
         await fs.rm(path.join(this.volumesDir, name), { force: true, recursive: true });
@@ -231,7 +248,8 @@ export class MetadataStore implements VolumeRecordStore {
       }
       const file = path.join(this.volumesDir, name);
       try {
-        const parsed = parseRecord(await fs.readFile(file, 'utf8'));
+        const parsed = parseRecord(await (contents.get(name) ?? fs.readFile(file, 'utf8')));
+        contents.delete(name);
         if (parsed.kind === 'unsupported') {
           loaded.unsupported.push(name.slice(0, -'.json'.length));
           this.logger.error(

@@ -147,9 +147,12 @@ export class VolumeManager {
     // --max-volumes leaves fewer places than that; new publishes wait until
     // enough are unpublished.
     const volume = this.createVolume(record, true);
-    await volume.readSvidOnDisk();
     this.volumes.set(record.volumeId, volume);
+    // The stream first: with hundreds of volumes, parsing every leaf on disk
+    // before any stream opens held all of them back. Whichever comes first,
+    // this read or the agent's answer, sets the validity the health reports.
     volume.start();
+    await volume.readSvidOnDisk();
   }
 
   async publish(spec: PublishSpec, callSignal: AbortSignal): Promise<void> {

@@ -8,7 +8,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, describe, it } from 'node:test';
 import { isMountPoint } from '../../src/fs/mountinfo.js';
-import { Harness, runningAsRoot, sleep } from '../support/driver-harness.js';
+import { Harness, eventually, runningAsRoot, sleep } from '../support/driver-harness.js';
 import { assertRotates, publishSome, type LiveVolume } from '../support/live-volumes.js';
 import { assertValidSvidVolume, pathExists, readVolume } from '../support/volume-assertions.js';
 
@@ -63,8 +63,26 @@ describe('restarts', () => {
       if (runningAsRoot()) assert.ok(await isMountPoint(v.volume.targetPath), 'tmpfs still mounted');
     }
     assert.equal((await fs.readdir(path.join(h.config.stateDir, 'volumes'))).length, 2);
+    const logMark = h.logs.lines.length;
     await h.startDriver();
     assert.equal(h.driver?.volumes.volumeCount, 2);
+    // The agent's first answer after the restart is what the files hold: recognised from the disk, not re-checked.
+    await eventually(
+      'both resumed volumes recognise their files',
+      () =>
+        h?.logs
+          .entries()
+          .slice(logMark)
+          .filter((e) => e['msg'] === 'the files on disk already are the newest material; nothing checked or written').length === 2,
+    );
+    assert.deepEqual(
+      h.logs
+        .entries()
+        .slice(logMark)
+        .filter((e) => e['msg'] === 'SVID checked' || e['msg'] === 'SVID files written'),
+      [],
+      'no check and no write for files already in place',
+    );
     // kubelet may publish a resumed volume again: same parameters, so OK, nothing rewritten.
     for (const v of live) {
       const before = await readVolume(v.volume.targetPath);

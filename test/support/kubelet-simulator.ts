@@ -52,8 +52,12 @@ export class KubeletSimulator {
   constructor(readonly options: { csiSocketPath: string; kubeletRootDir: string }) {
     const NodeClient = csiNodeService();
     const IdentityClient = csiIdentityService();
-    this.node = new NodeClient(`unix:${options.csiSocketPath}`, grpc.credentials.createInsecure());
-    this.identity = new IdentityClient(`unix:${options.csiSocketPath}`, grpc.credentials.createInsecure());
+    // kubelet dials the CSI socket afresh for its calls; a long-lived grpc-js
+    // channel would instead wait out its reconnect backoff (1 s, growing) after
+    // a driver restart, and every restart test and benchmark would measure that.
+    const reconnectQuickly = { 'grpc.initial_reconnect_backoff_ms': 50, 'grpc.max_reconnect_backoff_ms': 250 };
+    this.node = new NodeClient(`unix:${options.csiSocketPath}`, grpc.credentials.createInsecure(), reconnectQuickly);
+    this.identity = new IdentityClient(`unix:${options.csiSocketPath}`, grpc.credentials.createInsecure(), reconnectQuickly);
   }
 
   createPod(overrides: Partial<Pod> = {}): Pod {

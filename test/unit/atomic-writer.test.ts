@@ -360,3 +360,23 @@ test('holdsOnlyWriterFiles recognises a volume this writer made, and nothing els
   await fs.mkdir(path.join(otherDir, 'subdir'));
   assert.equal(await holdsOnlyWriterFiles(otherDir), false, 'a directory that is not a version');
 });
+
+test('holds: true only for exactly the current version with every visible link, and never writes', async () => {
+  const dir = await freshVolume();
+  const writer = new AtomicWriter(dir);
+  assert.equal(await writer.holds(svidFiles(1)), false, 'nothing written yet');
+  const first = await writer.write(svidFiles(1));
+  assert.equal(await writer.holds(svidFiles(1)), true);
+  assert.equal(await writer.holds(svidFiles(2)), false, 'other content');
+  assert.equal(await writer.holds(svidFiles(1).map((f) => ({ ...f, mode: 0o640 }))), false, 'other modes');
+  assert.equal(await writer.holds(svidFiles(1).slice(0, 2)), false, 'fewer files');
+  assert.equal(await writer.holds(svidFiles(1), { gid: 4242 }), false, 'another group');
+  await fs.unlink(path.join(dir, 'svid_key.pem'));
+  assert.equal(await writer.holds(svidFiles(1)), false, 'a visible link missing');
+  await fs.symlink('..data/svid_key.pem', path.join(dir, 'svid_key.pem'));
+  await fs.symlink('..data/gone.pem', path.join(dir, 'gone.pem'));
+  assert.equal(await writer.holds(svidFiles(1)), false, 'a visible name too many');
+  await fs.unlink(path.join(dir, 'gone.pem'));
+  assert.equal(await writer.holds(svidFiles(1)), true);
+  assert.equal(await writer.currentVersion(), first.version, 'holds never wrote');
+});
