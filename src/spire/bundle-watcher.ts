@@ -10,7 +10,7 @@
 import { errorMessage } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { DriverMetrics } from '../observability/metrics.js';
-import { splitConcatenatedDer } from '../x509/pem.js';
+import { splitConcatenatedDer, withoutDuplicates } from '../x509/pem.js';
 import type { AgentStreamConnection } from './agent-connection.js';
 import type { StreamFailure } from './agent-errors.js';
 import type { SubscribeToX509BundlesResponse } from './messages.js';
@@ -116,14 +116,4 @@ export class BundleWatcher implements BundleSource {
     this.deps.logger.info({ trust_domains: [...changed] }, 'trust bundle updated');
     for (const listener of [...this.listeners]) listener(changed);
   }
-}
-
-function withoutDuplicates(certificates: Buffer[]): Buffer[] {
-  const seen = new Set<string>();
-  return certificates.filter((der) => {
-    const key = der.toString('base64');
-    if (seen.has(key)) return false;
-    seen.add(key);
-    return true;
-  });
 }

@@ -9,7 +9,7 @@
  */
 import type { FileSpec } from '../fs/atomic-writer.js';
 import { describeFileNameProblem } from '../fs/file-names.js';
-import { certificatesToPem } from '../x509/pem.js';
+import { certificatesToPem, withoutDuplicates } from '../x509/pem.js';
 
 /**
  * - separate: one file per federated trust domain, `<td>.federated-bundle.pem`.
@@ -111,14 +111,4 @@ export function buildFederatedBundleFiles(input: FederatedBundleInput): Federate
     result.files.push({ name: input.combinedFileName, data: Buffer.from(certificatesToPem(withoutDuplicates(combined))), mode: 0o644 });
   }
   return result;
-}
-
-function withoutDuplicates(certificates: readonly Buffer[]): Buffer[] {
-  const seen = new Set<string>();
-  return certificates.filter((der) => {
-    const key = der.toString('base64');
-    if (seen.has(key)) return false;
-    seen.add(key);
-    return true;
-  });
 }

@@ -62,3 +62,14 @@ export function derStructureEnd(data: Buffer, offset: number, what: string): num
   if (end > data.length) throw new Error(`${what} is truncated: the structure at byte ${offset} runs past the end`);
   return end;
 }
+
+/** The certificates in their order, each DER encoding once: a CA listed twice is written once, as readers gain nothing from the copy. */
+export function withoutDuplicates(certificates: readonly Buffer[]): Buffer[] {
+  const seen = new Set<string>();
+  return certificates.filter((der) => {
+    const key = der.toString('base64');
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
+}
