@@ -21,8 +21,9 @@
  *
  * RSS is compared settled against settled: after the warm-up cycles (first
  * 10 %), halfway and after the last one, the churn stops, the driver is left
- * idle for `--settle-ms` (no forced GC: the image does not expose it) and RSS
- * is the median of five samples a second apart. Samples taken every second
+ * idle for `--settle-ms` (the driver's own memory trimmer, src/memory-trimmer.ts,
+ * runs 10 s into it, as on a node; nothing is forced from here) and RSS is the
+ * median of five samples a second apart. Samples taken every second
  * while churning are reported too, with their least-squares trend: a leak
  * grows linearly with the cycles, a plateau does not. `--probe-heap` (a
  * diagnosis, not the soak: it changes the driver's flags) adds V8's heap after
