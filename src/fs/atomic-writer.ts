@@ -1,7 +1,7 @@
-import { createHash } from 'node:crypto';
 import type { Dirent } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { digestOfParts } from '../digest.js';
 import { describeFileNameProblem } from './file-names.js';
 
 /**
@@ -71,15 +71,9 @@ interface LastWrite {
   digest: string;
 }
 
-/** Every name, mode, content and the group, each length-prefixed, in 64 hex characters. */
+/** Every name, mode and content, and the group, as digestOfParts. */
 function digestOf({ files, gid }: ValidatedPayload): string {
-  const hash = createHash('sha256');
-  const length = Buffer.alloc(4);
-  for (const part of [Buffer.from(String(gid ?? '')), ...files.flatMap((f) => [Buffer.from(f.name), Buffer.from(f.mode.toString(8)), f.data])]) {
-    length.writeUInt32BE(part.length);
-    hash.update(length).update(part);
-  }
-  return hash.digest('hex');
+  return digestOfParts([Buffer.from(String(gid ?? '')), ...files.flatMap((f) => [Buffer.from(f.name), Buffer.from(f.mode.toString(8)), f.data])]);
 }
 
 /**

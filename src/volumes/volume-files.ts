@@ -2,7 +2,7 @@
  * From the agent's SVID list and the trust bundle to the exact files of one
  * volume: which SVID to write, what goes in each file, and each file's mode.
  */
-import { createHash } from 'node:crypto';
+import { digestOfParts } from '../digest.js';
 import type { FileSpec } from '../fs/atomic-writer.js';
 import type { X509SvidWithKey } from '../spire/messages.js';
 import { DEFAULT_PKCS12_PASSWORD } from './attributes.js';
@@ -128,13 +128,5 @@ function credentialBundle(keyPem: string, chainPem: string): Buffer {
  * bytes between fields.
  */
 export function digestOfFiles(files: readonly FileSpec[]): string {
-  const hash = createHash('sha256');
-  const length = Buffer.alloc(4);
-  for (const file of files) {
-    for (const part of [Buffer.from(file.name), Buffer.from(file.mode.toString(8)), file.data]) {
-      length.writeUInt32BE(part.length);
-      hash.update(length).update(part);
-    }
-  }
-  return hash.digest('hex');
+  return digestOfParts(files.flatMap((file) => [Buffer.from(file.name), Buffer.from(file.mode.toString(8)), file.data]));
 }

@@ -1,4 +1,5 @@
-import { X509Certificate, createHash, createPrivateKey, type KeyObject } from 'node:crypto';
+import { X509Certificate, createPrivateKey, type KeyObject } from 'node:crypto';
+import { digestOfParts } from '../digest.js';
 import { errorMessage } from '../errors.js';
 import { derStructureEnd } from './pem.js';
 import { parseSubjectAltName } from './subject-alt-name.js';
@@ -111,13 +112,7 @@ export interface LeafCheckMemo {
 
 /** What LeafCheckMemo remembers of an SVID: its SPIFFE ID, key and chain, length-prefixed, hashed. Exported for tests. */
 export function digestOfLeafMaterial(material: SvidMaterial): string {
-  const hash = createHash('sha256');
-  const length = Buffer.alloc(4);
-  for (const part of [Buffer.from(material.spiffeId), material.keyDer, ...material.certChain]) {
-    length.writeUInt32BE(part.length);
-    hash.update(length).update(part);
-  }
-  return hash.digest('hex');
+  return digestOfParts([Buffer.from(material.spiffeId), material.keyDer, ...material.certChain]);
 }
 
 /**
