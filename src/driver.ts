@@ -88,8 +88,6 @@ async function startLocked(config: Config, options: StartDriverOptions, lock: St
     ...(options.loadLibcForMounts && { loadLibc: options.loadLibcForMounts }),
   });
   const trimmer = await startMemoryTrimmer(logger);
-  // A bundle change rewrites every volume of its trust domain at once.
-  const unsubscribeTrimmer = trimmer && bundles.subscribe(() => trimmer.activity());
   const volumes = new VolumeManager({
     nodeName: config.nodeName,
     driverName: config.driverName,
@@ -157,7 +155,6 @@ async function startLocked(config: Config, options: StartDriverOptions, lock: St
           );
         }
         await volumes.shutdown();
-        unsubscribeTrimmer?.();
         trimmer?.close();
         bundles.close();
         jwtBundles.close();

@@ -67,6 +67,13 @@ export interface ManagedVolumeDeps {
    * validity is wall-clock time, which `clock` (monotonic) is not. Default: Date.now.
    */
   wallClock?: () => number;
+  /**
+   * Called after work that allocates a lot: a publish, an unpublish, the
+   * resume at start (by the VolumeManager), and each write of new files (a
+   * bundle change writes every volume of its trust domain at once).
+   * memory-trimmer.ts trims once the activity stops.
+   */
+  onActivity?: () => void;
 }
 
 /** The files the newest material makes, and the SVID checks to pass before they are written. */
@@ -610,6 +617,7 @@ export class ManagedVolume {
       result.changed ? 'volume files written' : 'volume files unchanged; nothing written',
     );
     this.hasFiles = true;
+    if (result.changed) this.deps.onActivity?.();
     this.svidOnDisk = { spiffeId: svid.spiffeId, notBefore: svid.notBefore, notAfter: svid.notAfter };
     this.deps.metrics.svidUpdates.inc({ outcome: result.changed ? 'written' : 'unchanged' });
     if (result.changed) {

@@ -32,8 +32,6 @@ export interface VolumeManagerDeps extends ManagedVolumeDeps {
   maxVolumes: number;
   store: VolumeRecordStore;
   storage: VolumeStorageBackend;
-  /** Called when a publish, an unpublish or the resume at start has finished (memory-trimmer.ts). */
-  onActivity?: () => void;
 }
 
 export class VolumeManager {

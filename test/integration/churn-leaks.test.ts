@@ -295,8 +295,7 @@ describe('churn: publish/unpublish cycles leave nothing behind', { skip }, () =>
       volumeLocks: 0,
       publishing: 0,
       reserved: 0,
-      // One per live volume, plus the memory trimmer's (a bundle change rewrites many volumes at once).
-      bundleListeners: LONG_LIVED + 1,
+      bundleListeners: LONG_LIVED,
       // One per live volume's SVID stream, plus the bundle stream's.
       socketReadyListeners: LONG_LIVED + 1,
     });

@@ -15,6 +15,26 @@ async function cpuTicks(pid: number): Promise<number> {
   return Number(fields[11]) + Number(fields[12]); // utime + stime, in clock ticks (1/100 s)
 }
 
+describe('driver with no volume', () => {
+  it('opens no stream to the agent and uses no CPU until the first publish', async () => {
+    const h = await Harness.start({ driverProcess: true, useTmpfs: runningAsRoot() });
+    try {
+      const pid = h.child?.process.pid;
+      assert.ok(pid);
+      await sleep(1500);
+      const ticksBefore = await cpuTicks(pid);
+      await sleep(3000);
+      const ticks = (await cpuTicks(pid)) - ticksBefore;
+      assert.ok(ticks <= 3, `the idle driver used ${ticks * 10} ms of CPU in 3 s`);
+      assert.equal(h.agent.openSvidStreams(), 0);
+      assert.equal(h.agent.openBundleStreams(), 0, 'the bundle stream opens with the first volume');
+      assert.equal(h.agent.openJwtBundleStreams(), 0);
+    } finally {
+      await h.close();
+    }
+  });
+});
+
 describe('idle driver', () => {
   let h: Harness;
   const volumes: PublishedVolume[] = [];
