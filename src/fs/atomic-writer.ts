@@ -169,8 +169,10 @@ export class AtomicWriter {
         return this.writeKnownSuccessor(payload, digest, known);
       }
     }
-    const result = await this.writeChecked(payload);
-    this.lastWrite = { version: result.version, names: payload.files.map((f) => f.name), digest };
+    const { result, clean } = await this.writeChecked(payload);
+    // Only a clean directory is trusted: an old version that could not go
+    // (it may hold an old key) is for the next write's full path to remove.
+    if (clean) this.lastWrite = { version: result.version, names: payload.files.map((f) => f.name), digest };
     return result;
   }
 
@@ -185,8 +187,11 @@ export class AtomicWriter {
     return { changed: true, version };
   }
 
-  /** The full write: checks the directory, clears crash leftovers, compares with what is on disk. */
-  private async writeChecked({ files, gid }: ValidatedPayload): Promise<WriteResult> {
+  /**
+   * The full write: checks the directory, clears crash leftovers, compares
+   * with what is on disk. `clean`: nothing but the current version is left.
+   */
+  private async writeChecked({ files, gid }: ValidatedPayload): Promise<{ result: WriteResult; clean: boolean }> {
     const dir = this.targetDir;
     try {
       const stat = await fs.stat(dir);
@@ -214,15 +219,15 @@ export class AtomicWriter {
       // Nothing to write, but kubernetes#121472: a crash between the swap and
       // the link step leaves visible names missing, so make sure they exist.
       await this.syncVisibleLinks(names);
-      return { changed: false, version: current };
+      return { result: { changed: false, version: current }, clean: true };
     }
 
     const version = await this.swapInNewVersion(files, gid);
     // After the swap, as upstream does: on the first write the visible names
     // appear a moment after ..data; later writes normally find them in place.
     await this.syncVisibleLinks(names);
-    if (current !== null && current !== version) await this.removeVersion(current);
-    return { changed: true, version };
+    const clean = current === null || current === version || (await this.removeVersion(current));
+    return { result: { changed: true, version }, clean };
   }
 
   /** Writes the files into a new version directory and renames `..data` to it; returns its name. */

@@ -5,6 +5,7 @@ import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AtomicWriter, holdsOnlyWriterFiles, type FileSpec, type WriteResult } from '../../src/fs/atomic-writer.js';
+import { mountTmpfs, unmount } from '../../src/fs/tmpfs.js';
 import { makeScratchDir, removeScratchDir } from '../support/scratch.js';
 
 const VERSION_DIR = /^\.\.\d{4}_\d{2}_\d{2}_\d{2}_\d{2}_\d{2}\.[A-Za-z0-9]+$/;
@@ -380,3 +381,30 @@ test('holds: true only for exactly the current version with every visible link, 
   assert.equal(await writer.holds(svidFiles(1)), true);
   assert.equal(await writer.currentVersion(), first.version, 'holds never wrote');
 });
+
+test(
+  'an old version that could not be removed is not forgotten: the next write takes the full path and removes it',
+  { skip: process.getuid?.() !== 0 ? 'a busy directory needs a mount, which needs root' : false },
+  async () => {
+    const dir = await freshVolume();
+    const first = await new AtomicWriter(dir).write(svidFiles(1));
+    // Something mounted inside the old version makes its removal fail (EBUSY).
+    const busy = path.join(dir, first.version, 'busy');
+    await fs.mkdir(busy);
+    await mountTmpfs(busy, { sizeBytes: 65536, source: 'atomic-writer-test', mode: 0o755 });
+    const writer = new AtomicWriter(dir); // a restarted driver: the full path
+    let second;
+    try {
+      second = await writer.write(svidFiles(2));
+      assert.ok((await fs.readdir(dir)).includes(first.version), 'the old version is still there');
+    } finally {
+      await unmount(busy);
+    }
+    const third = await writer.write(svidFiles(3));
+    assert.deepEqual(
+      (await fs.readdir(dir)).filter((e) => e.startsWith('..')).sort(),
+      ['..data', third.version].sort(),
+      `the old versions (${first.version}, ${second.version}) are gone`,
+    );
+  },
+);
