@@ -145,12 +145,12 @@ export class VolumeManager {
     // --max-volumes leaves fewer places than that; new publishes wait until
     // enough are unpublished.
     const volume = this.createVolume(record, true);
-    this.volumes.set(record.volumeId, volume);
-    // The stream first: with hundreds of volumes, parsing every leaf on disk
-    // before any stream opens held all of them back. Whichever comes first,
-    // this read or the agent's answer, sets the validity the health reports.
-    volume.start();
+    // Before the stream: the JWT files on disk are what a resumed volume keeps
+    // writing while no current token can be fetched, so they must be known
+    // before the agent's first answer can arrive.
     await volume.readSvidOnDisk();
+    this.volumes.set(record.volumeId, volume);
+    volume.start();
   }
 
   async publish(spec: PublishSpec, callSignal: AbortSignal): Promise<void> {
