@@ -8,6 +8,7 @@ import type { FileSpec } from '../fs/atomic-writer.js';
 import type { JwtBundleSource } from '../spire/jwt-bundle-watcher.js';
 import type { JwtSvidMessage } from '../spire/messages.js';
 import type { JwtAttributes, JwtSvidRequest } from './jwt-attributes.js';
+import { formatSpiffeId } from './volume-files.js';
 
 export interface JwtFilesInput {
   jwt: JwtAttributes;
@@ -48,7 +49,7 @@ export function buildJwtFiles(input: JwtFilesInput): FileSpec[] | { problem: str
 }
 
 function spiffeIdOfJwt(svid: JwtSvidMessage): string {
-  return svid.id ? `spiffe://${svid.id.trust_domain}${svid.id.path}` : '?';
+  return formatSpiffeId(svid.id) ?? '?';
 }
 
 /** The token of the same identity as the X.509 side; by hint too when several entries share the SPIFFE ID. */

@@ -27,7 +27,7 @@ import { parseSubjectAltName } from '../x509/subject-alt-name.js';
 import { checkSvid, type CheckedSvid, type LeafCheckMemo } from '../x509/svid-check.js';
 import { DEFAULT_COMBINED_BUNDLE_FILE, buildFederatedBundleFiles, federatedBundleModeOf, federatedTrustDomainIds } from './federated-bundles.js';
 import type { VolumeRecord } from './metadata-store.js';
-import { buildVolumeFiles, digestOfFiles, pickSvid, type PickedSvid } from './volume-files.js';
+import { buildVolumeFiles, digestOfFiles, keyFileMode, pickSvid, type PickedSvid } from './volume-files.js';
 import { buildJwtFiles } from './jwt-files.js';
 import { JwtRefresher } from './jwt-refresh.js';
 import { assessVolumeHealth, type CurrentSvid, type VolumeCondition } from './volume-health.js';
@@ -209,7 +209,7 @@ export class ManagedVolume {
   private async readJwtFilesOnDisk(): Promise<void> {
     const jwt = this.record.jwt;
     if (jwt === undefined) return;
-    const tokenMode = this.record.fsGroup === null ? 0o600 : 0o640;
+    const tokenMode = keyFileMode(this.record.fsGroup);
     try {
       const read = (name: string): Promise<Buffer> => fs.readFile(path.join(this.record.targetPath, name));
       this.lastJwtFiles = [
@@ -370,7 +370,8 @@ export class ManagedVolume {
   }
 
   private currentFailure(): StreamFailure | undefined {
-    return this.stream?.lastFailure ?? this.deps.bundles.lastFailure;
+    const jwtBundleFailure = this.record.jwt === undefined ? undefined : this.deps.jwtBundles?.lastFailure;
+    return this.stream?.lastFailure ?? this.deps.bundles.lastFailure ?? jwtBundleFailure;
   }
 
   private timeoutError(timeoutMs: number): DriverError {
@@ -542,7 +543,7 @@ export class ManagedVolume {
       trustDomainIds: this.jwtTrustDomainIds(),
       svidsFor: (request) => refresher.svidsFor(request),
       bundles: this.deps.jwtBundles,
-      tokenMode: this.record.fsGroup === null ? 0o600 : 0o640,
+      tokenMode: keyFileMode(this.record.fsGroup),
       nowMs: (this.deps.wallClock ?? Date.now)(),
     });
     if ('problem' in built) {

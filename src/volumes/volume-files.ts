@@ -4,7 +4,7 @@
  */
 import { digestOfParts } from '../digest.js';
 import type { FileSpec } from '../fs/atomic-writer.js';
-import type { X509SvidWithKey } from '../spire/messages.js';
+import type { SpiffeIdMessage, X509SvidWithKey } from '../spire/messages.js';
 import { DEFAULT_PKCS12_PASSWORD } from './attributes.js';
 import { certificatesToPem, derToPem } from '../x509/pem.js';
 import { buildPkcs12 } from '../x509/pkcs12.js';
@@ -24,8 +24,21 @@ export interface PickedSvid {
 }
 
 export function spiffeIdOf(svid: X509SvidWithKey): string | undefined {
-  const id = svid.x509_svid?.id;
+  return formatSpiffeId(svid.x509_svid?.id);
+}
+
+/** `spiffe://<trust domain><path>` from the agent's SPIFFEID message (X.509- and JWT-SVIDs alike). */
+export function formatSpiffeId(id: SpiffeIdMessage | null | undefined): string | undefined {
   return id ? `spiffe://${id.trust_domain}${id.path}` : undefined;
+}
+
+/**
+ * The mode of every file that holds a secret (the key, the credential bundle,
+ * the keystore, JWT-SVIDs): the driver's only, or readable by the pod's
+ * fsGroup, which then owns it (docs/design.md invariant 8).
+ */
+export function keyFileMode(fsGroup: number | null): number {
+  return fsGroup === null ? 0o600 : 0o640;
 }
 
 /**
@@ -80,7 +93,7 @@ export function buildVolumeFiles(
   fsGroup: number | null,
   pkcs12Password: string = DEFAULT_PKCS12_PASSWORD,
 ): FileSpec[] {
-  const keyMode = fsGroup === null ? 0o600 : 0o640;
+  const keyMode = keyFileMode(fsGroup);
   const keyPem = derToPem(svid.keyDer, 'PRIVATE KEY');
   const chainPem = certificatesToPem(svid.certChain);
   const files: FileSpec[] = [
