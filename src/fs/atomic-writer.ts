@@ -1,8 +1,8 @@
 import type { Dirent } from 'node:fs';
-import fs from 'node:fs/promises';
 import path from 'node:path';
 import { digestOfParts } from '../digest.js';
 import { describeFileNameProblem } from './file-names.js';
+import { threadPoolFs, type WriterFs } from './writer-fs.js';
 
 /**
  * The Kubernetes AtomicWriter layout
@@ -94,9 +94,13 @@ export class AtomicWriter {
    */
   private lastWrite: LastWrite | undefined;
 
-  constructor(targetDir: string) {
+  /** How the system calls are made: writer-fs.ts says which suits which file system. */
+  private readonly fs: WriterFs;
+
+  constructor(targetDir: string, options: { fs?: WriterFs } = {}) {
     if (!path.isAbsolute(targetDir)) throw new Error(`atomic writer needs an absolute directory, got ${JSON.stringify(targetDir)}`);
     this.targetDir = path.resolve(targetDir);
+    this.fs = options.fs ?? threadPoolFs;
   }
 
   /**
@@ -119,10 +123,10 @@ export class AtomicWriter {
   async holds(files: readonly FileSpec[], options: WriteOptions = {}): Promise<boolean> {
     const { files: wanted, gid } = validatePayload(files, options);
     const check = this.tail.then(async () => {
-      const current = await readDataLink(this.targetDir);
+      const current = await readDataLink(this.targetDir, this.fs);
       if (current === null) return false;
-      if (!(await versionMatches(path.join(this.targetDir, current), wanted, gid ?? process.getegid?.()))) return false;
-      const links = await Promise.all(wanted.map((f) => fs.readlink(path.join(this.targetDir, f.name)).catch(() => null)));
+      if (!(await versionMatches(inDir(this.targetDir, current), wanted, gid ?? process.getegid?.(), this.fs))) return false;
+      const links = await Promise.all(wanted.map((f) => this.fs.readlink(inDir(this.targetDir, f.name)).catch(() => null)));
       if (!links.every((target, i) => target === `${DATA_LINK_NAME}/${wanted[i]?.name ?? ''}`)) return false;
       // No visible name besides these (a link left by a payload with more files is removed by a write).
       const names = new Set(wanted.map((f) => f.name));
@@ -134,7 +138,7 @@ export class AtomicWriter {
 
   /** The version directory `..data` points to, or null before the first write. */
   async currentVersion(): Promise<string | null> {
-    return readDataLink(this.targetDir);
+    return readDataLink(this.targetDir, this.fs);
   }
 
   /** The current bytes of `name` (through `..data`), or null if there is none. */
@@ -142,7 +146,7 @@ export class AtomicWriter {
     const problem = describeFileNameProblem(name);
     if (problem !== undefined) throw new Error(`cannot read volume file: ${problem}`);
     try {
-      return await fs.readFile(path.join(this.targetDir, DATA_LINK_NAME, name));
+      return await this.fs.readFile(inDir(this.targetDir, DATA_LINK_NAME, name));
     } catch (err) {
       if (errnoCode(err) === 'ENOENT') return null;
       throw this.failure(`reading ${name}`, err);
@@ -160,7 +164,7 @@ export class AtomicWriter {
       // write's files and links and no leftovers. Skipping the comparison with
       // the disk, the leftover scan and the link checks halves the system calls
       // of a write, which is what a bundle change costs on every volume.
-      const current = await readDataLink(this.targetDir).catch(() => null);
+      const current = await readDataLink(this.targetDir, this.fs).catch(() => null);
       if (current === known.version) {
         if (digest === known.digest) {
           this.lastWrite = known;
@@ -194,13 +198,13 @@ export class AtomicWriter {
   private async writeChecked({ files, gid }: ValidatedPayload): Promise<{ result: WriteResult; clean: boolean }> {
     const dir = this.targetDir;
     try {
-      const stat = await fs.stat(dir);
+      const stat = await this.fs.stat(dir);
       if (!stat.isDirectory()) throw new Error('it is not a directory');
     } catch (err) {
       throw this.failure('checking the volume directory', err);
     }
 
-    const current = await readDataLink(dir);
+    const current = await readDataLink(dir, this.fs);
     await this.removeCrashLeftovers(current);
 
     const names = files.map((f) => f.name);
@@ -210,7 +214,7 @@ export class AtomicWriter {
     let unchanged = false;
     if (current !== null) {
       try {
-        unchanged = await versionMatches(path.join(dir, current), files, expectedGid);
+        unchanged = await versionMatches(inDir(dir, current), files, expectedGid, this.fs);
       } catch (err) {
         throw this.failure(`comparing with the current version ${current}`, err);
       }
@@ -234,21 +238,21 @@ export class AtomicWriter {
   private async swapInNewVersion(files: readonly FileSpec[], gid: number | undefined): Promise<string> {
     const dir = this.targetDir;
     const version = await this.createVersionDir(files, gid);
-    const tmpLink = path.join(dir, DATA_TMP_LINK_NAME);
+    const tmpLink = inDir(dir, DATA_TMP_LINK_NAME);
     try {
-      await fs.symlink(version, tmpLink);
+      await this.fs.symlink(version, tmpLink);
     } catch (err) {
-      await removeQuietly(path.join(dir, version));
+      await removeQuietly(inDir(dir, version), this.fs);
       throw this.failure(`linking ${DATA_TMP_LINK_NAME} to the new version`, err);
     }
     try {
       // rename(2) replaces the old link in one step: a reader resolving ..data
       // sees either the old or the new version, never neither. This is the
       // IN_MOVED_TO ..data event that Envoy reloads on.
-      await fs.rename(tmpLink, path.join(dir, DATA_LINK_NAME));
+      await this.fs.rename(tmpLink, inDir(dir, DATA_LINK_NAME));
     } catch (err) {
-      await removeQuietly(tmpLink);
-      await removeQuietly(path.join(dir, version));
+      await removeQuietly(tmpLink, this.fs);
+      await removeQuietly(inDir(dir, version), this.fs);
       throw this.failure(`renaming ${DATA_TMP_LINK_NAME} to ${DATA_LINK_NAME}`, err);
     }
     return version;
@@ -264,7 +268,7 @@ export class AtomicWriter {
    * goes with the next write's crash-leftover cleanup.
    */
   private async removeVersion(version: string): Promise<boolean> {
-    return fs.rm(path.join(this.targetDir, version), { recursive: true, force: true }).then(
+    return this.fs.removeTree(inDir(this.targetDir, version)).then(
       () => true,
       () => false,
     );
@@ -274,7 +278,7 @@ export class AtomicWriter {
   private async createVersionDir(files: readonly FileSpec[], gid: number | undefined): Promise<string> {
     let versionPath: string;
     try {
-      versionPath = await fs.mkdtemp(path.join(this.targetDir, versionDirPrefix(new Date())));
+      versionPath = await this.fs.mkdtemp(inDir(this.targetDir, versionDirPrefix(new Date())));
     } catch (err) {
       throw this.failure('creating a version directory', err);
     }
@@ -282,21 +286,21 @@ export class AtomicWriter {
     try {
       // mkdtemp makes 0700 and any mode is filtered by the umask; readers in
       // the pod run as another user and need to traverse this directory.
-      await fs.chmod(versionPath, VERSION_DIR_MODE);
+      await this.fs.chmod(versionPath, VERSION_DIR_MODE);
       for (const file of files) {
-        const filePath = path.join(versionPath, file.name);
+        const filePath = inDir(versionPath, file.name);
         // Created with the requested mode (less the umask), so a key is never
         // more open than asked for, not even for a moment.
-        await fs.writeFile(filePath, file.data, { mode: file.mode, flag: 'wx' });
+        await this.fs.writeNewFile(filePath, file.data, file.mode);
         // Group ownership before publication (cert-manager/csi-lib PR #65): a
         // pod must never see a 0640 key that its fsGroup cannot read yet.
-        if (gid !== undefined) await fs.chown(filePath, -1, gid);
+        if (gid !== undefined) await this.fs.chown(filePath, -1, gid);
         // chmod last: the umask may have removed bits at creation, and chown
         // may clear set-id bits; the mode on disk must be exactly the one asked.
-        await fs.chmod(filePath, file.mode);
+        await this.fs.chmod(filePath, file.mode);
       }
     } catch (err) {
-      await removeQuietly(versionPath);
+      await removeQuietly(versionPath, this.fs);
       throw this.failure(`writing files into ${version}`, err);
     }
     return version;
@@ -304,7 +308,7 @@ export class AtomicWriter {
 
   private async listVolumeDir(): Promise<string[]> {
     try {
-      return await fs.readdir(this.targetDir);
+      return await this.fs.readdir(this.targetDir);
     } catch (err) {
       throw this.failure('listing the volume directory', err);
     }
@@ -323,7 +327,7 @@ export class AtomicWriter {
       // Best effort: garbage that cannot go now (something holds it busy) must
       // not stop the volume from receiving new versions; the next write retries.
       // ..data_tmp is the exception, as the swap needs its name.
-      await fs.rm(path.join(dir, entry), { recursive: true, force: true }).catch((err: unknown) => {
+      await this.fs.removeTree(inDir(dir, entry)).catch((err: unknown) => {
         if (entry === DATA_TMP_LINK_NAME) throw this.failure(`removing leftover ${entry}`, err);
       });
     }
@@ -336,11 +340,11 @@ export class AtomicWriter {
   private async syncVisibleLinks(names: readonly string[]): Promise<void> {
     const dir = this.targetDir;
     for (const name of names) {
-      const linkPath = path.join(dir, name);
+      const linkPath = inDir(dir, name);
       const wanted = `${DATA_LINK_NAME}/${name}`;
       let existing: string | null;
       try {
-        existing = await fs.readlink(linkPath);
+        existing = await this.fs.readlink(linkPath);
       } catch (err) {
         const code = errnoCode(err);
         if (code === 'ENOENT') existing = null;
@@ -351,14 +355,14 @@ export class AtomicWriter {
       if (existing === wanted) continue;
       try {
         if (existing === null) {
-          await fs.symlink(wanted, linkPath);
+          await this.fs.symlink(wanted, linkPath);
         } else {
           // Something else sits at the visible name (not normally possible in
           // our own tmpfs). Replace it by rename so the name never vanishes.
-          const tmp = path.join(dir, VISIBLE_TMP_LINK_NAME);
-          await removeQuietly(tmp);
-          await fs.symlink(wanted, tmp);
-          await fs.rename(tmp, linkPath);
+          const tmp = inDir(dir, VISIBLE_TMP_LINK_NAME);
+          await removeQuietly(tmp, this.fs);
+          await this.fs.symlink(wanted, tmp);
+          await this.fs.rename(tmp, linkPath);
         }
       } catch (err) {
         throw this.failure(`creating the visible link ${name} -> ${wanted}`, err);
@@ -368,16 +372,16 @@ export class AtomicWriter {
     const keep = new Set(names);
     for (const entry of await this.listVolumeDir()) {
       if (entry.startsWith('.') || keep.has(entry)) continue;
-      const linkPath = path.join(dir, entry);
+      const linkPath = inDir(dir, entry);
       let target: string;
       try {
-        target = await fs.readlink(linkPath);
+        target = await this.fs.readlink(linkPath);
       } catch {
         continue; // not a symlink: not one of ours, leave it alone
       }
       if (!target.startsWith(`${DATA_LINK_NAME}/`)) continue;
       try {
-        await fs.unlink(linkPath);
+        await this.fs.unlink(linkPath);
       } catch (err) {
         if (errnoCode(err) !== 'ENOENT') throw this.failure(`removing the stale visible link ${entry}`, err);
       }
@@ -418,10 +422,10 @@ function validatePayload(files: readonly FileSpec[], options: WriteOptions): Val
  * version directories. Lets a caller that lost its records recognise a volume
  * of its own before deleting it, and leave anything else alone.
  */
-export async function holdsOnlyWriterFiles(dir: string): Promise<boolean> {
+export async function holdsOnlyWriterFiles(dir: string, fs: WriterFs = threadPoolFs): Promise<boolean> {
   let entries: Dirent[];
   try {
-    entries = await fs.readdir(dir, { withFileTypes: true });
+    entries = await fs.readdirWithTypes(dir);
   } catch {
     return false;
   }
@@ -432,7 +436,7 @@ export async function holdsOnlyWriterFiles(dir: string): Promise<boolean> {
       continue;
     }
     if (!entry.isSymbolicLink()) return false;
-    const target = await fs.readlink(path.join(dir, entry.name)).catch(() => '');
+    const target = await fs.readlink(inDir(dir, entry.name)).catch(() => '');
     if (entry.name === DATA_LINK_NAME || entry.name === DATA_TMP_LINK_NAME || entry.name === VISIBLE_TMP_LINK_NAME) {
       if (!VERSION_DIR_PATTERN.test(target) && !target.startsWith(`${DATA_LINK_NAME}/`)) return false;
       sawVersion ||= entry.name === DATA_LINK_NAME;
@@ -447,10 +451,10 @@ export async function holdsOnlyWriterFiles(dir: string): Promise<boolean> {
  * Reads `..data`. A link that does not name a version directory in this volume
  * is treated as absent, so the next write replaces it instead of getting stuck.
  */
-async function readDataLink(dir: string): Promise<string | null> {
+async function readDataLink(dir: string, fs: WriterFs): Promise<string | null> {
   let target: string;
   try {
-    target = await fs.readlink(path.join(dir, DATA_LINK_NAME));
+    target = await fs.readlink(inDir(dir, DATA_LINK_NAME));
   } catch (err) {
     const code = errnoCode(err);
     if (code === 'ENOENT') return null;
@@ -464,7 +468,7 @@ async function readDataLink(dir: string): Promise<string | null> {
  * True when `versionDir` holds exactly the payload's names, each a regular
  * file with the same bytes, permission bits and (if given) group.
  */
-async function versionMatches(versionDir: string, files: readonly FileSpec[], gid: number | undefined): Promise<boolean> {
+async function versionMatches(versionDir: string, files: readonly FileSpec[], gid: number | undefined, fs: WriterFs): Promise<boolean> {
   let present: string[];
   try {
     present = await fs.readdir(versionDir);
@@ -476,7 +480,7 @@ async function versionMatches(versionDir: string, files: readonly FileSpec[], gi
   const presentSet = new Set(present);
   for (const file of files) {
     if (!presentSet.has(file.name)) return false;
-    const filePath = path.join(versionDir, file.name);
+    const filePath = inDir(versionDir, file.name);
     const stat = await fs.lstat(filePath);
     if (!stat.isFile()) return false;
     if ((stat.mode & 0o7777) !== file.mode) return false;
@@ -495,8 +499,19 @@ function versionDirPrefix(now: Date): string {
   return `..${date}_${time}.`;
 }
 
-async function removeQuietly(target: string): Promise<void> {
-  await fs.rm(target, { recursive: true, force: true }).catch(() => undefined);
+async function removeQuietly(target: string, fs: WriterFs): Promise<void> {
+  await fs.removeTree(target).catch(() => undefined);
+}
+
+/**
+ * `dir/name…` by concatenation: `dir` is absolute and resolved (the
+ * constructor), and every name is a single checked component (a payload name,
+ * a version matching VERSION_DIR_PATTERN or one of our link names), so
+ * path.join's normalising, which a bundle change paid ~40 times per volume,
+ * would change nothing.
+ */
+function inDir(dir: string, ...names: string[]): string {
+  return dir === '/' ? `/${names.join('/')}` : `${dir}/${names.join('/')}`;
 }
 
 function errnoCode(err: unknown): string | undefined {

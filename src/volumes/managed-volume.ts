@@ -13,6 +13,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { AtomicWriter, type FileSpec, type WriteOptions, type WriteResult } from '../fs/atomic-writer.js';
+import { inlineFs, threadPoolFs } from '../fs/writer-fs.js';
 import { DriverError, errorMessage } from '../errors.js';
 import type { LogFields, Logger } from '../observability/logger.js';
 import type { DriverMetrics } from '../observability/metrics.js';
@@ -155,7 +156,9 @@ export class ManagedVolume {
     private readonly deps: ManagedVolumeDeps,
     options: { filesPresent: boolean },
   ) {
-    this.writer = deps.createWriter?.(record.targetPath) ?? new AtomicWriter(record.targetPath);
+    // Our tmpfs is memory: its system calls run inline (writer-fs.ts); a plain
+    // directory on the node's disk keeps the thread pool.
+    this.writer = deps.createWriter?.(record.targetPath) ?? new AtomicWriter(record.targetPath, { fs: record.tmpfs ? inlineFs : threadPoolFs });
     this.clock = deps.clock ?? systemClock;
     const clock = this.clock;
     this.retry = new WriteRetry({ schedule: (callback, delayMs) => clock.schedule(callback, delayMs), ...deps.writeRetry });

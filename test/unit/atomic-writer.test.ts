@@ -2,10 +2,11 @@ import assert from 'node:assert/strict';
 import { watch } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { after, before, test } from 'node:test';
+import { after, before, test, type TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AtomicWriter, holdsOnlyWriterFiles, type FileSpec, type WriteResult } from '../../src/fs/atomic-writer.js';
 import { mountTmpfs, unmount } from '../../src/fs/tmpfs.js';
+import { inlineFs, threadPoolFs, type WriterFs } from '../../src/fs/writer-fs.js';
 import { makeScratchDir, removeScratchDir } from '../support/scratch.js';
 
 const VERSION_DIR = /^\.\.\d{4}_\d{2}_\d{2}_\d{2}_\d{2}_\d{2}\.[A-Za-z0-9]+$/;
@@ -20,6 +21,36 @@ before(async () => {
 after(async () => {
   await removeScratchDir(scratch);
 });
+
+/**
+ * Every test runs twice: with node:fs/promises (a plain directory on the
+ * node's disk) and with the inline calls a volume's tmpfs uses (writer-fs.ts).
+ */
+const FLAVOURS: ReadonlyArray<readonly [string, WriterFs]> = [
+  ['thread pool', threadPoolFs],
+  ['inline', inlineFs],
+];
+/** The flavour of the running test; node:test runs one file's tests one at a time. */
+let writerFs: WriterFs = threadPoolFs;
+
+function newWriter(dir: string): AtomicWriter {
+  return new AtomicWriter(dir, { fs: writerFs });
+}
+
+type TestBody = (t: TestContext) => Promise<void>;
+function writerTest(name: string, ...args: [TestBody] | [{ skip: string | false }, TestBody]): void {
+  const [options, body] = args.length === 1 ? [{}, args[0]] : args;
+  for (const [label, flavour] of FLAVOURS) {
+    test(`${name} [${label}]`, options, async (t) => {
+      writerFs = flavour;
+      try {
+        await body(t);
+      } finally {
+        writerFs = threadPoolFs;
+      }
+    });
+  }
+}
 
 async function freshVolume(): Promise<string> {
   const dir = path.join(scratch, `vol-${++counter}`);
@@ -58,9 +89,9 @@ async function snapshot(dir: string): Promise<Record<string, string>> {
   return out;
 }
 
-test('first write: ..data link, relative visible links, exact modes despite a restrictive umask', async () => {
+writerTest('first write: ..data link, relative visible links, exact modes despite a restrictive umask', async () => {
   const dir = await freshVolume();
-  const writer = new AtomicWriter(dir);
+  const writer = newWriter(dir);
   assert.equal(await writer.currentVersion(), null);
   assert.equal(await writer.readCurrent('svid.pem'), null);
 
@@ -100,9 +131,9 @@ test('first write: ..data link, relative visible links, exact modes despite a re
   );
 });
 
-test('changed content: one rename of ..data, old version removed, visible links untouched', async () => {
+writerTest('changed content: one rename of ..data, old version removed, visible links untouched', async () => {
   const dir = await freshVolume();
-  const writer = new AtomicWriter(dir);
+  const writer = newWriter(dir);
   const first = await writer.write(svidFiles(1));
   const linkInodes = await Promise.all(svidFiles(1).map(async (f) => (await fs.lstat(path.join(dir, f.name))).ino));
 
@@ -133,9 +164,9 @@ test('changed content: one rename of ..data, old version removed, visible links 
   assert.ok(!renamed.some((name) => !name.startsWith('..')), `only reserved names change: ${renamed.join(', ')}`);
 });
 
-test('identical content writes nothing', async () => {
+writerTest('identical content writes nothing', async () => {
   const dir = await freshVolume();
-  const writer = new AtomicWriter(dir);
+  const writer = newWriter(dir);
   const first = await writer.write(svidFiles(1));
   const before = await snapshot(dir);
   await sleep(20); // so a rewrite would show in the mtimes
@@ -145,9 +176,9 @@ test('identical content writes nothing', async () => {
   assert.deepEqual(await snapshot(dir), before, 'inodes, mtimes and links are unchanged');
 });
 
-test('a mode change alone is a change', async () => {
+writerTest('a mode change alone is a change', async () => {
   const dir = await freshVolume();
-  const writer = new AtomicWriter(dir);
+  const writer = newWriter(dir);
   const first = await writer.write(svidFiles(1));
   const files = svidFiles(1).map((f) => (f.name === 'svid_key.pem' ? { ...f, mode: 0o400 } : f));
   const second = await writer.write(files);
@@ -156,9 +187,9 @@ test('a mode change alone is a change', async () => {
   assert.equal((await fs.stat(path.join(dir, 'svid_key.pem'))).mode & 0o7777, 0o400);
 });
 
-test('invalid names reject before anything on disk changes', async () => {
+writerTest('invalid names reject before anything on disk changes', async () => {
   const dir = await freshVolume();
-  const writer = new AtomicWriter(dir);
+  const writer = newWriter(dir);
   await writer.write(svidFiles(1));
   const before = await snapshot(dir);
 
@@ -181,9 +212,9 @@ test('invalid names reject before anything on disk changes', async () => {
   assert.deepEqual(await snapshot(dir), before);
 });
 
-test('duplicate names are rejected', async () => {
+writerTest('duplicate names are rejected', async () => {
   const dir = await freshVolume();
-  const writer = new AtomicWriter(dir);
+  const writer = newWriter(dir);
   const files: FileSpec[] = [
     { name: 'tls.crt', data: Buffer.from('one'), mode: 0o644 },
     { name: 'tls.crt', data: Buffer.from('two'), mode: 0o644 },
@@ -192,12 +223,12 @@ test('duplicate names are rejected', async () => {
   assert.deepEqual(await fs.readdir(dir), [], 'nothing was written');
 });
 
-test(
+writerTest(
   'gid: files are group-owned before the swap and the key can be 0640',
   { skip: process.getuid?.() !== 0 ? 'chown to another group needs root' : false },
   async () => {
     const dir = await freshVolume();
-    const writer = new AtomicWriter(dir);
+    const writer = newWriter(dir);
     const files = svidFiles(1).map((f) => (f.name === 'svid_key.pem' ? { ...f, mode: 0o640 } : f));
     const first = await writer.write(files, { gid: 4242 });
     for (const file of files) {
@@ -217,9 +248,9 @@ test(
   },
 );
 
-test('concurrent writes are serialised: the last payload wins and one version dir remains', async () => {
+writerTest('concurrent writes are serialised: the last payload wins and one version dir remains', async () => {
   const dir = await freshVolume();
-  const writer = new AtomicWriter(dir);
+  const writer = newWriter(dir);
   const pending = Array.from({ length: 20 }, (_, i) => writer.write(svidFiles(i)));
   const results = await Promise.all(pending);
   assert.ok(results.every((r) => r.changed));
@@ -231,9 +262,9 @@ test('concurrent writes are serialised: the last payload wins and one version di
   assert.ok(!(await fs.readdir(dir)).includes('..data_tmp'));
 });
 
-test('a failed write does not block the ones queued behind it', async () => {
+writerTest('a failed write does not block the ones queued behind it', async () => {
   const dir = await freshVolume();
-  const writer = new AtomicWriter(dir);
+  const writer = newWriter(dir);
   await writer.write(svidFiles(1));
   // A visible name occupied by a non-empty directory cannot be replaced by a link.
   await fs.mkdir(path.join(dir, 'blocked'));
@@ -245,9 +276,9 @@ test('a failed write does not block the ones queued behind it', async () => {
   assert.deepEqual(await fs.readFile(path.join(dir, 'svid.pem')), Buffer.from('cert gen=3\n'));
 });
 
-test('crash leftovers (..data_tmp, orphaned version dirs) are cleaned up', async () => {
+writerTest('crash leftovers (..data_tmp, orphaned version dirs) are cleaned up', async () => {
   const dir = await freshVolume();
-  const writer = new AtomicWriter(dir);
+  const writer = newWriter(dir);
   const first = await writer.write(svidFiles(1));
   // As if a previous driver died between mkdtemp and the rename, twice.
   await fs.mkdir(path.join(dir, '..2020_01_01_00_00_00.orphan'));
@@ -256,18 +287,18 @@ test('crash leftovers (..data_tmp, orphaned version dirs) are cleaned up', async
   await fs.symlink('..2020_01_01_00_00_00.orphan', path.join(dir, '..data_tmp'));
 
   // The restarted driver's writer knows nothing of earlier writes: even a no-op write clears them.
-  const same = await new AtomicWriter(dir).write(svidFiles(1));
+  const same = await newWriter(dir).write(svidFiles(1));
   assert.deepEqual(same, { changed: false, version: first.version });
   assert.deepEqual((await fs.readdir(dir)).filter((e) => e.startsWith('..')).sort(), ['..data', first.version].sort());
 
   await fs.mkdir(path.join(dir, '..2020_01_01_00_00_02.again'));
-  const second = await new AtomicWriter(dir).write(svidFiles(2));
+  const second = await newWriter(dir).write(svidFiles(2));
   assert.deepEqual((await fs.readdir(dir)).filter((e) => e.startsWith('..')).sort(), ['..data', second.version].sort());
 });
 
-test('a writer trusts its own last write: the next one neither re-reads nor re-checks it, unless ..data changed behind its back', async () => {
+writerTest('a writer trusts its own last write: the next one neither re-reads nor re-checks it, unless ..data changed behind its back', async () => {
   const dir = await freshVolume();
-  const writer = new AtomicWriter(dir);
+  const writer = newWriter(dir);
   const first = await writer.write(svidFiles(1));
   // Somebody else changes a file of the live version. The only writer of a
   // volume is its driver (the pod's mount is read-only), so the writer does
@@ -275,12 +306,12 @@ test('a writer trusts its own last write: the next one neither re-reads nor re-c
   await fs.writeFile(path.join(dir, first.version, 'svid.pem'), 'tampered');
   assert.deepEqual(await writer.write(svidFiles(1)), { changed: false, version: first.version });
   // A restarted driver compares with the disk and repairs it.
-  const repaired = await new AtomicWriter(dir).write(svidFiles(1));
+  const repaired = await newWriter(dir).write(svidFiles(1));
   assert.equal(repaired.changed, true);
   assert.notEqual(repaired.version, first.version);
 
   // ..data pointing elsewhere than the writer left it: the full path, which compares with the disk.
-  const other = new AtomicWriter(dir);
+  const other = newWriter(dir);
   const second = await other.write(svidFiles(2));
   await fs.symlink(second.version, path.join(dir, '..data_tmp'));
   await fs.rename(path.join(dir, '..data_tmp'), path.join(dir, '..data'));
@@ -290,9 +321,9 @@ test('a writer trusts its own last write: the next one neither re-reads nor re-c
   assert.deepEqual((await fs.readdir(dir)).filter((e) => e.startsWith('..')).sort(), ['..data', second.version].sort(), 'leftovers cleared');
 });
 
-test('a missing visible link is restored even when the content is unchanged (kubernetes#121472)', async () => {
+writerTest('a missing visible link is restored even when the content is unchanged (kubernetes#121472)', async () => {
   const dir = await freshVolume();
-  const writer = new AtomicWriter(dir);
+  const writer = newWriter(dir);
   const first = await writer.write(svidFiles(1));
   await fs.unlink(path.join(dir, 'svid_key.pem'));
   // A wrong link (or a plain file) is repaired too.
@@ -300,15 +331,15 @@ test('a missing visible link is restored even when the content is unchanged (kub
   await fs.symlink(first.version + '/svid.pem', path.join(dir, 'svid.pem'));
 
   // As the restarted driver finds them after a crash between the swap and the links.
-  const again = await new AtomicWriter(dir).write(svidFiles(1));
+  const again = await newWriter(dir).write(svidFiles(1));
   assert.equal(again.changed, false);
   assert.equal(await fs.readlink(path.join(dir, 'svid_key.pem')), '..data/svid_key.pem');
   assert.equal(await fs.readlink(path.join(dir, 'svid.pem')), '..data/svid.pem');
 });
 
-test('a name that leaves the payload loses its visible link', async () => {
+writerTest('a name that leaves the payload loses its visible link', async () => {
   const dir = await freshVolume();
-  const writer = new AtomicWriter(dir);
+  const writer = newWriter(dir);
   await writer.write(svidFiles(1));
   const smaller = svidFiles(2).filter((f) => f.name !== 'svid_bundle.pem');
   const result = await writer.write(smaller);
@@ -323,15 +354,15 @@ test('a name that leaves the payload loses its visible link', async () => {
   assert.deepEqual((await fs.readdir(dir)).filter((e) => !e.startsWith('.')).sort(), ['svid_key.pem', 'tls.crt']);
 });
 
-test('a missing target directory is a clear error', async () => {
-  const writer = new AtomicWriter(path.join(scratch, 'does-not-exist'));
+writerTest('a missing target directory is a clear error', async () => {
+  const writer = newWriter(path.join(scratch, 'does-not-exist'));
   await assert.rejects(writer.write(svidFiles(1)), /checking the volume directory failed: .*ENOENT/);
   assert.throws(() => new AtomicWriter('relative/dir'), /absolute/);
 });
 
-test('holdsOnlyWriterFiles recognises a volume this writer made, and nothing else', async () => {
+writerTest('holdsOnlyWriterFiles recognises a volume this writer made, and nothing else', async () => {
   const written = await freshVolume();
-  await new AtomicWriter(written).write(svidFiles(1));
+  await newWriter(written).write(svidFiles(1));
   assert.equal(await holdsOnlyWriterFiles(written), true, 'a written volume');
 
   // A crash before the first ..data rename leaves only a version directory.
@@ -344,12 +375,12 @@ test('holdsOnlyWriterFiles recognises a volume this writer made, and nothing els
   assert.equal(await holdsOnlyWriterFiles(path.join(scratch, 'missing')), false, 'nor does a missing one');
 
   const extraFile = await freshVolume();
-  await new AtomicWriter(extraFile).write(svidFiles(1));
+  await newWriter(extraFile).write(svidFiles(1));
   await fs.writeFile(path.join(extraFile, 'notes.txt'), 'not ours');
   assert.equal(await holdsOnlyWriterFiles(extraFile), false, 'a file the writer never makes');
 
   const strayLink = await freshVolume();
-  await new AtomicWriter(strayLink).write(svidFiles(1));
+  await newWriter(strayLink).write(svidFiles(1));
   await fs.symlink('/etc/passwd', path.join(strayLink, 'passwd'));
   assert.equal(await holdsOnlyWriterFiles(strayLink), false, 'a link that does not point into ..data');
 
@@ -362,9 +393,9 @@ test('holdsOnlyWriterFiles recognises a volume this writer made, and nothing els
   assert.equal(await holdsOnlyWriterFiles(otherDir), false, 'a directory that is not a version');
 });
 
-test('holds: true only for exactly the current version with every visible link, and never writes', async () => {
+writerTest('holds: true only for exactly the current version with every visible link, and never writes', async () => {
   const dir = await freshVolume();
-  const writer = new AtomicWriter(dir);
+  const writer = newWriter(dir);
   assert.equal(await writer.holds(svidFiles(1)), false, 'nothing written yet');
   const first = await writer.write(svidFiles(1));
   assert.equal(await writer.holds(svidFiles(1)), true);
@@ -382,17 +413,17 @@ test('holds: true only for exactly the current version with every visible link, 
   assert.equal(await writer.currentVersion(), first.version, 'holds never wrote');
 });
 
-test(
+writerTest(
   'an old version that could not be removed is not forgotten: the next write takes the full path and removes it',
   { skip: process.getuid?.() !== 0 ? 'a busy directory needs a mount, which needs root' : false },
   async () => {
     const dir = await freshVolume();
-    const first = await new AtomicWriter(dir).write(svidFiles(1));
+    const first = await newWriter(dir).write(svidFiles(1));
     // Something mounted inside the old version makes its removal fail (EBUSY).
     const busy = path.join(dir, first.version, 'busy');
     await fs.mkdir(busy);
     await mountTmpfs(busy, { sizeBytes: 65536, source: 'atomic-writer-test', mode: 0o755 });
-    const writer = new AtomicWriter(dir); // a restarted driver: the full path
+    const writer = newWriter(dir); // a restarted driver: the full path
     let second;
     try {
       second = await writer.write(svidFiles(2));
