@@ -256,7 +256,8 @@ describe('checkSvid with a memo: an SVID whose own checks passed is re-checked a
   test('the same SVID against a new bundle: the chain and validity are checked again', async () => {
     const memo: LeafCheckMemo = {};
     assert.equal(checkSvid(material(), undefined, memo).ok, true);
-    assert.equal(memo.passed, digestOfLeafMaterial(material()), 'the SVID is remembered');
+    assert.equal(memo.passed?.digest, digestOfLeafMaterial(material()), 'the SVID is remembered');
+    assert.deepEqual(memo.passed?.authority, ca.certDer, 'with the bundle CA that signed it');
     // A bundle change: the same SVID against a bundle that still holds its CA, then one that does not.
     const otherCa = await mintCa({ trustDomain: TD });
     assert.equal(checkSvid(material({ bundle: [otherCa.certDer, ca.certDer] }), undefined, memo).ok, true);
@@ -264,10 +265,23 @@ describe('checkSvid with a memo: an SVID whose own checks passed is re-checked a
     assert.match(failure(checkSvid(material(), new Date(svid.notAfter.getTime() + 1000), memo)), /expired/, 'validity is always checked');
   });
 
-  test('what the memo skips: the checks of the remembered bytes alone (shown with a memo forged for a mismatched key)', () => {
+  test('what the memo skips: the checks of the remembered bytes alone (shown with a memo forged for a mismatched key)', async () => {
     const mismatched = material({ keyDer: other.keyPkcs8Der });
     assert.match(failure(checkSvid(mismatched)), /does not match the leaf/);
-    assert.equal(checkSvid(mismatched, undefined, { passed: digestOfLeafMaterial(mismatched) }).ok, true);
+    const remembered = { spiffeId: SPIFFE_ID, serialNumber: '01', notBefore: svid.notBefore, notAfter: svid.notAfter };
+    const forged = (authority: Buffer): LeafCheckMemo => ({ passed: { digest: digestOfLeafMaterial(mismatched), svid: remembered, authority } });
+    assert.equal(checkSvid(mismatched, undefined, forged(ca.certDer)).ok, true);
+    // ...and the chain's signatures while the bundle holds the remembered CA byte for byte: a
+    // bundle of a CA that did not sign the chain passes with a memo naming that CA...
+    const otherCa = await mintCa({ trustDomain: TD });
+    assert.equal(checkSvid(material({ keyDer: other.keyPkcs8Der, bundle: [otherCa.certDer] }), undefined, forged(otherCa.certDer)).ok, true);
+    // ...and fails in full once the remembered CA is not in the bundle.
+    assert.match(
+      failure(checkSvid(material({ keyDer: other.keyPkcs8Der, bundle: [otherCa.certDer] }), undefined, forged(ca.certDer))),
+      /does not lead to a CA of the trust bundle/,
+    );
+    // The remembered validity is still checked against the clock.
+    assert.match(failure(checkSvid(mismatched, new Date(svid.notAfter.getTime() + 1000), forged(ca.certDer))), /expired/);
   });
 
   test('other bytes, or the same bytes for another SPIFFE ID, are checked in full', () => {
