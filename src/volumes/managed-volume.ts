@@ -120,6 +120,12 @@ export class ManagedVolume {
   private federatedTrustDomains: ReadonlySet<string> = new Set();
   private dirty = false;
   private draining: Promise<void> | undefined;
+  /**
+   * Every write waits for this (start()): a new volume's streams open while
+   * its record is written and its tmpfs mounted, and nothing may be written
+   * before the mount is there. Rejected: the volume never writes.
+   */
+  private writable: Promise<void> = Promise.resolve();
   private closed = false;
   private readonly stateListeners = new Set<() => void>();
   /** The last JWT-SVID fetch failure, cleared by the next success; part of `problem` while no token is held. */
@@ -224,7 +230,12 @@ export class ManagedVolume {
     }
   }
 
-  start(): void {
+  /**
+   * Opens the streams. `writableAfter`: no file is written before it resolves,
+   * and none ever if it rejects (the publish that owns it has failed).
+   */
+  start(options: { writableAfter?: Promise<void> } = {}): void {
+    if (options.writableAfter !== undefined) this.writable = options.writableAfter;
     this.startedAt = this.clock.now();
     this.unsubscribeBundles = this.deps.bundles.subscribe((changed) => {
       if (this.trustDomainId !== undefined && changed.has(this.trustDomainId)) {
@@ -403,8 +414,12 @@ export class ManagedVolume {
   }
 
   private async drain(): Promise<void> {
-    // Yield first so `this.draining` is assigned before the loop can finish.
-    await Promise.resolve();
+    // Also a yield, so `this.draining` is assigned before the loop can finish.
+    try {
+      await this.writable;
+    } catch {
+      return; // not prepared: the publish failed and closes the volume
+    }
     while (this.dirty && !this.closed) {
       this.dirty = false;
       await this.sync();

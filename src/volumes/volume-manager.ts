@@ -238,41 +238,52 @@ export class VolumeManager {
       pod: `${spec.pod.namespace}/${spec.pod.name}`,
       target_path: spec.targetPath,
     });
-    // Metadata first, and only once: a crash after this line leaves a record
-    // that the next start resumes (files written) or cleans up (no files), so
-    // no mount or file is ever orphaned.
-    let stepStartedAt = this.clock.now();
-    try {
-      await this.deps.store.write(record);
-    } catch (err) {
-      throw new DriverError(
-        status.INTERNAL,
-        `cannot publish volume ${spec.volumeId}: recording it in the state directory ${this.deps.store.volumesDir} failed (${errorMessage(err)}). ` +
-          'The driver needs that directory writable (--state-dir, a hostPath in the chart); nothing was mounted and kubelet retries',
-      );
-    }
-    log.debug({ duration_ms: this.msSince(stepStartedAt) }, 'metadata record written');
-    let volume: ManagedVolume | undefined;
-    try {
+    // The SVID stream opens first, so the agent looks up (or signs) the SVID
+    // while the record is written and the tmpfs mounted instead of after: a
+    // publish waits for the longer of the two, not for their sum. The stream
+    // touches nothing on the node, and the volume writes no file before
+    // `prepared` resolves (none at all if it rejects).
+    const volume = this.createVolume(record, false);
+    let recorded = false;
+    const prepared = (async () => {
+      // Metadata before anything on the node, and only once: a crash after
+      // this leaves a record that the next start resumes (files written) or
+      // cleans up (no files), so no mount or file is ever orphaned.
+      let stepStartedAt = this.clock.now();
+      try {
+        await this.deps.store.write(record);
+      } catch (err) {
+        throw new DriverError(
+          status.INTERNAL,
+          `cannot publish volume ${spec.volumeId}: recording it in the state directory ${this.deps.store.volumesDir} failed (${errorMessage(err)}). ` +
+            'The driver needs that directory writable (--state-dir, a hostPath in the chart); nothing was mounted and kubelet retries',
+        );
+      }
+      recorded = true;
+      log.debug({ duration_ms: this.msSince(stepStartedAt) }, 'metadata record written');
       stepStartedAt = this.clock.now();
       await this.deps.storage.prepare(spec.targetPath, record.tmpfs);
       log.debug(
         { tmpfs: record.tmpfs, duration_ms: this.msSince(stepStartedAt) },
         record.tmpfs ? 'target path prepared, tmpfs mounted' : 'target path prepared',
       );
-      volume = this.createVolume(record, false);
-      log.info({ selectors: formatSelectors(volume.selectors) }, 'publishing volume; waiting for the SVID');
-      stepStartedAt = this.clock.now();
-      volume.start();
+    })();
+    log.info({ selectors: formatSelectors(volume.selectors) }, 'publishing volume; waiting for the SVID');
+    const streamStartedAt = this.clock.now();
+    volume.start({ writableAfter: prepared });
+    try {
+      await prepared;
       await volume.waitUntilWritten(this.deps.publishTimeoutMs, signal);
       this.volumes.set(spec.volumeId, volume);
       log.info('volume published');
       log.debug(
-        { duration_ms: this.msSince(startedAt), waited_for_files_ms: this.msSince(stepStartedAt) },
+        { duration_ms: this.msSince(startedAt), waited_for_files_ms: this.msSince(streamStartedAt) },
         'publish complete: the files are on disk',
       );
     } catch (err) {
-      await volume?.close();
+      await volume.close();
+      // A record that could not be written: nothing was created on the node.
+      if (!recorded) throw err;
       try {
         await this.deps.storage.remove(spec.targetPath);
         await this.deps.store.remove(spec.volumeId);

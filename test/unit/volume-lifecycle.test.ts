@@ -217,17 +217,18 @@ describe('publish', () => {
     assert.deepEqual(
       debug.map((e) => [e['msg'], e['duration_ms']]),
       [
+        // The stream opens first: the agent answers while the record is written and the tmpfs mounted.
+        ['SVID stream opened; waiting for the SPIRE agent', undefined],
         ['metadata record written', 0],
         ['target path prepared, tmpfs mounted', 7],
-        ['SVID stream opened; waiting for the SPIRE agent', undefined],
-        ['first SVID response received from the SPIRE agent', 100],
+        ['first SVID response received from the SPIRE agent', 107],
         ['syncing the volume files with the newest material', undefined],
         ['SVID checked', 0],
         ['volume files written', 3],
         ['publish complete: the files are on disk', 110],
       ],
     );
-    const [record, prepared, opened, first, , checked, written, complete] = debug;
+    const [opened, record, prepared, first, , checked, written, complete] = debug;
     for (const entry of [record, prepared, complete]) {
       assert.equal(entry?.['target_path'], spec.targetPath);
       assert.equal(entry?.['pod'], 'default/app-1');
@@ -239,7 +240,7 @@ describe('publish', () => {
     assert.equal(String(checked?.['serial']).toLowerCase(), svid(0).serialHex);
     assert.equal(typeof checked?.['expires_at'], 'string');
     assert.equal(written?.['version'], '..v1');
-    assert.equal(complete?.['waited_for_files_ms'], 103, 'from the stream opening (7 ms) to the files (110 ms)');
+    assert.equal(complete?.['waited_for_files_ms'], 110, 'from the stream opening (0 ms) to the files (110 ms)');
 
     // The info lines stay what they were, interleaved at their places.
     assert.deepEqual(
@@ -348,7 +349,7 @@ describe('publish', () => {
     }
   });
 
-  it('a metadata write that fails refuses the publish INTERNAL with nothing mounted and nothing asked of the agent', async () => {
+  it('a metadata write that fails refuses the publish INTERNAL with nothing mounted or written, and its stream cancelled', async () => {
     const w = new World();
     const spec = podSpec(3);
     w.store.failWrites = new Error('EROFS: read-only file system, open');
@@ -361,7 +362,49 @@ describe('publish', () => {
         'The driver needs that directory writable (--state-dir, a hostPath in the chart); nothing was mounted and kubelet retries',
     );
     assert.deepEqual(w.storage.calls, []);
-    assert.deepEqual(w.agent.svidCalls, []);
+    assert.equal(w.agent.svidCalls.length, 1, 'the stream opened with the publish');
+    assert.ok(
+      w.agent.svidCalls.every((c) => c.cancelled),
+      'and is cancelled with it',
+    );
+    await w.close();
+  });
+
+  it('an SVID that arrives before the tmpfs is mounted is written only once it is', async () => {
+    const w = new World();
+    const spec = podSpec(4);
+    let mount!: () => void;
+    w.storage.onPrepare = () => new Promise<void>((resolve) => (mount = resolve));
+    const call = w.publish(spec);
+    await settle();
+    w.sendBundle();
+    w.sendSvids(spec, svid(0));
+    await settle();
+    assert.deepEqual(w.storage.written(spec.targetPath), [], 'nothing written into the unmounted directory');
+    assert.equal(call.settled, false, 'the publish waits for the mount');
+    mount();
+    await settle();
+    assertSucceeded(call);
+    assert.equal(w.storage.written(spec.targetPath).length, 1);
+    await w.close();
+  });
+
+  it('a failed mount writes nothing, even with the SVID already there, and removes the record', async () => {
+    const w = new World();
+    const spec = podSpec(5);
+    let fail!: () => void;
+    w.storage.onPrepare = () => new Promise<void>((_, reject) => (fail = () => reject(new DriverError(status.INTERNAL, 'mount failed'))));
+    const call = w.publish(spec);
+    await settle();
+    w.sendBundle();
+    w.sendSvids(spec, svid(0));
+    await settle();
+    fail();
+    await settle();
+    assertFailedWith(call, status.INTERNAL, 'mount failed');
+    assert.deepEqual(w.storage.written(spec.targetPath), []);
+    assert.deepEqual(w.store.recordIds(), []);
+    assert.ok(w.agent.svidCalls.every((c) => c.cancelled));
     await w.close();
   });
 });
