@@ -19,7 +19,7 @@ import { makeScratchDir, removeScratchDir } from './scratch.js';
 export const NODE_NAME = 'node-a';
 
 /** The V8 flags the image runs the driver with (the Dockerfile's ENTRYPOINT); child-process drivers use them too. */
-export const DRIVER_NODE_FLAGS = ['--max-semi-space-size=1', '--jitless', '--no-expose-wasm', '--expose-gc'];
+export const DRIVER_NODE_FLAGS = ['--max-semi-space-size=1', '--optimize-for-size', '--jitless', '--no-expose-wasm', '--expose-gc'];
 
 export function runningAsRoot(): boolean {
   return process.getuid?.() === 0;
