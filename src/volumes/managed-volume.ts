@@ -414,11 +414,19 @@ export class ManagedVolume {
   }
 
   private async drain(): Promise<void> {
-    // Also a yield, so `this.draining` is assigned before the loop can finish.
+    // Through the event loop first (which also lets `this.draining` be
+    // assigned before the loop can finish): a bundle change wakes every
+    // volume at once, and the writes to a tmpfs make their system calls
+    // inline (writer-fs.ts), so without this hop they would all run in one
+    // microtask flush and hold off CSI calls and agent messages until the last.
+    await new Promise<void>((resolve) => setImmediate(resolve));
     try {
       await this.writable;
     } catch {
-      return; // not prepared: the publish failed and closes the volume
+      // Not prepared: the publish failed and closes the volume. Nothing is
+      // pending any more, or the loop in scheduleSync would spin until then.
+      this.dirty = false;
+      return;
     }
     while (this.dirty && !this.closed) {
       this.dirty = false;
