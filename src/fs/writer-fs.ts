@@ -4,7 +4,9 @@ import fs from 'node:fs/promises';
 
 /**
  * The file-system calls of the AtomicWriter, in two flavours with the same
- * results and the same errors (the `code` of the failing system call).
+ * results; a failure rejects in both, with the failing call's `code` (the
+ * writer acts on ENOENT and EINVAL from readlink and readdir, which are
+ * single system calls either way, and on removeTree only as failed or not).
  *
  * `threadPoolFs` is node:fs/promises: every call goes to libuv's thread pool,
  * which is right for a directory on the node's disk, where a call may wait on
@@ -16,8 +18,9 @@ import fs from 'node:fs/promises';
  * a hand-off, a wake-up and a promise (and, for writeFile, a FileHandle with its
  * open/write/close trips). A trust-bundle change rewrites every volume of the
  * node at once, and with `--jitless` that overhead was most of its CPU time
- * (README "Benchmarks"). One volume's write is ~20 calls, so the loop is never
- * held for longer than a fraction of a millisecond at a time.
+ * (README "Benchmarks"). One volume's write is ~20 calls, a fraction of a
+ * millisecond; ManagedVolume gives each volume's write a turn of the event
+ * loop of its own (volumes/event-loop-turns.ts).
  */
 export interface WriterFs {
   stat(target: string): Promise<Stats>;

@@ -14,6 +14,7 @@ import path from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { AtomicWriter, type FileSpec, type WriteOptions, type WriteResult } from '../fs/atomic-writer.js';
 import { inlineFs, threadPoolFs } from '../fs/writer-fs.js';
+import { nextEventLoopTurn } from './event-loop-turns.js';
 import { DriverError, errorMessage } from '../errors.js';
 import type { LogFields, Logger } from '../observability/logger.js';
 import type { DriverMetrics } from '../observability/metrics.js';
@@ -414,12 +415,11 @@ export class ManagedVolume {
   }
 
   private async drain(): Promise<void> {
-    // Through the event loop first (which also lets `this.draining` be
-    // assigned before the loop can finish): a bundle change wakes every
-    // volume at once, and the writes to a tmpfs make their system calls
-    // inline (writer-fs.ts), so without this hop they would all run in one
-    // microtask flush and hold off CSI calls and agent messages until the last.
-    await new Promise<void>((resolve) => setImmediate(resolve));
+    // A turn of the event loop of its own (event-loop-turns.ts), which also
+    // lets `this.draining` be assigned before the loop can finish: a bundle
+    // change wakes every volume at once, and CSI calls and agent messages
+    // must get in between their writes.
+    await nextEventLoopTurn();
     try {
       await this.writable;
     } catch {

@@ -268,10 +268,13 @@ export class VolumeManager {
         record.tmpfs ? 'target path prepared, tmpfs mounted' : 'target path prepared',
       );
     })();
+    // Settled below in every case; this only keeps a start() that throws from
+    // leaving the rejection unhandled.
+    prepared.catch(() => undefined);
     log.info({ selectors: formatSelectors(volume.selectors) }, 'publishing volume; waiting for the SVID');
     const streamStartedAt = this.clock.now();
-    volume.start({ writableAfter: prepared });
     try {
+      volume.start({ writableAfter: prepared });
       await prepared;
       await volume.waitUntilWritten(this.deps.publishTimeoutMs, signal);
       this.volumes.set(spec.volumeId, volume);
@@ -282,6 +285,9 @@ export class VolumeManager {
       );
     } catch (err) {
       await volume.close();
+      // Wait for the record and the mount to finish either way, so the
+      // cleanup below does not race them.
+      await prepared.catch(() => undefined);
       // A record that could not be written: nothing was created on the node.
       if (!recorded) throw err;
       try {

@@ -62,9 +62,12 @@ export function checkSvid(material: SvidMaterial, now: Date = new Date(), memo?:
     return { ok: false, reason: `a trust bundle certificate does not parse: ${errorMessage(err)}` };
   }
 
-  if (remembered !== undefined && material.bundle.some((der) => der.equals(remembered.authority))) {
+  const sameAuthority = remembered === undefined ? undefined : material.bundle.find((der) => der.equals(remembered.authority));
+  if (remembered !== undefined && sameAuthority !== undefined) {
     // The same chain bytes and the same authority bytes as a check that
     // passed: the signatures verify as they did. Only the time has moved on.
+    // The current bundle's buffer is kept, so an old bundle is not held alive.
+    remembered.authority = sameAuthority;
     const problem = describeValidityProblem(remembered.svid.notBefore, remembered.svid.notAfter, now);
     return problem === undefined ? { ok: true, svid: remembered.svid } : { ok: false, reason: problem };
   }

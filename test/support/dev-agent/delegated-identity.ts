@@ -257,6 +257,11 @@ export class DelegatedIdentityService {
     }
   }
 
+  /** Sends every SVID stream its current SVIDs again, unchanged, as a bundle change does (F6). */
+  resendSvids(): void {
+    for (const subscriber of this.svidSubscribers) this.deliverSvids(subscriber);
+  }
+
   /** Sends the held bundles to every open bundle stream, changed or not. */
   resendBundles(): void {
     for (const subscriber of this.bundleSubscribers) this.writeBundles(subscriber);

@@ -258,6 +258,12 @@ export class DevAgent {
     this.service.resendBundles();
   }
 
+  /** Every SVID stream gets its current SVIDs again, byte for byte. */
+  resendSvids(): void {
+    this.assertOpen();
+    this.service.resendSvids();
+  }
+
   /** Stops for good; leaves no timer or handle behind, so node:test can exit. */
   async close(): Promise<void> {
     this.closed = true;
