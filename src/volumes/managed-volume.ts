@@ -14,7 +14,6 @@ import path from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { AtomicWriter, type FileSpec, type WriteOptions, type WriteResult } from '../fs/atomic-writer.js';
 import { inlineFs, threadPoolFs } from '../fs/writer-fs.js';
-import { nextEventLoopTurn } from './event-loop-turns.js';
 import { DriverError, errorMessage } from '../errors.js';
 import type { LogFields, Logger } from '../observability/logger.js';
 import type { DriverMetrics } from '../observability/metrics.js';
@@ -415,11 +414,8 @@ export class ManagedVolume {
   }
 
   private async drain(): Promise<void> {
-    // A turn of the event loop of its own (event-loop-turns.ts), which also
-    // lets `this.draining` be assigned before the loop can finish: a bundle
-    // change wakes every volume at once, and CSI calls and agent messages
-    // must get in between their writes.
-    await nextEventLoopTurn();
+    // Yield first so `this.draining` is assigned before the loop can finish.
+    await Promise.resolve();
     try {
       await this.writable;
     } catch {
