@@ -123,6 +123,34 @@ describe('write and read back', () => {
     assert.deepEqual(await fs.readdir(store.volumesDir), [`${a.volumeId}.json`]);
   });
 
+  test('a write that fails leaves the old record and no temp file behind', async () => {
+    const a = record(UID_A);
+    // A non-empty directory where the record goes: rename(2) refuses to replace it.
+    await fs.mkdir(path.join(store.pathOf(a.volumeId), 'inside'), { recursive: true });
+    await assert.rejects(store.write(a), (err: NodeJS.ErrnoException) => ['EISDIR', 'ENOTEMPTY', 'EEXIST'].includes(err.code ?? ''));
+    assert.deepEqual(await fs.readdir(store.volumesDir), [`${a.volumeId}.json`]);
+    assert.deepEqual(await fs.readdir(store.pathOf(a.volumeId)), ['inside']);
+  });
+
+  test('a symbolic link in place of a record is replaced, never written through', async () => {
+    const a = record(UID_A);
+    const outside = path.join(stateDir, 'outside.txt');
+    await fs.writeFile(outside, 'untouched');
+    await fs.symlink(outside, store.pathOf(a.volumeId));
+    await store.write(a);
+    assert.equal(await fs.readFile(outside, 'utf8'), 'untouched');
+    assert.ok((await fs.lstat(store.pathOf(a.volumeId))).isFile());
+    assert.deepEqual(await store.read(a.volumeId), a);
+  });
+
+  test('concurrent writes of different records each land whole', async () => {
+    const uids = Array.from({ length: 20 }, (_, i) => `00000000-0000-4000-8000-${String(i).padStart(12, '0')}`);
+    const records = uids.map((uid) => record(uid));
+    await Promise.all(records.map((r) => store.write(r)));
+    for (const r of records) assert.deepEqual(await store.read(r.volumeId), r);
+    assert.equal((await fs.readdir(store.volumesDir)).length, records.length);
+  });
+
   test('read of an unknown volume is undefined', async () => {
     assert.equal(await store.read(volumeIdFor(UID_C, 'svid')), undefined);
   });
@@ -388,10 +416,10 @@ describe('loadAll quarantines bad files, never failing the others (invariant 6)'
     assert.equal(loaded.quarantined.length, 1);
   });
 
-  test('leftover write-file-atomic temp files are removed, not loaded or quarantined', async () => {
+  test('temp files a crash left (ours, and those of write-file-atomic in older versions) are removed, not loaded or quarantined', async () => {
     const a = record(UID_A);
     await store.write(a);
-    const tempNames = [`${a.volumeId}.json.1234567890`, `${volumeIdFor(UID_B, 'svid')}.json.3f2a9b1c`];
+    const tempNames = [`${a.volumeId}.json.1234567890`, `${volumeIdFor(UID_B, 'svid')}.json.3f2a9b1c`, `${a.volumeId}.json.4242-7.tmp`];
     for (const name of tempNames) await fs.writeFile(path.join(store.volumesDir, name), '{"partial":');
     const loaded = await store.loadAll();
     assert.deepEqual(loaded.records, [a]);
