@@ -1,21 +1,24 @@
 /**
  * The one gRPC connection to the SPIRE agent's admin socket, shared by the
- * node-wide bundle stream and every volume's SVID stream.
+ * node-wide bundle stream and every volume's SVID stream. The calls go through
+ * the driver's own HTTP/2 gRPC client (h2-grpc-client.ts), which holds a third
+ * of grpc-js's memory per open stream.
  *
  * When the agent restarts it deletes and re-creates its socket file
  * (https://github.com/spiffe/spire/blob/v1.15.3/pkg/agent/api/endpoints_posix.go).
- * grpc-js would find the new socket
- * only after its own reconnect backoff (up to minutes), so the socket's
+ * A client would find the new socket
+ * only after its reconnect backoff, so the socket's
  * directory is watched (chokidar) and, when the socket appears again, the
  * client is replaced and every stream is told to reconnect at once.
  */
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import path from 'node:path';
-import * as grpc from '@grpc/grpc-js';
 import { watch, type FSWatcher } from 'chokidar';
 import { errorMessage } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
+import { DRIVER_VERSION } from '../version.js';
+import { H2GrpcClient, type CallError, type CallStatus, type GrpcMethod } from './h2-grpc-client.js';
 import {
   delegatedIdentityService,
   type FetchJwtSvidsRequest,
@@ -27,22 +30,22 @@ import {
 } from './messages.js';
 
 /**
- * What a ResilientStream uses of one server-streaming call: grpc-js's
- * ClientReadableStream in production, a hand-driven fake in the unit tests
- * (test/support/fakes/fake-agent.ts). grpc-js emits 'error' for a status other
- * than OK, then 'status' in every case.
+ * What a ResilientStream uses of one server-streaming call: H2GrpcClient's
+ * call in production, a hand-driven fake in the unit tests
+ * (test/support/fakes/fake-agent.ts). 'error' for a status other than OK,
+ * then 'status' in every case, as grpc-js reports them.
  */
 export interface AgentStreamCall<T> {
   on(event: 'data', listener: (message: T) => void): unknown;
-  on(event: 'error', listener: (err: grpc.ServiceError) => void): unknown;
-  on(event: 'status', listener: (status: grpc.StatusObject) => void): unknown;
+  on(event: 'error', listener: (err: CallError) => void): unknown;
+  on(event: 'status', listener: (status: CallStatus) => void): unknown;
   cancel(): void;
 }
 
 export interface DelegatedIdentityClient {
   subscribeToX509Svids(request: SubscribeToX509SvidsRequest): AgentStreamCall<SubscribeToX509SvidsResponse>;
   subscribeToX509Bundles(): AgentStreamCall<SubscribeToX509BundlesResponse>;
-  /** Unary; rejects with the grpc-js ServiceError. */
+  /** Unary; rejects with a CallError. */
   fetchJwtSvids(request: FetchJwtSvidsRequest, deadlineMs: number): Promise<FetchJwtSvidsResponse>;
   subscribeToJwtBundles(): AgentStreamCall<SubscribeToJwtBundlesResponse>;
 }
@@ -63,15 +66,34 @@ export interface AgentStreamConnection {
   off(event: 'socket-ready', listener: () => void): unknown;
 }
 
-interface GeneratedDelegatedIdentityClient extends grpc.Client {
-  SubscribeToX509SVIDs(request: SubscribeToX509SvidsRequest): grpc.ClientReadableStream<SubscribeToX509SvidsResponse>;
-  SubscribeToX509Bundles(request: Record<string, never>): grpc.ClientReadableStream<SubscribeToX509BundlesResponse>;
-  FetchJWTSVIDs(
-    request: FetchJwtSvidsRequest,
-    options: grpc.CallOptions,
-    callback: (err: grpc.ServiceError | null, response?: FetchJwtSvidsResponse) => void,
-  ): grpc.ClientUnaryCall;
-  SubscribeToJWTBundles(request: Record<string, never>): grpc.ClientReadableStream<SubscribeToJwtBundlesResponse>;
+interface DelegatedIdentityMethods {
+  subscribeToX509Svids: GrpcMethod<SubscribeToX509SvidsRequest, SubscribeToX509SvidsResponse>;
+  subscribeToX509Bundles: GrpcMethod<Record<string, never>, SubscribeToX509BundlesResponse>;
+  fetchJwtSvids: GrpcMethod<FetchJwtSvidsRequest, FetchJwtSvidsResponse>;
+  subscribeToJwtBundles: GrpcMethod<Record<string, never>, SubscribeToJwtBundlesResponse>;
+}
+
+let methods: DelegatedIdentityMethods | undefined;
+
+/** The four methods' paths and protobuf codecs, from the .proto (loaded once). */
+function delegatedIdentityMethods(): DelegatedIdentityMethods {
+  const service = delegatedIdentityService().service;
+  const method = <Request, Response>(name: string): GrpcMethod<Request, Response> => {
+    const definition = service[name];
+    if (definition === undefined) throw new Error(`the Delegated Identity proto has no method ${name}`);
+    return {
+      path: definition.path,
+      serialize: (request) => definition.requestSerialize(request),
+      deserialize: (bytes) => definition.responseDeserialize(bytes) as Response,
+    };
+  };
+  methods ??= {
+    subscribeToX509Svids: method('SubscribeToX509SVIDs'),
+    subscribeToX509Bundles: method('SubscribeToX509Bundles'),
+    fetchJwtSvids: method('FetchJWTSVIDs'),
+    subscribeToJwtBundles: method('SubscribeToJWTBundles'),
+  };
+  return methods;
 }
 
 export interface AgentConnectionOptions {
@@ -84,7 +106,7 @@ const SOCKET_EVENT_SETTLE_MS = 50;
 
 /** Events: 'socket-ready' — the admin socket (re)appeared; streams should reconnect now. */
 export class AgentConnection extends EventEmitter implements AgentStreamConnection {
-  private generated: GeneratedDelegatedIdentityClient;
+  private h2: H2GrpcClient;
   private watcher: FSWatcher | undefined;
   private closed = false;
   private settleTimer: NodeJS.Timeout | undefined;
@@ -94,7 +116,7 @@ export class AgentConnection extends EventEmitter implements AgentStreamConnecti
   constructor(private readonly options: AgentConnectionOptions) {
     super();
     this.setMaxListeners(0); // one listener per live volume stream
-    this.generated = this.createClient();
+    this.h2 = this.createClient();
   }
 
   get socketPath(): string {
@@ -110,19 +132,14 @@ export class AgentConnection extends EventEmitter implements AgentStreamConnecti
   }
 
   client(): DelegatedIdentityClient {
-    const generated = this.generated;
+    const h2 = this.h2;
+    const m = delegatedIdentityMethods();
     return {
-      subscribeToX509Svids: (request) => generated.SubscribeToX509SVIDs(request),
-      subscribeToX509Bundles: () => generated.SubscribeToX509Bundles({}),
-      fetchJwtSvids: (request, deadlineMs) =>
-        new Promise((resolve, reject) => {
-          // Unary, unlike the streams: a deadline, so a hung agent fails the fetch and its retry takes over.
-          generated.FetchJWTSVIDs(request, { deadline: Date.now() + deadlineMs }, (err, response) => {
-            if (err) reject(err);
-            else resolve(response ?? { svids: [] });
-          });
-        }),
-      subscribeToJwtBundles: () => generated.SubscribeToJWTBundles({}),
+      subscribeToX509Svids: (request) => h2.serverStream(m.subscribeToX509Svids, request),
+      subscribeToX509Bundles: () => h2.serverStream(m.subscribeToX509Bundles, {}),
+      // Unary, unlike the streams: a deadline, so a hung agent fails the fetch and its retry takes over.
+      fetchJwtSvids: (request, deadlineMs) => h2.unary(m.fetchJwtSvids, request, deadlineMs),
+      subscribeToJwtBundles: () => h2.serverStream(m.subscribeToJwtBundles, {}),
     };
   }
 
@@ -167,33 +184,25 @@ export class AgentConnection extends EventEmitter implements AgentStreamConnecti
     this.closed = true;
     clearTimeout(this.settleTimer);
     await this.watcher?.close();
-    this.generated.close();
+    this.h2.close();
   }
 
   private onSocketAppeared(): void {
     if (this.closed) return;
     this.options.logger.info({ socket: this.options.socketPath }, 'SPIRE agent admin socket appeared; reconnecting streams');
-    const previous = this.generated;
-    this.generated = this.createClient();
+    const previous = this.h2;
+    this.h2 = this.createClient();
     this.generation += 1;
     previous.close();
     this.emit('socket-ready');
   }
 
-  private createClient(): GeneratedDelegatedIdentityClient {
-    const Constructor = delegatedIdentityService();
-    return new Constructor(`unix:${this.options.socketPath}`, grpc.credentials.createInsecure(), {
-      'grpc.max_receive_message_length': this.options.maxReceiveMessageBytes,
-      // grpc-go servers without a keepalive policy (SPIRE's admin API) answer
-      // pings more frequent than every 5 minutes with GOAWAY too_many_pings.
-      'grpc.keepalive_time_ms': 5 * 60 * 1000,
-      'grpc.keepalive_timeout_ms': 20 * 1000,
-      'grpc.keepalive_permit_without_calls': 0,
-      // A fresh client must get a fresh connection: the global subchannel pool
-      // would hand back the old one, still waiting out its reconnect backoff.
-      'grpc.use_local_subchannel_pool': 1,
-      'grpc.initial_reconnect_backoff_ms': 500,
-      'grpc.max_reconnect_backoff_ms': 5000,
-    }) as unknown as GeneratedDelegatedIdentityClient;
+  /** A fresh client: a new connection, and none of the old one's reconnect backoff. */
+  private createClient(): H2GrpcClient {
+    return new H2GrpcClient({
+      socketPath: this.options.socketPath,
+      maxReceiveMessageBytes: this.options.maxReceiveMessageBytes,
+      userAgent: `spire-csi-driver/${DRIVER_VERSION}`,
+    });
   }
 }

@@ -13,6 +13,7 @@ import type { DriverMetrics } from '../observability/metrics.js';
 import type { AgentStreamCall, AgentStreamConnection, DelegatedIdentityClient } from './agent-connection.js';
 import { describeStreamFailure, type StreamFailure } from './agent-errors.js';
 import { Backoff } from './backoff.js';
+import type { CallError, CallStatus } from './h2-grpc-client.js';
 
 /**
  * Time as the lifecycle sees it: the timers that decide behaviour (stream
@@ -98,11 +99,11 @@ export class ResilientStream<T> {
       this.lastFailure = undefined;
       this.options.onMessage(message);
     });
-    call.on('error', (err: grpc.ServiceError) => {
+    call.on('error', (err: CallError) => {
       if (this.call !== call) return;
       this.failed({ code: err.code, details: err.details || err.message, socketMissing: !this.options.connection.socketExists() });
     });
-    call.on('status', (result: grpc.StatusObject) => {
+    call.on('status', (result: CallStatus) => {
       // A stream the agent ends with OK (it never should) is re-opened too.
       if (this.call !== call || result.code !== grpc.status.OK) return;
       this.failed({ code: grpc.status.UNAVAILABLE, details: 'the agent ended the stream', socketMissing: false });

@@ -1,0 +1,548 @@
+/**
+ * The driver's gRPC client for the SPIRE agent's admin socket: gRPC's wire
+ * protocol (https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md)
+ * spoken directly over one node:http2 session on the unix socket, for the
+ * four calls of the Delegated Identity API.
+ *
+ * Why not grpc-js's client: memory. Every volume holds one SubscribeToX509SVIDs
+ * stream for its whole life, and grpc-js builds six call objects per stream
+ * (resolving, retrying, load-balancing, subchannel, the stream wrapper and a
+ * filter stack), each with its listener closures, a captured caller stack and
+ * the serialized request; its decoder keeps a one-byte slice of the socket read
+ * that delivered the last message, which pins that whole read buffer. Measured
+ * with 500 open streams against one server: ~15-16 KiB of RSS per stream with
+ * grpc-js, ~5-7 KiB here (README "Benchmarks"). grpc-js still serves the CSI
+ * socket (src/csi/grpc-server.ts).
+ *
+ * What it does, as grpc-js did for these calls:
+ * - One connection, opened on first use and again after it is lost; while a
+ *   connect has just failed, calls fail at once (UNAVAILABLE, with the connect
+ *   error) for a backoff of 0.5 s doubling to 5 s, instead of each of 500
+ *   volume streams dialling the socket. AgentConnection replaces the whole
+ *   client when the socket file re-appears, which skips that backoff.
+ * - Keepalive: a PING every 5 minutes while calls are open (SPIRE's grpc-go
+ *   server sends GOAWAY too_many_pings to clients that ping more often), and
+ *   the connection is dropped if the answer takes over 20 s, so a hung agent
+ *   fails the streams and their re-open takes over.
+ * - A GOAWAY lets open calls finish on the old connection; new calls open a
+ *   new one.
+ * - Status: grpc-status/grpc-message from the trailers (or a trailers-only
+ *   response); otherwise from the HTTP status or the RST_STREAM code, mapped as
+ *   https://github.com/grpc/grpc/blob/master/doc/http-grpc-status-mapping.md
+ *   says; a lost connection is UNAVAILABLE.
+ * - Messages over --max-message-size fail the call with RESOURCE_EXHAUSTED;
+ *   compressed ones (never asked for: no grpc-accept-encoding is sent) with
+ *   INTERNAL.
+ * - Each message is copied out of the socket's buffers before it is decoded,
+ *   so the Buffers a decoded message holds (the key, the certificates) pin
+ *   nothing else.
+ */
+import http2 from 'node:http2';
+import net from 'node:net';
+import { status } from '@grpc/grpc-js';
+
+/** The outcome of a call, as gRPC reports it. */
+export interface CallStatus {
+  code: status;
+  details: string;
+}
+
+/** A call that did not end OK; `message` reads like grpc-js's ("14 UNAVAILABLE: ..."). */
+export interface CallError extends Error {
+  code: status;
+  details: string;
+}
+
+/** One method: its HTTP/2 path and the protobuf (de)serializers from proto-loader. */
+export interface GrpcMethod<Request, Response> {
+  path: string;
+  serialize(request: Request): Buffer;
+  deserialize(bytes: Buffer): Response;
+}
+
+/**
+ * One server-streaming call. 'data' per message; when it ends, 'error' (a
+ * CallError, unless it ended OK) and then 'status', as grpc-js's
+ * ClientReadableStream reports them.
+ */
+export interface ServerStreamCall<Response> {
+  on(event: 'data', listener: (message: Response) => void): unknown;
+  on(event: 'error', listener: (err: CallError) => void): unknown;
+  on(event: 'status', listener: (result: CallStatus) => void): unknown;
+  cancel(): void;
+}
+
+export interface H2GrpcClientOptions {
+  socketPath: string;
+  /** Largest message accepted; a larger one fails the call with RESOURCE_EXHAUSTED. */
+  maxReceiveMessageBytes: number;
+  /** Sent as user-agent. */
+  userAgent: string;
+  /** Default 5 minutes. */
+  keepaliveIntervalMs?: number;
+  /** Default 20 s. */
+  keepaliveTimeoutMs?: number;
+  /** Default 500 ms, doubling to reconnectBackoffMaxMs. */
+  reconnectBackoffInitialMs?: number;
+  /** Default 5 s. */
+  reconnectBackoffMaxMs?: number;
+}
+
+export function callError(code: status, details: string): CallError {
+  return Object.assign(new Error(`${code} ${status[code] ?? 'UNKNOWN'}: ${details}`), { code, details });
+}
+
+const GRPC_HEADER_BYTES = 5;
+
+/** https://github.com/grpc/grpc/blob/master/doc/http-grpc-status-mapping.md */
+function codeForHttpStatus(httpStatus: number): status {
+  switch (httpStatus) {
+    case 400:
+      return status.INTERNAL;
+    case 401:
+      return status.UNAUTHENTICATED;
+    case 403:
+      return status.PERMISSION_DENIED;
+    case 404:
+      return status.UNIMPLEMENTED;
+    case 429:
+    case 502:
+    case 503:
+    case 504:
+      return status.UNAVAILABLE;
+    default:
+      return status.UNKNOWN;
+  }
+}
+
+/** The status an RST_STREAM without gRPC trailers means (the same table). */
+function statusForReset(rstCode: number): CallStatus {
+  const c = http2.constants;
+  switch (rstCode) {
+    case c.NGHTTP2_REFUSED_STREAM:
+      return { code: status.UNAVAILABLE, details: 'the agent refused the stream' };
+    case c.NGHTTP2_CANCEL:
+      return { code: status.CANCELLED, details: 'the agent cancelled the call' };
+    case c.NGHTTP2_ENHANCE_YOUR_CALM:
+      return { code: status.RESOURCE_EXHAUSTED, details: 'the agent reset the stream: ENHANCE_YOUR_CALM' };
+    case c.NGHTTP2_INADEQUATE_SECURITY:
+      return { code: status.PERMISSION_DENIED, details: 'the agent reset the stream: INADEQUATE_SECURITY' };
+    default:
+      return { code: status.INTERNAL, details: `the call ended without a gRPC status (RST_STREAM code ${rstCode})` };
+  }
+}
+
+function decodeGrpcMessage(raw: string | string[] | undefined): string {
+  const value = Array.isArray(raw) ? raw.join(',') : (raw ?? '');
+  try {
+    return decodeURIComponent(value);
+  } catch {
+    return value;
+  }
+}
+
+/** grpc-status and grpc-message of a header block, or undefined when it carries none. */
+function statusFromHeaders(headers: http2.IncomingHttpHeaders): CallStatus | undefined {
+  const raw = headers['grpc-status'];
+  if (raw === undefined) return undefined;
+  const code = Number(Array.isArray(raw) ? raw[0] : raw);
+  const details = decodeGrpcMessage(headers['grpc-message']);
+  if (!Number.isInteger(code) || code < 0 || code > 16) {
+    return { code: status.UNKNOWN, details: `the agent sent an invalid grpc-status "${String(raw)}"${details ? `: ${details}` : ''}` };
+  }
+  return { code, details };
+}
+
+type Listener = (value: never) => void;
+
+/** The call a stream belongs to, found by the shared stream handlers below (no closures per call). */
+const CALL = Symbol('grpcCall');
+type CallStream = http2.ClientHttp2Stream & { [CALL]?: Call<unknown> };
+
+function onStreamResponse(this: CallStream, headers: http2.IncomingHttpHeaders): void {
+  this[CALL]?.onResponse(headers);
+}
+function onStreamData(this: CallStream, chunk: Buffer): void {
+  this[CALL]?.onData(chunk);
+}
+function onStreamTrailers(this: CallStream, trailers: http2.IncomingHttpHeaders): void {
+  this[CALL]?.onTrailers(trailers);
+}
+function onStreamError(this: CallStream, err: Error): void {
+  this[CALL]?.onStreamError(err);
+}
+function onStreamClose(this: CallStream): void {
+  const call = this[CALL];
+  delete this[CALL];
+  call?.onClose(this.rstCode);
+}
+
+class Call<Response> implements ServerStreamCall<Response> {
+  private dataListeners: Listener[] | undefined;
+  private errorListeners: Listener[] | undefined;
+  private statusListeners: Listener[] | undefined;
+  /** Received bytes not yet making a whole message. */
+  private pending: Buffer[] = [];
+  private pendingBytes = 0;
+  /** The status to report: from the agent's trailers, or decided here (cancel, a bad message). */
+  private finalStatus: CallStatus | undefined;
+  private streamError: Error | undefined;
+  private ended = false;
+
+  constructor(
+    private readonly method: GrpcMethod<never, Response>,
+    private readonly maxMessageBytes: number,
+    private stream: CallStream | undefined,
+    private readonly connection: Connection | undefined,
+  ) {}
+
+  on(event: 'data' | 'error' | 'status', listener: (value: never) => void): this {
+    if (event === 'data') (this.dataListeners ??= []).push(listener);
+    else if (event === 'error') (this.errorListeners ??= []).push(listener);
+    else (this.statusListeners ??= []).push(listener);
+    return this;
+  }
+
+  cancel(): void {
+    if (this.ended || this.finalStatus !== undefined) return;
+    this.finalStatus = { code: status.CANCELLED, details: 'Cancelled on client' };
+    this.closeStream(http2.constants.NGHTTP2_CANCEL);
+  }
+
+  /** Fails the call before or without a stream (no connection, a request that cannot be sent). */
+  failNow(result: CallStatus): void {
+    this.finalStatus ??= result;
+    if (this.stream === undefined) queueMicrotask(() => this.finish());
+    else this.closeStream(http2.constants.NGHTTP2_CANCEL);
+  }
+
+  onResponse(headers: http2.IncomingHttpHeaders): void {
+    const httpStatus = Number(headers[':status']);
+    if (httpStatus !== 200) {
+      this.finalStatus ??= { code: codeForHttpStatus(httpStatus), details: `the agent answered HTTP status ${httpStatus}` };
+      return;
+    }
+    // A trailers-only response (the agent failed the call at once) carries its status here.
+    const trailersOnly = statusFromHeaders(headers);
+    if (trailersOnly !== undefined) {
+      this.finalStatus ??= trailersOnly;
+      return;
+    }
+    const contentType = String(headers['content-type'] ?? '');
+    if (!contentType.startsWith('application/grpc')) {
+      this.failNow({ code: status.UNKNOWN, details: `the agent answered with content-type "${contentType}", not application/grpc` });
+    }
+  }
+
+  onTrailers(trailers: http2.IncomingHttpHeaders): void {
+    this.finalStatus ??= statusFromHeaders(trailers) ?? { code: status.UNKNOWN, details: 'the agent ended the call without a grpc-status' };
+  }
+
+  onStreamError(err: Error): void {
+    this.streamError ??= err;
+  }
+
+  onData(chunk: Buffer): void {
+    if (this.finalStatus !== undefined) return;
+    this.pending.push(chunk);
+    this.pendingBytes += chunk.length;
+    while (this.pendingBytes >= GRPC_HEADER_BYTES && this.finalStatus === undefined) {
+      const header = this.peekHeader();
+      const compressed = header[0] !== 0;
+      const length = header.readUInt32BE(1);
+      if (length > this.maxMessageBytes) {
+        this.failNow({
+          code: status.RESOURCE_EXHAUSTED,
+          details: `the agent sent a ${length}-byte message, over the ${this.maxMessageBytes}-byte limit (--max-message-size)`,
+        });
+        return;
+      }
+      if (compressed) {
+        this.failNow({ code: status.INTERNAL, details: 'the agent sent a compressed message, which the driver never asked for' });
+        return;
+      }
+      if (this.pendingBytes < GRPC_HEADER_BYTES + length) return;
+      const bytes = this.take(length);
+      let message: Response;
+      try {
+        message = this.method.deserialize(bytes);
+      } catch (err) {
+        this.failNow({ code: status.INTERNAL, details: `the agent sent a message that does not decode: ${(err as Error).message}` });
+        return;
+      }
+      for (const listener of this.dataListeners ?? []) (listener as (m: Response) => void)(message);
+    }
+  }
+
+  onClose(rstCode: number): void {
+    this.stream = undefined;
+    this.finish(rstCode);
+  }
+
+  private finish(rstCode?: number): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.connection?.callEnded();
+    this.pending = [];
+    const result = this.finalStatus ?? this.lostStatus(rstCode);
+    if (result.code !== status.OK) {
+      const err = callError(result.code, result.details);
+      for (const listener of this.errorListeners ?? []) (listener as (e: CallError) => void)(err);
+    }
+    for (const listener of this.statusListeners ?? []) (listener as (s: CallStatus) => void)(result);
+    this.dataListeners = this.errorListeners = this.statusListeners = undefined;
+  }
+
+  /** A stream that closed without a status: the connection went, or the agent reset it. */
+  private lostStatus(rstCode: number | undefined): CallStatus {
+    if (this.connection?.gone()) {
+      const why = this.connection.lostBecause ?? (this.streamError ? `the connection to the agent failed: ${this.streamError.message}` : undefined);
+      return { code: status.UNAVAILABLE, details: why ?? 'the connection to the agent closed' };
+    }
+    if (rstCode !== undefined && rstCode !== http2.constants.NGHTTP2_NO_ERROR) return statusForReset(rstCode);
+    if (this.streamError !== undefined) return { code: status.UNAVAILABLE, details: `the call to the agent failed: ${this.streamError.message}` };
+    return { code: status.INTERNAL, details: 'the agent ended the call without a gRPC status' };
+  }
+
+  private closeStream(code: number): void {
+    const stream = this.stream;
+    if (stream === undefined) return;
+    if (!stream.closed && !stream.destroyed) stream.close(code);
+  }
+
+  /** The 5-byte gRPC message header at the front of the pending bytes. */
+  private peekHeader(): Buffer {
+    const first = this.pending[0] as Buffer;
+    if (first.length >= GRPC_HEADER_BYTES) return first;
+    this.pending = [Buffer.concat(this.pending, this.pendingBytes)];
+    return this.pending[0] as Buffer;
+  }
+
+  /** Removes one framed message from the pending bytes and returns its payload, copied into its own memory. */
+  private take(length: number): Buffer {
+    const message = Buffer.allocUnsafeSlow(length);
+    let offset = 0; // bytes of the framed message (header included) consumed so far
+    let remaining = GRPC_HEADER_BYTES + length;
+    while (remaining > 0) {
+      const chunk = this.pending[0] as Buffer;
+      const n = Math.min(chunk.length, remaining);
+      const payloadFrom = Math.max(0, GRPC_HEADER_BYTES - offset);
+      if (payloadFrom < n) chunk.copy(message, offset + payloadFrom - GRPC_HEADER_BYTES, payloadFrom, n);
+      offset += n;
+      remaining -= n;
+      if (n === chunk.length) this.pending.shift();
+      else this.pending[0] = chunk.subarray(n); // the start of the next message
+    }
+    this.pendingBytes -= GRPC_HEADER_BYTES + length;
+    return message;
+  }
+}
+
+/** One HTTP/2 session to the agent and its keepalive. */
+class Connection {
+  readonly session: http2.ClientHttp2Session;
+  private openCalls = 0;
+  /** Why the connection went, when known: calls that end without a status on it report this. */
+  lostBecause: string | undefined;
+  private goingAway = false;
+  private keepaliveTimer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly options: Required<H2GrpcClientOptions>,
+    private readonly onConnectFailure: (reason: string) => void,
+    private readonly onConnected: () => void,
+  ) {
+    const session = http2.connect('http://localhost', {
+      createConnection: () => net.connect(options.socketPath),
+      // The agent's grpc-go server announces no stream limit; node would assume 100 until its SETTINGS
+      // arrive, and every volume's stream is open for as long as the volume lives.
+      peerMaxConcurrentStreams: 2 ** 31 - 1,
+      // Node's default (10 MB) counts every open stream's buffers; grpc-js lifts it too.
+      maxSessionMemory: Number.MAX_SAFE_INTEGER,
+    });
+    this.session = session;
+    let connected = false;
+    session.once('connect', () => {
+      connected = true;
+      this.onConnected();
+    });
+    session.on('error', (err: Error) => {
+      this.lostBecause ??= connected ? `the connection to the agent failed: ${err.message}` : err.message;
+      if (!connected) this.onConnectFailure(err.message);
+    });
+    session.on('goaway', (errorCode: number) => {
+      this.goingAway = true;
+      this.lostBecause ??= `the agent closed the connection (GOAWAY code ${errorCode})`;
+    });
+    session.on('close', () => {
+      this.lostBecause ??= 'the connection to the agent closed';
+      this.stopKeepalive();
+    });
+    // The driver's own servers keep the process alive; this connection should not.
+    session.unref();
+  }
+
+  /** True while new calls may go on this connection. */
+  usable(): boolean {
+    return !this.gone() && this.lostBecause === undefined;
+  }
+
+  /** True once the connection is closed, destroyed or told to go away. */
+  gone(): boolean {
+    return this.session.destroyed || this.session.closed || this.goingAway;
+  }
+
+  callStarted(): void {
+    this.openCalls += 1;
+    if (this.keepaliveTimer === undefined) {
+      this.keepaliveTimer = setInterval(() => this.ping(), this.options.keepaliveIntervalMs);
+      this.keepaliveTimer.unref();
+    }
+  }
+
+  callEnded(): void {
+    this.openCalls -= 1;
+    if (this.openCalls === 0) this.stopKeepalive();
+  }
+
+  close(): void {
+    this.stopKeepalive();
+    if (!this.session.closed && !this.session.destroyed) this.session.close();
+  }
+
+  private ping(): void {
+    if (!this.usable()) return;
+    const timeout = setTimeout(() => {
+      this.lostBecause ??= `the agent did not answer a keepalive ping within ${this.options.keepaliveTimeoutMs} ms`;
+      this.session.destroy();
+    }, this.options.keepaliveTimeoutMs);
+    timeout.unref();
+    try {
+      this.session.ping(() => clearTimeout(timeout));
+    } catch {
+      clearTimeout(timeout);
+    }
+  }
+
+  private stopKeepalive(): void {
+    clearInterval(this.keepaliveTimer);
+    this.keepaliveTimer = undefined;
+  }
+}
+
+export class H2GrpcClient {
+  private readonly options: Required<H2GrpcClientOptions>;
+  private connection: Connection | undefined;
+  /** After a failed connect: calls fail at once until this time (performance.now()), with `connectFailure`. */
+  private failFastUntil = 0;
+  private connectFailure = '';
+  private backoffMs: number;
+  private closed = false;
+
+  constructor(options: H2GrpcClientOptions) {
+    this.options = {
+      keepaliveIntervalMs: 5 * 60 * 1000,
+      keepaliveTimeoutMs: 20 * 1000,
+      reconnectBackoffInitialMs: 500,
+      reconnectBackoffMaxMs: 5000,
+      ...options,
+    };
+    this.backoffMs = this.options.reconnectBackoffInitialMs;
+  }
+
+  serverStream<Request, Response>(method: GrpcMethod<Request, Response>, request: Request, deadlineMs?: number): ServerStreamCall<Response> {
+    const typed = method as unknown as GrpcMethod<never, Response>;
+    if (this.closed) return this.failed(typed, { code: status.UNAVAILABLE, details: 'the agent client is closed' });
+    if (performance.now() < this.failFastUntil) {
+      return this.failed(typed, { code: status.UNAVAILABLE, details: `cannot reach the agent: ${this.connectFailure}` });
+    }
+    const connection = this.usableConnection();
+    let body: Buffer;
+    try {
+      const payload = method.serialize(request);
+      body = Buffer.allocUnsafe(GRPC_HEADER_BYTES + payload.length);
+      body[0] = 0;
+      body.writeUInt32BE(payload.length, 1);
+      payload.copy(body, GRPC_HEADER_BYTES);
+    } catch (err) {
+      return this.failed(typed, { code: status.INTERNAL, details: `the request does not serialize: ${(err as Error).message}` });
+    }
+    const headers: http2.OutgoingHttpHeaders = {
+      ':method': 'POST',
+      ':path': method.path,
+      'content-type': 'application/grpc',
+      te: 'trailers',
+      'user-agent': this.options.userAgent,
+    };
+    if (deadlineMs !== undefined) headers['grpc-timeout'] = `${Math.max(1, Math.ceil(deadlineMs))}m`;
+    let stream: CallStream;
+    try {
+      stream = connection.session.request(headers, { endStream: false });
+    } catch (err) {
+      return this.failed(typed, { code: status.UNAVAILABLE, details: `cannot open a call to the agent: ${(err as Error).message}` });
+    }
+    const call = new Call<Response>(typed, this.options.maxReceiveMessageBytes, stream, connection);
+    connection.callStarted();
+    stream[CALL] = call;
+    stream.on('response', onStreamResponse);
+    stream.on('data', onStreamData);
+    stream.on('trailers', onStreamTrailers);
+    stream.on('error', onStreamError);
+    stream.on('close', onStreamClose);
+    stream.end(body);
+    if (deadlineMs !== undefined) {
+      const timer = setTimeout(() => call.failNow({ code: status.DEADLINE_EXCEEDED, details: `no answer from the agent within ${deadlineMs} ms` }), deadlineMs);
+      timer.unref();
+      call.on('status', () => clearTimeout(timer));
+    }
+    return call;
+  }
+
+  /** A unary call: resolves with the one response, or rejects with a CallError. */
+  unary<Request, Response>(method: GrpcMethod<Request, Response>, request: Request, deadlineMs: number): Promise<Response> {
+    return new Promise((resolve, reject) => {
+      let response: Response | undefined;
+      const call = this.serverStream(method, request, deadlineMs);
+      call.on('data', (message) => {
+        response = message;
+      });
+      call.on('status', (result) => {
+        if (result.code !== status.OK) reject(callError(result.code, result.details));
+        else if (response === undefined) reject(callError(status.INTERNAL, 'the agent ended the call without a response'));
+        else resolve(response);
+      });
+    });
+  }
+
+  /** New calls fail; the open ones finish on the current connection. */
+  close(): void {
+    this.closed = true;
+    this.connection?.close();
+    this.connection = undefined;
+  }
+
+  private usableConnection(): Connection {
+    if (this.connection?.usable()) return this.connection;
+    this.connection?.close();
+    const connection = new Connection(
+      this.options,
+      (reason) => {
+        this.connectFailure = reason;
+        this.failFastUntil = performance.now() + this.backoffMs;
+        this.backoffMs = Math.min(this.backoffMs * 2, this.options.reconnectBackoffMaxMs);
+      },
+      () => {
+        this.backoffMs = this.options.reconnectBackoffInitialMs;
+        this.failFastUntil = 0;
+      },
+    );
+    this.connection = connection;
+    return connection;
+  }
+
+  private failed<Response>(method: GrpcMethod<never, Response>, result: CallStatus): ServerStreamCall<Response> {
+    const call = new Call<Response>(method, this.options.maxReceiveMessageBytes, undefined, undefined);
+    call.failNow(result);
+    return call;
+  }
+}
