@@ -5,7 +5,8 @@
  */
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { z } from 'zod';
+import * as z from 'zod/mini';
+import { convertedString } from './validation.js';
 
 /**
  * Default of --max-volumes. Every volume costs the driver memory for as long as
@@ -45,7 +46,7 @@ interface OptionSpec {
    * undefined only for a required option that is missing) into its Config
    * value. Every problem is reported through `say`, which names the option.
    */
-  schema: (say: Say, context: ParseContext) => z.ZodType;
+  schema: (say: Say, context: ParseContext) => z.ZodMiniType;
   /** Config objects built by hand (the test harnesses) may leave the field out. */
   optionalInConfig?: true;
 }
@@ -66,15 +67,14 @@ export const OPTIONS = {
     default: 'unix:///csi/csi.sock',
     help: 'CSI gRPC endpoint: unix:///path/to/csi.sock (a stale socket file is replaced).',
     schema: (say) =>
-      z.string().transform((value, ctx) => {
+      convertedString((value, fail) => {
         const socketPath = value.startsWith('unix://')
           ? value.slice('unix://'.length)
           : value.startsWith('unix:')
             ? value.slice('unix:'.length)
             : value;
         if (!path.isAbsolute(socketPath)) {
-          ctx.addIssue({ code: 'custom', message: say(`must be unix:///absolute/path.sock, got "${value}"`) });
-          return z.NEVER;
+          return fail(say(`must be unix:///absolute/path.sock, got "${value}"`));
         }
         return path.normalize(socketPath);
       }),
@@ -88,7 +88,7 @@ export const OPTIONS = {
     schema: (say) =>
       z
         .string({ error: say('is required; in a DaemonSet set NODE_NAME from fieldRef spec.nodeName') })
-        .regex(/^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/, { error: say('must be a Kubernetes node name (lowercase RFC 1123 subdomain)') }),
+        .check(z.regex(/^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/, { error: say('must be a Kubernetes node name (lowercase RFC 1123 subdomain)') })),
   },
   driverName: {
     config: 'driverName',
@@ -97,9 +97,11 @@ export const OPTIONS = {
     default: 'csi.spire.io',
     help: 'CSI driver name reported by GetPluginInfo; must match the CSIDriver object.',
     schema: (say) =>
-      z.string().regex(/^[a-zA-Z][A-Za-z0-9.\-_]{0,61}[a-zA-Z]$/, {
-        error: say('must be a CSI driver name: 2-63 characters, letters at both ends, then letters, digits, ".", "-", "_"'),
-      }),
+      z.string().check(
+        z.regex(/^[a-zA-Z][A-Za-z0-9.\-_]{0,61}[a-zA-Z]$/, {
+          error: say('must be a CSI driver name: 2-63 characters, letters at both ends, then letters, digits, ".", "-", "_"'),
+        }),
+      ),
   },
   adminSocket: {
     config: 'agentAdminSocketPath',
@@ -108,10 +110,10 @@ export const OPTIONS = {
     default: '/run/spire/agent/sockets/csi.spiffe.io/admin/admin.sock',
     help: 'SPIRE agent admin socket (Delegated Identity API). The default is where the SPIRE Helm chart puts it on the host with sockets.admin.enabled and sockets.admin.mountOnHost; mount that directory at the same path.',
     schema: (say) =>
-      z
-        .string()
-        .refine((value) => path.isAbsolute(value), { error: say('must be an absolute path') })
-        .transform((value) => path.normalize(value)),
+      z.pipe(
+        z.string().check(z.refine((value: string) => path.isAbsolute(value), { error: say('must be an absolute path') })),
+        z.transform((value: string) => path.normalize(value)),
+      ),
   },
   stateDir: {
     config: 'stateDir',
@@ -120,15 +122,17 @@ export const OPTIONS = {
     default: '/var/lib/spire-csi-driver',
     help: 'Directory for per-volume metadata (one JSON file per volume). Must survive driver restarts and must not be under /tmp or /var/tmp.',
     schema: (say) =>
-      z
-        .string()
-        .refine((value) => path.isAbsolute(value), { error: say('must be an absolute path') })
-        .refine((value) => !/^\/(var\/)?tmp(\/|$)/.test(path.normalize(value)), {
-          error: say(
-            'must not be under /tmp or /var/tmp: systemd-tmpfiles cleans those and the driver would forget live volumes (cert-manager/csi-lib#18); use e.g. /var/lib/spire-csi-driver',
-          ),
-        })
-        .transform((value) => path.normalize(value)),
+      z.pipe(
+        z.string().check(
+          z.refine((value: string) => path.isAbsolute(value), { error: say('must be an absolute path') }),
+          z.refine((value: string) => !/^\/(var\/)?tmp(\/|$)/.test(path.normalize(value)), {
+            error: say(
+              'must not be under /tmp or /var/tmp: systemd-tmpfiles cleans those and the driver would forget live volumes (cert-manager/csi-lib#18); use e.g. /var/lib/spire-csi-driver',
+            ),
+          }),
+        ),
+        z.transform((value: string) => path.normalize(value)),
+      ),
   },
   kubeletRootDir: {
     config: 'kubeletRootDir',
@@ -137,10 +141,10 @@ export const OPTIONS = {
     default: '/var/lib/kubelet',
     help: "kubelet's root directory; target paths must be <root>/pods/<uid>/volumes/kubernetes.io~csi/<name>/mount.",
     schema: (say) =>
-      z
-        .string()
-        .refine((value) => path.isAbsolute(value), { error: say('must be an absolute path') })
-        .transform((value) => path.normalize(value).replace(/\/+$/, '') || '/'),
+      z.pipe(
+        z.string().check(z.refine((value: string) => path.isAbsolute(value), { error: say('must be an absolute path') })),
+        z.transform((value: string) => path.normalize(value).replace(/\/+$/, '') || '/'),
+      ),
   },
   publishTimeout: {
     config: 'publishTimeoutMs',
@@ -149,11 +153,10 @@ export const OPTIONS = {
     default: '60s',
     help: "How long NodePublishVolume waits for the first SVID and bundle (e.g. 60s, 1m30s). Must stay below kubelet's 2m call timeout.",
     schema: (say) =>
-      z.string().transform((value, ctx) => {
+      convertedString((value, fail) => {
         const ms = parseDuration(value);
         if (ms === undefined || ms <= 0 || ms >= KUBELET_CALL_TIMEOUT_MS) {
-          ctx.addIssue({ code: 'custom', message: say(`must be a duration above 0 and below kubelet's 2m call timeout (e.g. 60s), got "${value}"`) });
-          return z.NEVER;
+          return fail(say(`must be a duration above 0 and below kubelet's 2m call timeout (e.g. 60s), got "${value}"`));
         }
         return ms;
       }),
@@ -166,9 +169,10 @@ export const OPTIONS = {
     default: 'auto',
     help: 'Mount a size-limited nosuid,nodev,noexec tmpfs per volume: true, false or auto (true when running as root).',
     schema: (say, context) =>
-      z
-        .enum(['true', 'false', 'auto'], { error: say('must be true, false or auto') })
-        .transform((value) => (value === 'auto' ? context.runningAsRoot : value === 'true')),
+      z.pipe(
+        z.enum(['true', 'false', 'auto'], { error: say('must be true, false or auto') }),
+        z.transform((value: 'true' | 'false' | 'auto') => (value === 'auto' ? context.runningAsRoot : value === 'true')),
+      ),
   },
   tmpfsSize: {
     config: 'tmpfsSizeBytes',
@@ -195,13 +199,12 @@ export const OPTIONS = {
     default: '',
     help: 'Serve Prometheus metrics on host:port (e.g. :9402); empty disables.',
     schema: (say) =>
-      z.string().transform((value, ctx): { host: string; port: number } | undefined => {
+      convertedString((value, fail): { host: string; port: number } | undefined => {
         if (value === '') return undefined;
         const match = /^(|[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):(\d{1,5})$/.exec(value);
         const port = match ? Number(match[2]) : NaN;
         if (!match || port < 1 || port > 65535) {
-          ctx.addIssue({ code: 'custom', message: say(`must be host:port or :port, got "${value}"`) });
-          return z.NEVER;
+          return fail(say(`must be host:port or :port, got "${value}"`));
         }
         return { host: match[1] === '' ? '0.0.0.0' : (match[1] as string).replace(/^\[(.*)\]$/, '$1'), port };
       }),
@@ -227,15 +230,11 @@ export const OPTIONS = {
     default: String(DEFAULT_MAX_VOLUMES),
     help: 'Most volumes this node serves at once, at least 1; reported to kubelet as max_volumes_per_node. NodePublishVolume beyond it (live volumes plus those being published) fails with RESOURCE_EXHAUSTED until one is unpublished. Each volume costs memory: raise the memory limit with it.',
     schema: (say) =>
-      z.string().transform((value, ctx) => {
+      convertedString((value, fail) => {
         const trimmed = value.trim();
         const count = /^\d+$/.test(trimmed) ? Number(trimmed) : NaN;
         if (!Number.isSafeInteger(count) || count < 1) {
-          ctx.addIssue({
-            code: 'custom',
-            message: say(`must be a whole number of volumes, at least 1 (e.g. ${DEFAULT_MAX_VOLUMES}), got "${value}"`),
-          });
-          return z.NEVER;
+          return fail(say(`must be a whole number of volumes, at least 1 (e.g. ${DEFAULT_MAX_VOLUMES}), got "${value}"`));
         }
         return count;
       }),
@@ -294,11 +293,10 @@ export function parseSize(text: string): number | undefined {
 
 /** A size of at least `minimumBytes`; `refusal` words the problem with the text given. */
 function sizeSchema(say: Say, minimumBytes: number, refusal: (value: string) => string) {
-  return z.string().transform((value, ctx) => {
+  return convertedString((value, fail) => {
     const bytes = parseSize(value);
     if (bytes === undefined || bytes < minimumBytes) {
-      ctx.addIssue({ code: 'custom', message: say(refusal(value)) });
-      return z.NEVER;
+      return fail(say(refusal(value)));
     }
     return bytes;
   });
@@ -329,7 +327,7 @@ export function parseCommandLine(argv: readonly string[], env: NodeJS.ProcessEnv
 
   const specs = Object.entries(OPTIONS) as [OptionKey, OptionSpec][];
   const raw: Record<string, string | undefined> = {};
-  const shape: Record<string, z.ZodType> = {};
+  const shape: Record<string, z.ZodMiniType> = {};
   for (const [key, spec] of specs) {
     const fromFlag = parsed.values[spec.flag];
     raw[key] = typeof fromFlag === 'string' ? fromFlag : (env[spec.env] ?? spec.default);

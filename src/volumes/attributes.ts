@@ -7,7 +7,8 @@
  * built only from kubelet's pod info. Unknown keys are rejected so that a typo
  * fails the mount loudly instead of being ignored.
  */
-import { z } from 'zod';
+import * as z from 'zod/mini';
+import { convertedString } from '../validation.js';
 import { invalidArgument } from '../errors.js';
 import { describeFileNameProblem } from '../fs/file-names.js';
 import {
@@ -101,64 +102,60 @@ export const DEFAULT_PKCS12_PASSWORD = 'changeit';
  */
 const pkcs12PasswordSchema = z
   .string()
-  .min(1, { error: `must not be empty (leave the attribute out for the default "${DEFAULT_PKCS12_PASSWORD}")` })
-  .max(128, { error: 'must be at most 128 characters' })
-  .regex(/^[\x20-\x7e]*$/, { error: 'must be printable ASCII (letters, digits, punctuation, space)' });
+  .check(
+    z.minLength(1, { error: `must not be empty (leave the attribute out for the default "${DEFAULT_PKCS12_PASSWORD}")` }),
+    z.maxLength(128, { error: 'must be at most 128 characters' }),
+    z.regex(/^[\x20-\x7e]*$/, { error: 'must be printable ASCII (letters, digits, punctuation, space)' }),
+  );
 
 /** Attributes whose value a message must not repeat (it would land in kubelet's pod events). */
 const UNECHOED_ATTRIBUTES = new Set(['pkcs12-password']);
 
-const fileName = z.string().superRefine((name, ctx) => {
-  const problem = describeFileNameProblem(name);
-  if (problem) ctx.addIssue({ code: 'custom', message: problem });
-});
+const fileName = z.string().check(
+  z.superRefine((name: string, ctx) => {
+    const problem = describeFileNameProblem(name);
+    if (problem) ctx.addIssue({ code: 'custom', message: problem });
+  }),
+);
 
 /** Kubernetes allows fsGroup 0; 4294967295 is (gid_t)-1, "leave unchanged" to chown(2). */
 export const fsGroupSchema = z
-  .string()
-  .regex(/^\d{1,10}$/, { error: 'must be a decimal group id' })
-  .transform(Number)
-  .refine((gid) => gid <= 4294967294, { error: 'must be between 0 and 4294967294' });
+  .pipe(z.string().check(z.regex(/^\d{1,10}$/, { error: 'must be a decimal group id' })), z.transform(Number))
+  .check(z.refine((gid: number) => gid <= 4294967294, { error: 'must be between 0 and 4294967294' }));
 
-const spiffeIdSchema = z
-  .string()
-  .max(2048)
+const spiffeIdSchema = z.string().check(
+  z.maxLength(2048),
   // Path segments are [A-Za-z0-9._-]+ but never "." or ".." (SPIFFE ID spec).
-  .regex(/^spiffe:\/\/[a-z0-9._-]+(\/(?!\.\.?(\/|$))[A-Za-z0-9._-]+)*$/, {
+  z.regex(/^spiffe:\/\/[a-z0-9._-]+(\/(?!\.\.?(\/|$))[A-Za-z0-9._-]+)*$/, {
     error: 'must be a SPIFFE ID such as spiffe://example.org/ns/default/sa/app',
-  });
+  }),
+);
 
-const attributeSchema = z
-  .object({
-    // No defaults here: an absent name comes from csi.spire.io/layout.
-    'cert-file': fileName.optional(),
-    'key-file': fileName.optional(),
-    'bundle-file': fileName.optional(),
-    'credential-bundle-file': fileName.optional(),
-    'pkcs12-file': fileName.optional(),
-    'pkcs12-password': pkcs12PasswordSchema.optional(),
-    layout: z.enum(LAYOUT_NAMES, { error: `must be one of ${LAYOUT_NAMES.join(', ')}` }).default(DEFAULT_LAYOUT),
-    'fs-group': fsGroupSchema.optional(),
-    'spiffe-id': spiffeIdSchema.optional(),
-    hint: z.string().min(1, { error: 'must not be empty' }).max(1024).optional(),
-    'federated-bundles': z
-      .enum(FEDERATED_BUNDLE_MODES, { error: `must be one of ${FEDERATED_BUNDLE_MODES.join(', ')}` })
-      .default(DEFAULT_FEDERATED_BUNDLE_MODE),
-    'combined-bundle-file': fileName.optional(),
-    'jwt-audiences': z
-      .string()
-      .transform((value, ctx) => {
-        const parsed = parseJwtAudiences(value);
-        if ('problem' in parsed) {
-          ctx.addIssue({ code: 'custom', message: parsed.problem });
-          return z.NEVER;
-        }
-        return parsed.svids;
-      })
-      .optional(),
-    'jwt-bundle-file': fileName.optional(),
-  })
-  .strict();
+const attributeSchema = z.strictObject({
+  // No defaults here: an absent name comes from csi.spire.io/layout.
+  'cert-file': z.optional(fileName),
+  'key-file': z.optional(fileName),
+  'bundle-file': z.optional(fileName),
+  'credential-bundle-file': z.optional(fileName),
+  'pkcs12-file': z.optional(fileName),
+  'pkcs12-password': z.optional(pkcs12PasswordSchema),
+  layout: z._default(z.enum(LAYOUT_NAMES, { error: `must be one of ${LAYOUT_NAMES.join(', ')}` }), DEFAULT_LAYOUT),
+  'fs-group': z.optional(fsGroupSchema),
+  'spiffe-id': z.optional(spiffeIdSchema),
+  hint: z.optional(z.string().check(z.minLength(1, { error: 'must not be empty' }), z.maxLength(1024))),
+  'federated-bundles': z._default(
+    z.enum(FEDERATED_BUNDLE_MODES, { error: `must be one of ${FEDERATED_BUNDLE_MODES.join(', ')}` }),
+    DEFAULT_FEDERATED_BUNDLE_MODE,
+  ),
+  'combined-bundle-file': z.optional(fileName),
+  'jwt-audiences': z.optional(
+    convertedString((value, fail) => {
+      const parsed = parseJwtAudiences(value);
+      return 'problem' in parsed ? fail(parsed.problem) : parsed.svids;
+    }),
+  ),
+  'jwt-bundle-file': z.optional(fileName),
+});
 
 export const SUPPORTED_ATTRIBUTES = Object.keys(attributeSchema.shape).map((key) => ATTRIBUTE_PREFIX + key);
 

@@ -21,7 +21,8 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import writeFileAtomic from 'write-file-atomic';
-import { z } from 'zod';
+import * as z from 'zod/mini';
+import '../validation.js';
 import { errorMessage } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 
@@ -34,16 +35,20 @@ const VOLUME_ID = /^csi-[0-9a-f]{64}$/;
 /** The only record version this driver writes and resumes. */
 const RECORD_VERSION = 1;
 
+function nonEmpty() {
+  return z.string().check(z.minLength(1));
+}
+
 const volumeRecordFields = {
   version: z.literal(RECORD_VERSION),
-  volumeId: z.string().regex(VOLUME_ID),
-  targetPath: z.string().startsWith('/'),
-  volumeName: z.string().min(1),
+  volumeId: z.string().check(z.regex(VOLUME_ID)),
+  targetPath: z.string().check(z.startsWith('/')),
+  volumeName: nonEmpty(),
   pod: z.object({
-    uid: z.string().min(1),
-    name: z.string().min(1),
-    namespace: z.string().min(1),
-    serviceAccount: z.string().min(1),
+    uid: nonEmpty(),
+    name: nonEmpty(),
+    namespace: nonEmpty(),
+    serviceAccount: nonEmpty(),
   }),
   /**
    * csi.spire.io/layout. Only for comparing a republish: the names it chose are
@@ -52,7 +57,7 @@ const volumeRecordFields = {
    * version quarantine the record. Absent in records written before layouts
    * existed, which were all spiffe-helper.
    */
-  layout: z.string().min(1).optional(),
+  layout: z.optional(nonEmpty()),
   /**
    * The names, resolved from the layout and the name attributes. The optional
    * ones were added later: a record without them has none of those files. A
@@ -60,13 +65,13 @@ const volumeRecordFields = {
    * without that file (docs/design.md §4, "Rolling back").
    */
   files: z.object({
-    cert: z.string().min(1),
-    key: z.string().min(1),
-    bundle: z.string().min(1),
-    credentialBundle: z.string().min(1).optional(),
-    pkcs12: z.string().min(1).optional(),
+    cert: nonEmpty(),
+    key: nonEmpty(),
+    bundle: nonEmpty(),
+    credentialBundle: z.optional(nonEmpty()),
+    pkcs12: z.optional(nonEmpty()),
     /** With federatedBundles combined: the file of own and federated CAs. */
-    combinedBundle: z.string().min(1).optional(),
+    combinedBundle: z.optional(nonEmpty()),
   }),
   /**
    * csi.spire.io/federated-bundles. Any string, like `layout`, so a mode added
@@ -75,37 +80,37 @@ const volumeRecordFields = {
    * entry federates with is not recorded: the agent's first response after a
    * restart says it again.
    */
-  federatedBundles: z.string().min(1).optional(),
+  federatedBundles: z.optional(nonEmpty()),
   /**
    * The keystore's password, with files.pkcs12: needed to write it again after
    * a restart, and not a secret (it is in the pod spec, for everyone who can
    * read the pod; the records are root's, 0600). Never logged.
    */
-  pkcs12Password: z.string().min(1).optional(),
+  pkcs12Password: z.optional(nonEmpty()),
   /**
    * csi.spire.io/jwt-audiences and jwt-bundle-file, resolved: the tokens to
    * fetch again after a restart. Absent: no JWT files. A driver older than
    * this field drops it and writes the volume without them (docs/design.md §4).
    */
-  jwt: z
-    .object({
-      svids: z.array(z.object({ file: z.string().min(1), audiences: z.array(z.string().min(1)).min(1) })).min(1),
-      bundleFile: z.string().min(1),
-    })
-    .optional(),
-  fsGroup: z.number().int().nonnegative().nullable(),
-  spiffeId: z.string().nullable(),
-  hint: z.string().nullable(),
+  jwt: z.optional(
+    z.object({
+      svids: z.array(z.object({ file: nonEmpty(), audiences: z.array(nonEmpty()).check(z.minLength(1)) })).check(z.minLength(1)),
+      bundleFile: nonEmpty(),
+    }),
+  ),
+  fsGroup: z.nullable(z.int().check(z.nonnegative())),
+  spiffeId: z.nullable(z.string()),
+  hint: z.nullable(z.string()),
   tmpfs: z.boolean(),
   createdAt: z.string(),
 };
 
 /** What this version writes: exactly its own fields, so nothing else (a secret) can ever reach the disk. */
-const volumeRecordSchema = z.object(volumeRecordFields).strict();
+const volumeRecordSchema = z.strictObject(volumeRecordFields);
 /** What it reads: its own fields; those a newer version added are dropped (zod strips unknown keys). */
 const readableRecordSchema = z.object(volumeRecordFields);
 /** Just enough of a record to tell a newer, incompatible version from a corrupt file. */
-const versionOnlySchema = z.object({ version: z.number().int() });
+const versionOnlySchema = z.object({ version: z.int() });
 
 export type VolumeRecord = z.infer<typeof volumeRecordSchema>;
 
