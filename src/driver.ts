@@ -15,7 +15,8 @@ import { acquireStateDirLock, type StateDirLock } from './fs/state-dir-lock.js';
 import { chooseMountMechanism } from './fs/tmpfs.js';
 import { MemoryTrimmer } from './memory-trimmer.js';
 import type { Logger } from './observability/logger.js';
-import { DriverMetrics, serveMetrics } from './observability/metrics.js';
+import type { DriverMetrics } from './observability/metrics.js';
+import { disabledMetrics, type Metrics } from './observability/metrics-api.js';
 import { AgentConnection } from './spire/agent-connection.js';
 import { BundleWatcher } from './spire/bundle-watcher.js';
 import { JwtBundleWatcher } from './spire/jwt-bundle-watcher.js';
@@ -27,7 +28,7 @@ import { VolumeStorage } from './volumes/volume-storage.js';
 
 export interface RunningDriver {
   readonly volumes: VolumeManager;
-  readonly metrics: DriverMetrics;
+  readonly metrics: Metrics;
   /** Stops serving and closes every stream; volumes, files and mounts stay. */
   stop(): Promise<void>;
 }
@@ -60,7 +61,10 @@ export async function startDriver(config: Config, options: StartDriverOptions): 
 
 async function startLocked(config: Config, options: StartDriverOptions, lock: StateDirLock): Promise<RunningDriver> {
   const { logger } = options;
-  const metrics = options.metrics ?? new DriverMetrics({ collectProcessMetrics: config.metricsAddress !== undefined });
+  // prom-client only when something will scrape it (metrics-api.ts).
+  const prometheus = config.metricsAddress ? await import('./observability/metrics.js') : undefined;
+  const exported: DriverMetrics | undefined = options.metrics ?? (prometheus ? new prometheus.DriverMetrics({ collectProcessMetrics: true }) : undefined);
+  const metrics: Metrics = exported ?? disabledMetrics();
   const store = new MetadataStore(config.stateDir, logger);
   await store.init();
   const connection = new AgentConnection({
@@ -113,7 +117,7 @@ async function startLocked(config: Config, options: StartDriverOptions, lock: St
       identity: identityService({ driverName: config.driverName, version: DRIVER_VERSION, isReady: () => ready, logger }),
       node: nodeService({ nodeName: config.nodeName, kubeletRootDir: config.kubeletRootDir, volumes, logger, metrics }),
     });
-    if (config.metricsAddress) metricsServer = await serveMetrics(metrics, config.metricsAddress);
+    if (config.metricsAddress && prometheus && exported) metricsServer = await prometheus.serveMetrics(exported, config.metricsAddress);
   } catch (err) {
     await volumes.shutdown();
     trimmer?.close();
@@ -136,6 +140,7 @@ async function startLocked(config: Config, options: StartDriverOptions, lock: St
       volumes: volumes.volumeCount,
       max_volumes: volumes.maxVolumes,
       state_dir_lock: lock.held ? lock.path : 'unavailable',
+      metrics: config.metricsAddress ? `${config.metricsAddress.host}:${config.metricsAddress.port}` : 'disabled',
     },
     'spire-csi-driver started',
   );

@@ -6,7 +6,7 @@ import fs from 'node:fs/promises';
 import * as grpc from '@grpc/grpc-js';
 import { DriverError, errorMessage, invalidArgument } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
-import type { DriverMetrics } from '../observability/metrics.js';
+import type { Metrics } from '../observability/metrics-api.js';
 import type { VolumeManager } from '../volumes/volume-manager.js';
 import { callSignal, unaryHandler } from './handler.js';
 import type {
@@ -23,7 +23,7 @@ export interface NodeServiceOptions {
   kubeletRootDir: string;
   volumes: VolumeManager;
   logger: Logger;
-  metrics: DriverMetrics;
+  metrics: Metrics;
 }
 
 export function nodeService(options: NodeServiceOptions): grpc.UntypedServiceImplementation {

@@ -29,6 +29,8 @@ export interface LogFields {
   driver?: string;
   node?: string;
   state_dir_lock?: string;
+  /** --metrics-address, or "disabled". */
+  metrics?: string;
   signal?: string;
   directory?: string;
   // A gRPC call (handler.ts) or an agent stream.

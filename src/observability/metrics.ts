@@ -1,12 +1,14 @@
 /**
- * Prometheus metrics on a private registry. Labels are low-cardinality on
+ * Prometheus metrics on a private registry, loaded only when
+ * --metrics-address is set (metrics-api.ts). Labels are low-cardinality on
  * purpose (result codes and outcomes, never volume ids or SPIFFE IDs), and no
  * secret can become a label value.
  */
 import http from 'node:http';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Metrics } from './metrics-api.js';
 
-export class DriverMetrics {
+export class DriverMetrics implements Metrics {
   readonly registry = new Registry();
 
   readonly publishTotal = new Counter({

@@ -9,7 +9,7 @@
  */
 import { errorMessage } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
-import type { DriverMetrics } from '../observability/metrics.js';
+import type { Metrics } from '../observability/metrics-api.js';
 import { splitConcatenatedDer, withoutDuplicates } from '../x509/pem.js';
 import type { AgentStreamConnection } from './agent-connection.js';
 import type { StreamFailure } from './agent-errors.js';
@@ -35,7 +35,7 @@ export interface BundleSource {
 export interface BundleWatcherDeps {
   connection: AgentStreamConnection;
   logger: Logger;
-  metrics: DriverMetrics;
+  metrics: Metrics;
   /** The stream's re-open timers. Default: real timers. */
   clock?: Clock;
   /** Jitter source of the stream's backoff. Default: Math.random. */

@@ -10,7 +10,7 @@
  */
 import { errorMessage } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
-import type { DriverMetrics } from '../observability/metrics.js';
+import type { Metrics } from '../observability/metrics-api.js';
 import type { AgentStreamConnection } from './agent-connection.js';
 import type { StreamFailure } from './agent-errors.js';
 import type { BundleListener } from './bundle-watcher.js';
@@ -29,7 +29,7 @@ export interface JwtBundleSource {
 export interface JwtBundleWatcherDeps {
   connection: AgentStreamConnection;
   logger: Logger;
-  metrics: DriverMetrics;
+  metrics: Metrics;
   clock?: Clock;
   random?: () => number;
 }

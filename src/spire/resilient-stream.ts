@@ -9,7 +9,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../observability/logger.js';
-import type { DriverMetrics } from '../observability/metrics.js';
+import type { Metrics } from '../observability/metrics-api.js';
 import type { AgentStreamCall, AgentStreamConnection, DelegatedIdentityClient } from './agent-connection.js';
 import { describeStreamFailure, type StreamFailure } from './agent-errors.js';
 import { Backoff } from './backoff.js';
@@ -48,7 +48,7 @@ export interface ResilientStreamOptions<T> {
   onMessage: (message: T) => void;
   onFailure?: (failure: StreamFailure) => void;
   logger: Logger;
-  metrics: DriverMetrics;
+  metrics: Metrics;
   backoff?: Backoff;
   /** Jitter source of the default backoff. Default: Math.random. */
   random?: () => number;

@@ -16,7 +16,7 @@ import { AtomicWriter, type FileSpec, type WriteOptions, type WriteResult } from
 import { inlineFs, threadPoolFs } from '../fs/writer-fs.js';
 import { DriverError, errorMessage } from '../errors.js';
 import type { LogFields, Logger } from '../observability/logger.js';
-import type { DriverMetrics } from '../observability/metrics.js';
+import type { Metrics } from '../observability/metrics-api.js';
 import type { AgentStreamConnection } from '../spire/agent-connection.js';
 import { describeStreamFailure, isConfigurationFailure, type StreamFailure } from '../spire/agent-errors.js';
 import type { BundleSource } from '../spire/bundle-watcher.js';
@@ -50,7 +50,7 @@ export interface ManagedVolumeDeps {
   /** The node-wide JWT bundles; only volumes with csi.spire.io/jwt-audiences subscribe (which opens the stream). */
   jwtBundles?: JwtBundleSource;
   logger: Logger;
-  metrics: DriverMetrics;
+  metrics: Metrics;
   /** Default: an AtomicWriter on the target path. Tests inject one that fails on demand. */
   createWriter?: (targetPath: string) => VolumeWriter;
   /** Default: 1 s to 30 s on the clock's timers. Tests inject the random source and the schedule. */

@@ -35,6 +35,8 @@ export interface HarnessOptions {
   loadLibcForMounts?: StartDriverOptions['loadLibcForMounts'];
   /** Default debug, for the tests' assertions on log lines; the benchmarks measure the driver at its default, info. */
   logLevel?: Config['logLevel'];
+  /** --metrics-address (default none, as in the chart). */
+  metricsAddress?: Config['metricsAddress'];
 }
 
 /** Captured JSON log lines of the in-process driver. */
@@ -78,7 +80,7 @@ export class Harness {
       useTmpfs: options.useTmpfs ?? false,
       tmpfsSizeBytes: 1024 * 1024,
       logLevel: options.logLevel ?? 'debug',
-      metricsAddress: undefined,
+      metricsAddress: options.metricsAddress,
       maxReceiveMessageBytes: 32 * 1024 * 1024,
     };
     const agent = await DevAgent.start({ socketPath: config.agentAdminSocketPath, ...options.agent });
@@ -154,6 +156,7 @@ export class DriverProcess {
       `--tmpfs=${String(config.useTmpfs)}`,
       `--tmpfs-size=${config.tmpfsSizeBytes}`,
       `--log-level=${config.logLevel}`,
+      ...(config.metricsAddress ? [`--metrics-address=${config.metricsAddress.host}:${config.metricsAddress.port}`] : []),
     ];
     return new DriverProcess(spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] }));
   }
