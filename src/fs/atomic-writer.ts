@@ -99,7 +99,10 @@ export class AtomicWriter {
 
   constructor(targetDir: string, options: { fs?: WriterFs } = {}) {
     if (!path.isAbsolute(targetDir)) throw new Error(`atomic writer needs an absolute directory, got ${JSON.stringify(targetDir)}`);
-    this.targetDir = path.resolve(targetDir);
+    // The caller's string when it is already normal (a target path always
+    // is): path.resolve builds a new one, a second copy per volume.
+    const resolved = path.resolve(targetDir);
+    this.targetDir = resolved === targetDir ? targetDir : resolved;
     this.fs = options.fs ?? threadPoolFs;
   }
 

@@ -15,7 +15,7 @@ import { status } from '@grpc/grpc-js';
 import { AtomicWriter, type FileSpec, type WriteOptions, type WriteResult } from '../fs/atomic-writer.js';
 import { inlineFs, threadPoolFs } from '../fs/writer-fs.js';
 import { DriverError, errorMessage } from '../errors.js';
-import type { LogFields, Logger } from '../observability/logger.js';
+import { lazyChild, type LogFields, type Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics-api.js';
 import type { AgentStreamConnection } from '../spire/agent-connection.js';
 import { describeStreamFailure, isConfigurationFailure, type StreamFailure } from '../spire/agent-errors.js';
@@ -94,6 +94,9 @@ interface PreparedWrite {
   svid: CheckedSvid;
 }
 
+/** Shared by every volume that federates with none (one Set less per volume). */
+const NO_TRUST_DOMAINS: ReadonlySet<string> = new Set();
+
 export class ManagedVolume {
   private readonly writer: VolumeWriter;
   private readonly retry: WriteRetry;
@@ -117,7 +120,7 @@ export class ManagedVolume {
    * newest SVID response: a change of one of their bundles rewrites this
    * volume, a change of any other trust domain's does not.
    */
-  private federatedTrustDomains: ReadonlySet<string> = new Set();
+  private federatedTrustDomains: ReadonlySet<string> = NO_TRUST_DOMAINS;
   private dirty = false;
   private draining: Promise<void> | undefined;
   /**
@@ -127,7 +130,8 @@ export class ManagedVolume {
    */
   private writable: Promise<void> = Promise.resolve();
   private closed = false;
-  private readonly stateListeners = new Set<() => void>();
+  /** Made by the first waitUntilWritten: most volumes never have a waiter after their publish. */
+  private stateListeners: Set<() => void> | undefined;
   /** The last JWT-SVID fetch failure, cleared by the next success; part of `problem` while no token is held. */
   private jwtFailure: string | undefined;
   /**
@@ -169,7 +173,7 @@ export class ManagedVolume {
     const clock = this.clock;
     this.retry = new WriteRetry({ schedule: (callback, delayMs) => clock.schedule(callback, delayMs), ...deps.writeRetry });
     this.hasFiles = options.filesPresent;
-    this.logger = deps.logger.child({
+    this.logger = lazyChild(deps.logger, {
       volume_id: record.volumeId,
       pod: `${record.pod.namespace}/${record.pod.name}`,
     });
@@ -356,7 +360,7 @@ export class ManagedVolume {
       const finish = (settle: () => void): void => {
         cancelTimer();
         signal.removeEventListener('abort', onAbort);
-        this.stateListeners.delete(check);
+        this.stateListeners?.delete(check);
         settle();
       };
       const check = (): void => {
@@ -378,7 +382,7 @@ export class ManagedVolume {
       const cancelTimer = this.clock.schedule(() => finish(() => reject(this.timeoutError(timeoutMs))), timeoutMs);
       if (signal.aborted) return onAbort();
       signal.addEventListener('abort', onAbort);
-      this.stateListeners.add(check);
+      (this.stateListeners ??= new Set()).add(check);
       check();
     });
   }
@@ -398,7 +402,7 @@ export class ManagedVolume {
   }
 
   private notifyStateListeners(): void {
-    for (const listener of [...this.stateListeners]) listener();
+    for (const listener of [...(this.stateListeners ?? [])]) listener();
   }
 
   private scheduleSync(): void {
@@ -595,7 +599,7 @@ export class ManagedVolume {
   ): FileSpec[] | undefined {
     const mode = federatedBundleModeOf(this.record.federatedBundles);
     const trustDomainIds = mode === 'none' ? [] : federatedTrustDomainIds(federatesWith, picked.trustDomainId);
-    this.federatedTrustDomains = new Set(trustDomainIds);
+    this.federatedTrustDomains = trustDomainIds.length === 0 ? NO_TRUST_DOMAINS : new Set(trustDomainIds);
     const federated = new Map<string, readonly Buffer[]>();
     const missing: string[] = [];
     for (const trustDomainId of trustDomainIds) {
