@@ -28,7 +28,7 @@ import { parseSubjectAltName } from '../x509/subject-alt-name.js';
 import { checkSvid, type CheckedSvid, type LeafCheckMemo } from '../x509/svid-check.js';
 import { DEFAULT_COMBINED_BUNDLE_FILE, buildFederatedBundleFiles, federatedBundleModeOf, federatedTrustDomainIds } from './federated-bundles.js';
 import type { VolumeRecord } from './metadata-store.js';
-import { buildVolumeFiles, digestOfFiles, keyFileMode, pickSvid, type PickedSvid } from './volume-files.js';
+import { buildVolumeFiles, digestOfFiles, keyFileMode, loadPkcs12Support, pickSvid, type PickedSvid } from './volume-files.js';
 import { buildJwtFiles } from './jwt-files.js';
 import { JwtRefresher } from './jwt-refresh.js';
 import { assessVolumeHealth, type CurrentSvid, type VolumeCondition } from './volume-health.js';
@@ -440,6 +440,7 @@ export class ManagedVolume {
     // should this one fail too, it schedules the next.
     this.retry.supersede();
     this.logger.debug('syncing the volume files with the newest material');
+    if (this.record.files.pkcs12 !== undefined) await loadPkcs12Support();
     const collected = this.prepareWrite();
     if (collected === 'unchanged') {
       this.deps.metrics.svidUpdates.inc({ outcome: 'unchanged' });

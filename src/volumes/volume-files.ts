@@ -7,7 +7,7 @@ import type { FileSpec } from '../fs/atomic-writer.js';
 import type { SpiffeIdMessage, X509SvidWithKey } from '../spire/messages.js';
 import { DEFAULT_PKCS12_PASSWORD } from './attributes.js';
 import { certificatesToPem, derToPem } from '../x509/pem.js';
-import { buildPkcs12 } from '../x509/pkcs12.js';
+import type { buildPkcs12 } from '../x509/pkcs12.js';
 import { trustDomainIdOf } from '../x509/svid-check.js';
 
 export interface SvidChoice {
@@ -81,6 +81,18 @@ export interface FileNames {
   pkcs12?: string | undefined;
 }
 
+let pkcs12Encoder: typeof buildPkcs12 | undefined;
+
+/**
+ * Loads the PKCS#12 encoder (x509/pkcs12.ts and asn1js) the first time a
+ * volume asks for a keystore; ManagedVolume awaits it before building the
+ * files of such a volume. Most nodes never write one, and loaded at start it
+ * cost ~0.3 MiB of JavaScript heap (README "Benchmarks").
+ */
+export async function loadPkcs12Support(): Promise<void> {
+  pkcs12Encoder ??= (await import('../x509/pkcs12.js')).buildPkcs12;
+}
+
 /**
  * docs/design.md §4 (Layouts): key 0600, or 0640 group-owned with an fsGroup;
  * every file that holds the key gets the key's mode. All of them go into one
@@ -108,11 +120,16 @@ export function buildVolumeFiles(
     // Encrypted, but with a password from the pod spec: the mode is what keeps it as private as the key file.
     files.push({
       name: names.pkcs12,
-      data: buildPkcs12({ keyDer: svid.keyDer, certChain: svid.certChain, password: pkcs12Password }),
+      data: requirePkcs12Encoder()({ keyDer: svid.keyDer, certChain: svid.certChain, password: pkcs12Password }),
       mode: keyMode,
     });
   }
   return files;
+}
+
+function requirePkcs12Encoder(): typeof buildPkcs12 {
+  if (pkcs12Encoder === undefined) throw new Error('internal error: a PKCS#12 keystore was asked for before loadPkcs12Support()');
+  return pkcs12Encoder;
 }
 
 /**

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, test } from 'node:test';
 import { buildPkcs12, pkcs12Kdf, PKCS12_ALIAS } from '../../src/x509/pkcs12.js';
-import { buildVolumeFiles, type PickedSvid } from '../../src/volumes/volume-files.js';
+import { buildVolumeFiles, loadPkcs12Support, type PickedSvid } from '../../src/volumes/volume-files.js';
 import { mintCa, mintSvid, type KeyAlgorithm, type MintedCa, type MintedSvid } from '../support/certs.js';
 import { makeScratchDir, removeScratchDir } from '../support/scratch.js';
 
@@ -137,7 +137,8 @@ describe('PKCS#12 keystore', () => {
     }
   });
 
-  test("buildVolumeFiles adds the keystore with the key's mode, after the PEM files", () => {
+  test("buildVolumeFiles adds the keystore with the key's mode, after the PEM files", async () => {
+    await loadPkcs12Support();
     const leaf = leaves.get('ec-p256') as MintedSvid;
     const svid: PickedSvid = {
       spiffeId: 'spiffe://example.org/java',
