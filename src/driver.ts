@@ -63,7 +63,8 @@ async function startLocked(config: Config, options: StartDriverOptions, lock: St
   const { logger } = options;
   // prom-client only when something will scrape it (metrics-api.ts).
   const prometheus = config.metricsAddress ? await import('./observability/metrics.js') : undefined;
-  const exported: DriverMetrics | undefined = options.metrics ?? (prometheus ? new prometheus.DriverMetrics({ collectProcessMetrics: true }) : undefined);
+  const exported: DriverMetrics | undefined =
+    options.metrics ?? (prometheus ? new prometheus.DriverMetrics({ collectProcessMetrics: true }) : undefined);
   const metrics: Metrics = exported ?? disabledMetrics();
   const store = new MetadataStore(config.stateDir, logger);
   await store.init();

@@ -20,7 +20,6 @@ import en from 'zod/v4/locales/en.js';
 
 z.config(en());
 
-
 /**
  * A string schema whose value `convert` turns into the output, or refuses:
  * `return fail(message)`.

@@ -491,7 +491,10 @@ export class H2GrpcClient {
     stream.on('close', onStreamClose);
     stream.end(body);
     if (deadlineMs !== undefined) {
-      const timer = setTimeout(() => call.failNow({ code: status.DEADLINE_EXCEEDED, details: `no answer from the agent within ${deadlineMs} ms` }), deadlineMs);
+      const timer = setTimeout(
+        () => call.failNow({ code: status.DEADLINE_EXCEEDED, details: `no answer from the agent within ${deadlineMs} ms` }),
+        deadlineMs,
+      );
       timer.unref();
       call.on('status', () => clearTimeout(timer));
     }

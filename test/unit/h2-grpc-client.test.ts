@@ -120,7 +120,12 @@ describe('H2GrpcClient: well-formed calls', () => {
   test('a trailers-only failure: error with the decoded grpc-message, then status', async () => {
     await serve((stream) => {
       stream.respond(
-        { ':status': 200, 'content-type': 'application/grpc', 'grpc-status': String(status.PERMISSION_DENIED), 'grpc-message': 'no%20identity%20issued' },
+        {
+          ':status': 200,
+          'content-type': 'application/grpc',
+          'grpc-status': String(status.PERMISSION_DENIED),
+          'grpc-message': 'no%20identity%20issued',
+        },
         { endStream: true },
       );
     });
@@ -173,7 +178,10 @@ describe('H2GrpcClient: well-formed calls', () => {
     const c = newClient();
     const calls = Array.from({ length: 150 }, (_, i) => c.serverStream(TEXT, `pod-${i}`));
     const firsts = await Promise.all(calls.map((call) => new Promise<string>((resolve) => call.on('data', resolve))));
-    assert.deepEqual(firsts, Array.from({ length: 150 }, (_, i) => `pod-${i}`));
+    assert.deepEqual(
+      firsts,
+      Array.from({ length: 150 }, (_, i) => `pod-${i}`),
+    );
     assert.equal(sessions.length, 1);
     for (const call of calls) call.cancel();
   });

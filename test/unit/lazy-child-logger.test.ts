@@ -43,9 +43,6 @@ describe('lazyChild', () => {
     assert.equal(children(), 0);
     volumeLogger.child({ pod: 'ns/p' }).error('failed');
     assert.equal(children(), 1);
-    assert.deepEqual(
-      withoutTime(log),
-      [{ level: 'error', volume_id: 'csi-1', pod: 'ns/p', msg: 'failed' }],
-    );
+    assert.deepEqual(withoutTime(log), [{ level: 'error', volume_id: 'csi-1', pod: 'ns/p', msg: 'failed' }]);
   });
 });
