@@ -273,7 +273,15 @@ export class ManagedVolume {
       random: this.deps.random,
     });
     this.stream.start();
-    this.startJwt();
+    // JWT-SVIDs once the volume may be written: the agent signs a token for
+    // every fetch, and a publish whose record or mount fails must not cost one.
+    // (The SVID stream opens at once: it only subscribes.)
+    this.writable.then(
+      () => {
+        if (!this.closed) this.startJwt();
+      },
+      () => undefined,
+    );
   }
 
   /**
@@ -398,7 +406,9 @@ export class ManagedVolume {
     if (failure) {
       return new DriverError(status.UNAVAILABLE, `no SVID after ${seconds}s: ${describeStreamFailure(failure, this.deps.connection.socketPath)}`);
     }
-    return new DriverError(status.DEADLINE_EXCEEDED, `no SVID after ${seconds}s: ${this.problem}`);
+    // A JWT fetch that failed after the last sync is not in `problem` yet.
+    const jwt = this.jwtFailure !== undefined && !this.problem.includes(this.jwtFailure) ? `; ${this.jwtFailure}` : '';
+    return new DriverError(status.DEADLINE_EXCEEDED, `no SVID after ${seconds}s: ${this.problem}${jwt}`);
   }
 
   private notifyStateListeners(): void {

@@ -55,6 +55,17 @@ describe('filesystem faults', () => {
     });
     assert.equal(await findMount(blocked.targetPath), undefined, 'nothing mounted for the refused publish');
     assert.equal(await pathExists(blocked.targetPath), false, 'no target directory left');
+
+    // A refused JWT volume costs the agent no token: the fetch waits until the volume may be written.
+    const jwtPod = h.kubelet.createPod({ name: 'blocked-jwt' });
+    await h.agent.addEntry({ spiffeId: 'spiffe://example.org/blocked-jwt', selectors: [`k8s:pod-uid:${jwtPod.uid}`] });
+    const fetchesBefore = h.agent.receivedJwtFetches().length;
+    await assert.rejects(
+      h.kubelet.publish(jwtPod, { attributes: { 'csi.spire.io/jwt-audiences': 'vault' } }),
+      (err: unknown) => isServiceError(err) && err.code === status.INTERNAL,
+    );
+    await new Promise((resolve) => setTimeout(resolve, 300)); // a fetch sent anyway would have arrived by now
+    assert.equal(h.agent.receivedJwtFetches().length, fetchesBefore, 'no FetchJWTSVIDs for the refused publish');
     assert.equal(h.driver?.volumes.volumeCount, 1);
     await assertRotates(h, [live]);
 
