@@ -141,7 +141,7 @@ async function startLocked(config: Config, options: StartDriverOptions, lock: St
       volumes: volumes.volumeCount,
       max_volumes: volumes.maxVolumes,
       state_dir_lock: lock.held ? lock.path : 'unavailable',
-      metrics: config.metricsAddress ? `${config.metricsAddress.host}:${config.metricsAddress.port}` : 'disabled',
+      metrics: config.metricsAddress ? formatHostPort(config.metricsAddress) : 'disabled',
     },
     'spire-csi-driver started',
   );
@@ -187,4 +187,9 @@ async function startMemoryTrimmer(logger: Logger): Promise<MemoryTrimmer | undef
     return undefined;
   }
   return new MemoryTrimmer({ trim, clock: systemClock, logger });
+}
+
+/** host:port, with an IPv6 host in brackets. */
+function formatHostPort({ host, port }: { host: string; port: number }): string {
+  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
 }

@@ -20,12 +20,13 @@
  *   error) for a backoff of 0.5 s doubling to 5 s, instead of each of 500
  *   volume streams dialling the socket. AgentConnection replaces the whole
  *   client when the socket file re-appears, which skips that backoff.
- * - Keepalive: a PING every 5 minutes while calls are open (SPIRE's grpc-go
- *   server sends GOAWAY too_many_pings to clients that ping more often), and
- *   the connection is dropped if the answer takes over 20 s, so a hung agent
- *   fails the streams and their re-open takes over.
- * - A GOAWAY lets open calls finish on the old connection; new calls open a
- *   new one.
+ * - Keepalive: a PING every 5 min 10 s while calls are open (SPIRE's grpc-go
+ *   server sends GOAWAY too_many_pings to clients that ping more often than
+ *   every 5 min; after one, the interval doubles), and the connection is
+ *   dropped if the answer takes over 20 s, so a hung agent fails the streams
+ *   and their re-open takes over.
+ * - A GOAWAY lets open calls finish on the old connection, for at most one
+ *   keepalive period; new calls open a new one.
  * - Status: grpc-status/grpc-message from the trailers (or a trailers-only
  *   response); otherwise from the HTTP status or the RST_STREAM code, mapped as
  *   https://github.com/grpc/grpc/blob/master/doc/http-grpc-status-mapping.md
@@ -132,6 +133,12 @@ function statusForReset(rstCode: number): CallStatus {
   }
 }
 
+/** The grpc-timeout header: at most 8 digits, in milliseconds while they fit, else seconds. */
+function grpcTimeout(ms: number): string {
+  const whole = Math.max(1, Math.ceil(ms));
+  return whole < 1e8 ? `${whole}m` : `${Math.min(99_999_999, Math.ceil(whole / 1000))}S`;
+}
+
 function decodeGrpcMessage(raw: string | string[] | undefined): string {
   const value = Array.isArray(raw) ? raw.join(',') : (raw ?? '');
   try {
@@ -145,7 +152,8 @@ function decodeGrpcMessage(raw: string | string[] | undefined): string {
 function statusFromHeaders(headers: http2.IncomingHttpHeaders): CallStatus | undefined {
   const raw = headers['grpc-status'];
   if (raw === undefined) return undefined;
-  const code = Number(Array.isArray(raw) ? raw[0] : raw);
+  const text = String(Array.isArray(raw) ? raw[0] : raw);
+  const code = /^\d{1,2}$/.test(text) ? Number(text) : NaN;
   const details = decodeGrpcMessage(headers['grpc-message']);
   if (!Number.isInteger(code) || code < 0 || code > 16) {
     return { code: status.UNKNOWN, details: `the agent sent an invalid grpc-status "${String(raw)}"${details ? `: ${details}` : ''}` };
@@ -187,6 +195,8 @@ class Call<Response> implements ServerStreamCall<Response> {
   /** The status to report: from the agent's trailers, or decided here (cancel, a bad message). */
   private finalStatus: CallStatus | undefined;
   private streamError: Error | undefined;
+  /** Set by cancel() and failNow(): data after it is not delivered. */
+  private rejected = false;
   private ended = false;
 
   constructor(
@@ -204,28 +214,33 @@ class Call<Response> implements ServerStreamCall<Response> {
   }
 
   cancel(): void {
-    if (this.ended || this.finalStatus !== undefined) return;
-    this.finalStatus = { code: status.CANCELLED, details: 'Cancelled on client' };
+    if (this.ended) return;
+    this.rejected = true;
+    // A status the agent already sent stands; either way the stream goes now,
+    // even if the agent has not ended it (a non-200 answer left open).
+    this.finalStatus ??= { code: status.CANCELLED, details: 'Cancelled on client' };
     this.closeStream(http2.constants.NGHTTP2_CANCEL);
   }
 
   /** Fails the call before or without a stream (no connection, a request that cannot be sent). */
   failNow(result: CallStatus): void {
+    this.rejected = true;
     this.finalStatus ??= result;
     if (this.stream === undefined) queueMicrotask(() => this.finish());
     else this.closeStream(http2.constants.NGHTTP2_CANCEL);
   }
 
   onResponse(headers: http2.IncomingHttpHeaders): void {
-    const httpStatus = Number(headers[':status']);
-    if (httpStatus !== 200) {
-      this.finalStatus ??= { code: codeForHttpStatus(httpStatus), details: `the agent answered HTTP status ${httpStatus}` };
-      return;
-    }
-    // A trailers-only response (the agent failed the call at once) carries its status here.
+    // A trailers-only response (the agent failed the call at once) carries its
+    // status here; it counts over the HTTP status, as the mapping doc says.
     const trailersOnly = statusFromHeaders(headers);
     if (trailersOnly !== undefined) {
       this.finalStatus ??= trailersOnly;
+      return;
+    }
+    const httpStatus = Number(headers[':status']);
+    if (httpStatus !== 200) {
+      this.finalStatus ??= { code: codeForHttpStatus(httpStatus), details: `the agent answered HTTP status ${httpStatus}` };
       return;
     }
     const contentType = String(headers['content-type'] ?? '');
@@ -235,7 +250,15 @@ class Call<Response> implements ServerStreamCall<Response> {
   }
 
   onTrailers(trailers: http2.IncomingHttpHeaders): void {
-    this.finalStatus ??= statusFromHeaders(trailers) ?? { code: status.UNKNOWN, details: 'the agent ended the call without a grpc-status' };
+    const result = statusFromHeaders(trailers) ?? { code: status.UNKNOWN, details: 'the agent ended the call without a grpc-status' };
+    if (result.code === status.OK && this.pendingBytes > 0) {
+      this.finalStatus ??= {
+        code: status.INTERNAL,
+        details: `the agent ended the call in the middle of a message (${this.pendingBytes} bytes left over)`,
+      };
+      return;
+    }
+    this.finalStatus ??= result;
   }
 
   onStreamError(err: Error): void {
@@ -243,10 +266,10 @@ class Call<Response> implements ServerStreamCall<Response> {
   }
 
   onData(chunk: Buffer): void {
-    if (this.finalStatus !== undefined) return;
+    if (this.rejected) return;
     this.pending.push(chunk);
     this.pendingBytes += chunk.length;
-    while (this.pendingBytes >= GRPC_HEADER_BYTES && this.finalStatus === undefined) {
+    while (this.pendingBytes >= GRPC_HEADER_BYTES && !this.rejected) {
       const header = this.peekHeader();
       const compressed = header[0] !== 0;
       const length = header.readUInt32BE(1);
@@ -285,12 +308,23 @@ class Call<Response> implements ServerStreamCall<Response> {
     this.connection?.callEnded();
     this.pending = [];
     const result = this.finalStatus ?? this.lostStatus(rstCode);
-    if (result.code !== status.OK) {
-      const err = callError(result.code, result.details);
-      for (const listener of this.errorListeners ?? []) (listener as (e: CallError) => void)(err);
-    }
-    for (const listener of this.statusListeners ?? []) (listener as (s: CallStatus) => void)(result);
+    const listeners: [Listener[] | undefined, unknown][] = [[this.statusListeners, result]];
+    if (result.code !== status.OK) listeners.unshift([this.errorListeners, callError(result.code, result.details)]);
     this.dataListeners = this.errorListeners = this.statusListeners = undefined;
+    // Every listener runs, whatever one of them throws (the status listeners
+    // settle promises and clear the deadline); a throw is re-raised afterwards,
+    // outside the stream's own event handler.
+    for (const [group, value] of listeners) {
+      for (const listener of group ?? []) {
+        try {
+          (listener as (v: unknown) => void)(value);
+        } catch (err) {
+          process.nextTick(() => {
+            throw err;
+          });
+        }
+      }
+    }
   }
 
   /** A stream that closed without a status: the connection went, or the agent reset it. */
@@ -346,11 +380,14 @@ class Connection {
   lostBecause: string | undefined;
   private goingAway = false;
   private keepaliveTimer: NodeJS.Timeout | undefined;
+  /** While calls drain from a connection that takes no new ones: the most they may wait. */
+  private drainTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly options: Required<H2GrpcClientOptions>,
     private readonly onConnectFailure: (reason: string) => void,
     private readonly onConnected: () => void,
+    private readonly onTooManyPings: () => void,
   ) {
     const session = http2.connect('http://localhost', {
       createConnection: () => net.connect(options.socketPath),
@@ -373,10 +410,14 @@ class Connection {
     session.on('goaway', (errorCode: number) => {
       this.goingAway = true;
       this.lostBecause ??= `the agent closed the connection (GOAWAY code ${errorCode})`;
+      // grpc-go's answer to pings it finds too frequent ("too_many_pings").
+      if (errorCode === http2.constants.NGHTTP2_ENHANCE_YOUR_CALM) this.onTooManyPings();
+      this.drain();
     });
     session.on('close', () => {
       this.lostBecause ??= 'the connection to the agent closed';
       this.stopKeepalive();
+      clearTimeout(this.drainTimer);
     });
     // The driver's own servers keep the process alive; this connection should not.
     session.unref();
@@ -394,7 +435,7 @@ class Connection {
 
   callStarted(): void {
     this.openCalls += 1;
-    if (this.keepaliveTimer === undefined) {
+    if (this.keepaliveTimer === undefined && this.usable()) {
       this.keepaliveTimer = setInterval(() => this.ping(), this.options.keepaliveIntervalMs);
       this.keepaliveTimer.unref();
     }
@@ -402,12 +443,33 @@ class Connection {
 
   callEnded(): void {
     this.openCalls -= 1;
-    if (this.openCalls === 0) this.stopKeepalive();
+    if (this.openCalls === 0) {
+      this.stopKeepalive();
+      clearTimeout(this.drainTimer);
+    }
   }
 
+  /** No new calls; the open ones may finish (the session closes when they have). */
   close(): void {
-    this.stopKeepalive();
     if (!this.session.closed && !this.session.destroyed) this.session.close();
+    this.drain();
+  }
+
+  /**
+   * A connection that takes no new calls cannot be pinged any more (Node
+   * answers a ping on a closing session at once, without sending it), so its
+   * open calls get one keepalive period to end; a stream of a hung agent that
+   * never does is failed then, and its owner re-opens it on a new connection.
+   */
+  private drain(): void {
+    this.stopKeepalive();
+    if (this.openCalls === 0 || this.drainTimer !== undefined || this.session.destroyed) return;
+    this.drainTimer = setTimeout(() => {
+      const why = this.lostBecause ?? 'the connection takes no new calls';
+      this.lostBecause = `${why}, and the calls still open on it did not end within one keepalive period`;
+      this.session.destroy();
+    }, this.options.keepaliveIntervalMs + this.options.keepaliveTimeoutMs);
+    this.drainTimer.unref();
   }
 
   private ping(): void {
@@ -441,7 +503,8 @@ export class H2GrpcClient {
 
   constructor(options: H2GrpcClientOptions) {
     this.options = {
-      keepaliveIntervalMs: 5 * 60 * 1000,
+      // grpc-go's default minimum (5 min) plus a margin, so a ping is never early.
+      keepaliveIntervalMs: 5 * 60 * 1000 + 10_000,
       keepaliveTimeoutMs: 20 * 1000,
       reconnectBackoffInitialMs: 500,
       reconnectBackoffMaxMs: 5000,
@@ -474,7 +537,7 @@ export class H2GrpcClient {
       te: 'trailers',
       'user-agent': this.options.userAgent,
     };
-    if (deadlineMs !== undefined) headers['grpc-timeout'] = `${Math.max(1, Math.ceil(deadlineMs))}m`;
+    if (deadlineMs !== undefined) headers['grpc-timeout'] = grpcTimeout(deadlineMs);
     let stream: CallStream;
     try {
       stream = connection.session.request(headers, { endStream: false });
@@ -505,13 +568,16 @@ export class H2GrpcClient {
   unary<Request, Response>(method: GrpcMethod<Request, Response>, request: Request, deadlineMs: number): Promise<Response> {
     return new Promise((resolve, reject) => {
       let response: Response | undefined;
+      let responses = 0;
       const call = this.serverStream(method, request, deadlineMs);
       call.on('data', (message) => {
         response = message;
+        responses += 1;
       });
       call.on('status', (result) => {
         if (result.code !== status.OK) reject(callError(result.code, result.details));
         else if (response === undefined) reject(callError(status.INTERNAL, 'the agent ended the call without a response'));
+        else if (responses > 1) reject(callError(status.INTERNAL, `the agent sent ${responses} responses to a unary call`));
         else resolve(response);
       });
     });
@@ -537,6 +603,10 @@ export class H2GrpcClient {
       () => {
         this.backoffMs = this.options.reconnectBackoffInitialMs;
         this.failFastUntil = 0;
+      },
+      () => {
+        // As grpc-js does: the next connections ping half as often.
+        this.options.keepaliveIntervalMs *= 2;
       },
     );
     this.connection = connection;

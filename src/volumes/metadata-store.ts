@@ -18,6 +18,7 @@
  * that the volume was ours, so NodeUnpublishVolume still removes its mount and
  * key, although nothing else about it can be read any more.
  */
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import writeFileAtomic from 'write-file-atomic';
@@ -150,8 +151,6 @@ export class MetadataStore implements VolumeRecordStore {
   readonly volumesDir: string;
   readonly quarantineDir: string;
   readonly tombstonesDir: string;
-  /** Numbers this process's temp files, so two writes never share one. */
-  private tempFiles = 0;
 
   constructor(
     stateDir: string,
@@ -198,7 +197,7 @@ export class MetadataStore implements VolumeRecordStore {
   async write(record: VolumeRecord): Promise<void> {
     const file = this.pathOf(record.volumeId);
     const contents = `${JSON.stringify(volumeRecordSchema.parse(record), null, 2)}\n`;
-    await replaceFile(file, `${file}.${process.pid}-${++this.tempFiles}.tmp`, contents);
+    await replaceFile(file, `${file}.${randomBytes(6).toString('hex')}.tmp`, contents);
   }
 
   /** Forgets a volume: its record, and the tombstone a quarantined record left. */
@@ -259,7 +258,7 @@ export class MetadataStore implements VolumeRecordStore {
     for (let i = 0; i < Math.min(READ_AHEAD, names.length); i++) readAhead(i);
     for (const [index, name] of names.entries()) {
       readAhead(index + READ_AHEAD);
-      // Temp files from a crash mid-write ("<name>.json.<pid>-<n>.tmp", and
+      // Temp files from a crash mid-write ("<name>.json.<random>.tmp", and
       // write-file-atomic's "<name>.json.<hash>" from older versions).
       if (!name.endsWith('.json')) {
         await fs.rm(path.join(this.volumesDir, name), { force: true, recursive: true });
@@ -325,14 +324,21 @@ function parseRecord(text: string): ParsedRecord {
 }
 
 /**
- * Puts `contents` at `file` in one step: written to `temp` (created, never an
- * existing file, mode 0600), then renamed over `file`, so a reader sees the
+ * Puts `contents` at `file` in one step: written to `temp` (a new, randomly
+ * named file, mode 0600), then renamed over `file`, so a reader sees the
  * old record or the new one, never part of one. The temp file is removed when
  * a step fails.
  */
 async function replaceFile(file: string, temp: string, contents: string): Promise<void> {
   try {
     await fs.writeFile(temp, contents, { mode: 0o600, flag: 'wx' });
+  } catch (err) {
+    // EEXIST: the name is someone else's temp file (48 random bits make that
+    // all but impossible); it is not ours to remove.
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') await fs.rm(temp, { force: true }).catch(() => undefined);
+    throw err;
+  }
+  try {
     await fs.rename(temp, file);
   } catch (err) {
     await fs.rm(temp, { force: true }).catch(() => undefined);

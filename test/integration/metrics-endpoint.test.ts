@@ -46,7 +46,7 @@ describe('the metrics endpoint of the driver process', () => {
     assert.equal(startLine(h)['metrics'], `127.0.0.1:${port}`);
   });
 
-  test('without --metrics-address the driver serves no metrics and still publishes', async () => {
+  test('without --metrics-address the start-up line says metrics are disabled, and publishing works', async () => {
     h = await Harness.start({ driverProcess: true });
     const pod = h.kubelet.createPod();
     await h.agent.addEntry({ spiffeId: 'spiffe://example.org/plain', selectors: [`k8s:pod-uid:${pod.uid}`] });

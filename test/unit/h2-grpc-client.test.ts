@@ -5,7 +5,6 @@
  * undecodable messages, bad statuses, resets, lost connections).
  */
 import assert from 'node:assert/strict';
-import fs from 'node:fs/promises';
 import http2 from 'node:http2';
 import net from 'node:net';
 import path from 'node:path';
@@ -36,16 +35,33 @@ interface Outcome {
   messages: string[];
   errors: CallError[];
   status: CallStatus;
+  /** Every event in the order it came, read a moment after the status: nothing may follow it. */
+  events: string[];
 }
 
 function outcome(call: ServerStreamCall<string>): Promise<Outcome> {
   const messages: string[] = [];
   const errors: CallError[] = [];
+  const events: string[] = [];
   return new Promise((resolve) => {
-    call.on('data', (message) => messages.push(message));
-    call.on('error', (err) => errors.push(err));
-    call.on('status', (result) => resolve({ messages, errors, status: result }));
+    call.on('data', (message) => {
+      messages.push(message);
+      events.push('data');
+    });
+    call.on('error', (err) => {
+      errors.push(err);
+      events.push('error');
+    });
+    call.on('status', (result) => {
+      events.push('status');
+      setTimeout(() => resolve({ messages, errors, status: result, events: [...events] }), 20);
+    });
   });
+}
+
+/** The events a call must report: its messages, then 'error' unless OK, then 'status', once each. */
+function expectedEvents(result: Outcome): string[] {
+  return [...result.messages.map(() => 'data'), ...(result.status.code === status.OK ? [] : ['error']), 'status'];
 }
 
 type Handler = (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, body: Buffer) => void;
@@ -54,12 +70,16 @@ let dir: string;
 let socketPath: string;
 let server: http2.Http2Server | undefined;
 let sessions: http2.ServerHttp2Session[];
+/** The server side's connections under the HTTP/2 sessions. */
+let rawSockets: net.Socket[];
 let client: H2GrpcClient | undefined;
 
 /** Serves `handler` on the socket, with the request body read in full first. */
 async function serve(handler: Handler): Promise<void> {
   sessions = [];
+  rawSockets = [];
   server = http2.createServer();
+  server.on('connection', (socket: net.Socket) => rawSockets.push(socket));
   server.on('session', (session) => sessions.push(session));
   server.on('stream', (stream, headers) => {
     const chunks: Buffer[] = [];
@@ -108,6 +128,7 @@ describe('H2GrpcClient: well-formed calls', () => {
     assert.deepEqual(result.messages, ['one', '', 'three', 'x'.repeat(600)]);
     assert.deepEqual(result.errors, []);
     assert.equal(result.status.code, status.OK);
+    assert.deepEqual(result.events, ['data', 'data', 'data', 'data', 'status']);
     assert.equal(seen?.headers[':method'], 'POST');
     assert.equal(seen?.headers[':path'], '/test.v1.Echo/Watch');
     assert.equal(seen?.headers['content-type'], 'application/grpc');
@@ -255,6 +276,42 @@ describe('H2GrpcClient: hostile or broken answers', () => {
       details: /without a gRPC status/,
     },
     {
+      name: 'a grpc-status beside a non-200 HTTP status: the grpc-status counts',
+      answer: (stream) =>
+        stream.respond(
+          { ':status': 415, 'content-type': 'application/grpc', 'grpc-status': '13', 'grpc-message': 'bad content-type' },
+          { endStream: true },
+        ),
+      code: status.INTERNAL,
+      details: /^bad content-type$/,
+    },
+    {
+      name: 'an empty grpc-status: UNKNOWN, not OK',
+      answer: (stream) => stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': '' }, { endStream: true }),
+      code: status.UNKNOWN,
+      details: /invalid grpc-status ""/,
+    },
+    {
+      name: 'OK trailers in the middle of a message: INTERNAL',
+      answer: (stream) => {
+        stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+        stream.end(frame('complete message').subarray(0, 9));
+        stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
+      },
+      code: status.INTERNAL,
+      details: /in the middle of a message \(9 bytes left over\)/,
+    },
+    {
+      name: 'the agent process dies mid-call (its socket closes, no GOAWAY): UNAVAILABLE',
+      answer: (stream) => {
+        stream.respond({ ':status': 200, 'content-type': 'application/grpc' });
+        // The raw socket, as when the agent process is killed: no GOAWAY, no RST_STREAM.
+        stream.write(frame('first'), () => rawSockets.at(-1)?.destroy());
+      },
+      code: status.UNAVAILABLE,
+      details: /connection/,
+    },
+    {
       name: 'RST_STREAM REFUSED_STREAM: UNAVAILABLE',
       answer: (stream) => stream.close(http2.constants.NGHTTP2_REFUSED_STREAM),
       code: status.UNAVAILABLE,
@@ -278,6 +335,7 @@ describe('H2GrpcClient: hostile or broken answers', () => {
       assert.match(result.status.details, details);
       assert.equal(result.errors.length, 1);
       assert.equal(result.errors[0]?.code, code);
+      assert.deepEqual(result.events, expectedEvents(result), 'messages, then error, then status, once each');
     });
   }
 
@@ -325,7 +383,9 @@ describe('H2GrpcClient: connections', () => {
       if (n === 1) {
         stream.write(frame('before'), () => {
           stream.session?.goaway(http2.constants.NGHTTP2_NO_ERROR, 1);
-          setTimeout(() => stream.end(frame('after goaway')), 50);
+          // Frames arrive in order: a client that has this message has seen the GOAWAY.
+          stream.write(frame('after goaway'));
+          setTimeout(() => stream.end(frame('last')), 100);
         });
       } else {
         stream.end(frame('new connection'));
@@ -334,11 +394,11 @@ describe('H2GrpcClient: connections', () => {
     const c = newClient();
     const first = c.serverStream(TEXT, 's');
     const firstOutcome = outcome(first);
-    await new Promise<void>((resolve) => first.on('data', () => resolve()));
-    await new Promise((resolve) => setTimeout(resolve, 20)); // the GOAWAY arrives
+    let received = 0;
+    await new Promise<void>((resolve) => first.on('data', () => (++received === 2 ? resolve() : undefined)));
     const second = await outcome(c.serverStream(TEXT, 's'));
     assert.deepEqual(second.messages, ['new connection']);
-    assert.deepEqual((await firstOutcome).messages, ['before', 'after goaway']);
+    assert.deepEqual((await firstOutcome).messages, ['before', 'after goaway', 'last']);
     assert.equal((await firstOutcome).status.code, status.OK);
     assert.equal(sessions.length, 2);
   });
@@ -359,11 +419,57 @@ describe('H2GrpcClient: connections', () => {
     }
   });
 
-  test('close(): new calls fail with UNAVAILABLE', async () => {
+  test('close(): an open call finishes; new calls fail with UNAVAILABLE', async () => {
+    let release!: () => void;
+    await serve((stream) => {
+      stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+      stream.write(frame('before close'));
+      release = () => stream.end(frame('after close'));
+      stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
+    });
     const c = newClient();
+    const open = c.serverStream(TEXT, 's');
+    const openOutcome = outcome(open);
+    await new Promise<void>((resolve) => open.on('data', () => resolve()));
     c.close();
+    const refused = await outcome(c.serverStream(TEXT, 's'));
+    assert.equal(refused.status.code, status.UNAVAILABLE);
+    assert.match(refused.status.details, /closed/);
+    release();
+    const finished = await openOutcome;
+    assert.deepEqual(finished.messages, ['before close', 'after close']);
+    assert.equal(finished.status.code, status.OK);
+  });
+
+  test('a call left open on a connection the agent closed (GOAWAY) fails after one keepalive period', async () => {
+    await serve((stream) => {
+      stream.respond({ ':status': 200, 'content-type': 'application/grpc' });
+      stream.write(frame('first'), () => {
+        stream.session?.goaway(http2.constants.NGHTTP2_NO_ERROR, 1);
+        stream.write(frame('never ends'));
+      });
+    });
+    const c = newClient({ keepaliveIntervalMs: 100, keepaliveTimeoutMs: 100 });
+    const started = performance.now();
     const result = await outcome(c.serverStream(TEXT, 's'));
+    assert.deepEqual(result.messages, ['first', 'never ends']);
     assert.equal(result.status.code, status.UNAVAILABLE);
-    await fs.access(dir); // nothing else touched
+    assert.match(result.status.details, /did not end within one keepalive period/);
+    assert.ok(performance.now() - started >= 150, 'not before the period');
+  });
+
+  test('cancel() resets a stream the agent answered with an error but left open', async () => {
+    let serverSideClosed: Promise<number> | undefined;
+    await serve((stream) => {
+      serverSideClosed = new Promise((resolve) => stream.on('close', () => resolve(stream.rstCode)));
+      stream.respond({ ':status': 503 }); // no endStream
+    });
+    const c = newClient();
+    const call = c.serverStream(TEXT, 's');
+    const result = outcome(call);
+    await new Promise((resolve) => setTimeout(resolve, 200)); // the 503 arrives (the status below proves it did)
+    call.cancel();
+    assert.equal((await result).status.code, status.UNAVAILABLE, "the agent's answer stands");
+    assert.equal(await serverSideClosed, http2.constants.NGHTTP2_CANCEL);
   });
 });

@@ -123,7 +123,7 @@ describe('write and read back', () => {
     assert.deepEqual(await fs.readdir(store.volumesDir), [`${a.volumeId}.json`]);
   });
 
-  test('a write that fails leaves the old record and no temp file behind', async () => {
+  test('a write that fails (a directory in the way) leaves that directory and no temp file behind', async () => {
     const a = record(UID_A);
     // A non-empty directory where the record goes: rename(2) refuses to replace it.
     await fs.mkdir(path.join(store.pathOf(a.volumeId), 'inside'), { recursive: true });
@@ -419,7 +419,7 @@ describe('loadAll quarantines bad files, never failing the others (invariant 6)'
   test('temp files a crash left (ours, and those of write-file-atomic in older versions) are removed, not loaded or quarantined', async () => {
     const a = record(UID_A);
     await store.write(a);
-    const tempNames = [`${a.volumeId}.json.1234567890`, `${volumeIdFor(UID_B, 'svid')}.json.3f2a9b1c`, `${a.volumeId}.json.4242-7.tmp`];
+    const tempNames = [`${a.volumeId}.json.1234567890`, `${volumeIdFor(UID_B, 'svid')}.json.3f2a9b1c`, `${a.volumeId}.json.0123456789ab.tmp`];
     for (const name of tempNames) await fs.writeFile(path.join(store.volumesDir, name), '{"partial":');
     const loaded = await store.loadAll();
     assert.deepEqual(loaded.records, [a]);
