@@ -18,7 +18,7 @@ import { watch, type FSWatcher } from 'chokidar';
 import { errorMessage } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import { DRIVER_VERSION } from '../version.js';
-import { H2GrpcClient, type CallError, type CallStatus, type GrpcMethod } from './h2-grpc-client.js';
+import { H2GrpcClient, type GrpcMethod, type ServerStreamCall } from './h2-grpc-client.js';
 import {
   delegatedIdentityService,
   type FetchJwtSvidsRequest,
@@ -32,15 +32,9 @@ import {
 /**
  * What a ResilientStream uses of one server-streaming call: H2GrpcClient's
  * call in production, a hand-driven fake in the unit tests
- * (test/support/fakes/fake-agent.ts). 'error' for a status other than OK,
- * then 'status' in every case, as grpc-js reports them.
+ * (test/support/fakes/fake-agent.ts).
  */
-export interface AgentStreamCall<T> {
-  on(event: 'data', listener: (message: T) => void): unknown;
-  on(event: 'error', listener: (err: CallError) => void): unknown;
-  on(event: 'status', listener: (status: CallStatus) => void): unknown;
-  cancel(): void;
-}
+export type AgentStreamCall<T> = ServerStreamCall<T>;
 
 export interface DelegatedIdentityClient {
   subscribeToX509Svids(request: SubscribeToX509SvidsRequest): AgentStreamCall<SubscribeToX509SvidsResponse>;
