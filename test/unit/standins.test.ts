@@ -458,7 +458,16 @@ describe('CLI entry points', () => {
     const chunks: string[] = [];
     child.stdout?.on('data', (chunk: Buffer) => chunks.push(chunk.toString()));
     child.stderr?.on('data', (chunk: Buffer) => chunks.push(chunk.toString()));
-    const exit = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    // Bounded, with what the stand-in printed: a stand-in that never exits fails its test instead of hanging the run.
+    const exit = Promise.race([
+      exited,
+      new Promise<never>((_, reject) => {
+        const timer = setTimeout(() => reject(new Error(`${script} did not exit within 20 s; its output:\n${chunks.join('')}`)), 20_000);
+        void exited.then(() => clearTimeout(timer));
+      }),
+    ]);
+    exit.catch(() => undefined);
     return { child, output: () => chunks.join(''), exit };
   }
 
