@@ -3,7 +3,8 @@
  * and spread over several runs). A script, not a test: nothing here passes or
  * fails, it reports what it measured on this machine.
  *
- *  1. NodePublishVolume overhead beyond the agent's own first response.
+ *  1. NodePublishVolume overhead beyond the agent's answer: the driver's own,
+ *     from its log line, and as the caller sees it.
  *  2. 500 volumes published at once: driver RSS before, at the peak and
  *     settled, idle CPU, time for one trust-bundle change to reach every
  *     volume's bundle file.
@@ -16,8 +17,6 @@
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import * as grpc from '@grpc/grpc-js';
-import { delegatedIdentityService, type SubscribeToX509SvidsResponse } from '../src/spire/messages.js';
 import { Harness, eventually, runningAsRoot, sleep } from '../test/support/driver-harness.js';
 import type { PublishedVolume } from '../test/support/kubelet-simulator.js';
 import { readVolume } from '../test/support/volume-assertions.js';
@@ -27,61 +26,79 @@ const RUNS = Number(process.env['BENCH_RUNS'] ?? 3);
 const VOLUMES = Number(process.env['BENCH_VOLUMES'] ?? 500);
 const PUBLISHES = Number(process.env['BENCH_PUBLISHES'] ?? 200);
 
-/** Time for the agent alone to answer a fresh subscription with the SVID. */
-async function agentFirstResponseMs(h: Harness, selectors: string[]): Promise<number> {
-  const Client = delegatedIdentityService();
-  const client = new Client(`unix:${h.config.agentAdminSocketPath}`, grpc.credentials.createInsecure());
-  const started = performance.now();
-  await new Promise<void>((resolve, reject) => {
-    const call = (
-      client as unknown as { SubscribeToX509SVIDs(r: object): grpc.ClientReadableStream<SubscribeToX509SvidsResponse> }
-    ).SubscribeToX509SVIDs({
-      selectors: selectors.map((s) => ({ type: 'k8s', value: s.slice('k8s:'.length) })),
-    });
-    call.on('data', (message: SubscribeToX509SvidsResponse) => {
-      if (message.x509_svids.length > 0) {
-        call.cancel();
-        resolve();
-      }
-    });
-    call.on('error', (err: grpc.ServiceError) => (err.code === grpc.status.CANCELLED ? undefined : reject(err)));
-  });
-  const elapsed = performance.now() - started;
-  client.close();
-  return elapsed;
+/** The timings of the driver's "volume published" line for one volume, or undefined before it is logged. */
+function publishedLine(h: Harness, volumeId: string): { duration_ms: number; agent_wait_ms: number } | undefined {
+  const lines = (h.child?.output() ?? '').split('\n');
+  for (let i = lines.length - 1; i >= 0; i--) {
+    const line = lines[i] as string;
+    if (!line.includes('"msg":"volume published"') || !line.includes(volumeId)) continue;
+    const { duration_ms: duration, agent_wait_ms: agentWait } = JSON.parse(line) as Record<string, unknown>;
+    if (typeof duration !== 'number' || typeof agentWait !== 'number') throw new Error(`"volume published" without its timings: ${line}`);
+    return { duration_ms: duration, agent_wait_ms: agentWait };
+  }
+  return undefined;
 }
 
+/**
+ * NodePublishVolume's overhead beyond the agent's answer, two ways, per publish:
+ *  - the driver's own: its "volume published" line's duration_ms (the call's
+ *    arrival to the files on disk) minus agent_wait_ms (its wait for the
+ *    agent's answer), both on the driver's clock;
+ *  - the caller's: the whole call as this process (the kubelet simulator) sees
+ *    it, minus the time the development agent, in this process too, took to
+ *    answer that very subscription. It adds this process's own gRPC work on
+ *    both sockets and its pauses, which the real kubelet and agent do not share.
+ */
 async function benchPublishOverhead(useTmpfs: boolean): Promise<void> {
-  const p50s: number[] = [];
-  const p99s: number[] = [];
+  const driverP50s: number[] = [];
+  const driverP99s: number[] = [];
+  const callerP50s: number[] = [];
+  const callerP99s: number[] = [];
   for (let run = 0; run < RUNS; run++) {
     const h = await Harness.start({ driverProcess: true, useTmpfs, logLevel: 'info' });
     try {
-      const overheads: number[] = [];
+      const driverOverheads: number[] = [];
+      const callerOverheads: number[] = [];
       for (let i = 0; i < PUBLISHES; i++) {
         const pod = h.kubelet.createPod();
         await h.agent.addEntry({ spiffeId: `spiffe://example.org/p${i}`, selectors: [`k8s:pod-uid:${pod.uid}`] });
-        const agentMs = await agentFirstResponseMs(h, [`k8s:pod-uid:${pod.uid}`]);
         // Time the NodePublishVolume call alone, not kubelet's own directory work around it.
         const request = h.kubelet.publishRequest(pod);
         await fs.mkdir(path.dirname(request.target_path), { recursive: true });
+        const answered = h.agent.firstSvidResponseTimings().length;
         const started = performance.now();
         await h.kubelet.nodeCall('NodePublishVolume', request);
-        overheads.push(performance.now() - started - agentMs);
+        const callMs = performance.now() - started;
+        const agentTimings = h.agent.firstSvidResponseTimings().slice(answered);
+        if (agentTimings.length !== 1 || !agentTimings[0]?.selectors.includes(`k8s:pod-uid:${pod.uid}`)) {
+          throw new Error(`expected the agent to answer exactly this pod's subscription once, saw ${JSON.stringify(agentTimings)}`);
+        }
+        callerOverheads.push(callMs - agentTimings[0].handlingMs);
+        const line = await eventually('the "volume published" line', () => publishedLine(h, request.volume_id), 5000);
+        driverOverheads.push(line.duration_ms - line.agent_wait_ms);
         await h.kubelet.unpublish({ volumeId: request.volume_id, targetPath: request.target_path });
       }
-      overheads.sort((a, b) => a - b);
-      p50s.push(quantile(overheads, 0.5));
-      p99s.push(quantile(overheads, 0.99));
+      for (const [values, p50s, p99s] of [
+        [driverOverheads, driverP50s, driverP99s],
+        [callerOverheads, callerP50s, callerP99s],
+      ] as const) {
+        values.sort((a, b) => a - b);
+        p50s.push(quantile(values, 0.5));
+        p99s.push(quantile(values, 0.99));
+      }
     } finally {
       await h.close();
     }
   }
   console.log(
-    `NodePublishVolume overhead beyond the agent's first response (${PUBLISHES} publishes per run, ${useTmpfs ? 'per-volume tmpfs' : 'plain directory'}):`,
+    `NodePublishVolume overhead beyond the agent's answer (${PUBLISHES} publishes per run, ${useTmpfs ? 'per-volume tmpfs' : 'plain directory'}):`,
   );
-  console.log(`  p50: ${summary(p50s, 'ms', 2)}`);
-  console.log(`  p99: ${summary(p99s, 'ms', 2)}   target <= 5 ms`);
+  console.log(`  the driver's own (its log line: duration_ms - agent_wait_ms):`);
+  console.log(`    p50: ${summary(driverP50s, 'ms', 2)}`);
+  console.log(`    p99: ${summary(driverP99s, 'ms', 2)}   target <= 5 ms`);
+  console.log(`  as the caller sees it (the whole call - the agent's own handling of the subscription):`);
+  console.log(`    p50: ${summary(callerP50s, 'ms', 2)}`);
+  console.log(`    p99: ${summary(callerP99s, 'ms', 2)}`);
 }
 
 async function benchManyVolumes(): Promise<void> {

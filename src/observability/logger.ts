@@ -40,10 +40,13 @@ export interface LogFields {
   // Why it failed: the error's message, and other reasons in words.
   err?: string;
   reason?: string;
+  /** Whether a check passed. */
+  passed?: boolean;
   // Durations and counts.
   duration_ms?: number;
   waited_ms?: number;
-  waited_for_files_ms?: number;
+  /** Of a publish's duration_ms, the part spent waiting for the SPIRE agent's answer. */
+  agent_wait_ms?: number;
   retry_in_ms?: number;
   attempt?: number;
   failed_attempts?: number;
@@ -93,6 +96,11 @@ export interface Logger {
 }
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace';
+
+/** A duration for a `*_ms` log field: a tenth of a millisecond is as fine as a publish's steps need. */
+export function roundMs(ms: number): number {
+  return Math.round(ms * 10) / 10;
+}
 
 /**
  * `parent.child(bindings)`, made only for a line that is logged. A pino child

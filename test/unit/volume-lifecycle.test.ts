@@ -225,11 +225,10 @@ describe('publish', () => {
         ['syncing the volume files with the newest material', undefined],
         ['SVID checked', 0],
         ['volume files written', 3],
-        ['publish complete: the files are on disk', 110],
       ],
     );
-    const [opened, record, prepared, first, , checked, written, complete] = debug;
-    for (const entry of [record, prepared, complete]) {
+    const [opened, record, prepared, first, , checked, written] = debug;
+    for (const entry of [record, prepared]) {
       assert.equal(entry?.['target_path'], spec.targetPath);
       assert.equal(entry?.['pod'], 'default/app-1');
     }
@@ -240,7 +239,10 @@ describe('publish', () => {
     assert.equal(String(checked?.['serial']).toLowerCase(), svid(0).serialHex);
     assert.equal(typeof checked?.['expires_at'], 'string');
     assert.equal(written?.['version'], '..v1');
-    assert.equal(complete?.['waited_for_files_ms'], 110, 'from the stream opening (0 ms) to the files (110 ms)');
+    const published = w.log.withMessage('volume published')[0];
+    assert.equal(published?.['level'], 'info');
+    assert.equal(published?.['duration_ms'], 110, 'from the call (0 ms) to the files (110 ms)');
+    assert.equal(published?.['agent_wait_ms'], 107, "from the stream opening (0 ms) to the agent's answer (107 ms)");
 
     // The info lines stay what they were, interleaved at their places.
     assert.deepEqual(
@@ -386,6 +388,68 @@ describe('publish', () => {
     await settle();
     assertSucceeded(call);
     assert.equal(w.storage.written(spec.targetPath).length, 1);
+    await w.close();
+  });
+
+  it('an SVID that arrives while the tmpfs is mounted is checked meanwhile, then written once the mount is there', async () => {
+    const w = new World();
+    const spec = podSpec(6);
+    let mount!: () => void;
+    w.storage.onPrepare = () => new Promise<void>((resolve) => (mount = resolve));
+    const call = w.publish(spec);
+    await settle();
+    w.sendBundle();
+    w.sendSvids(spec, svid(0));
+    await settle();
+    assert.deepEqual(
+      w.debugLines(spec.volumeId).map((e) => [e['msg'], e['passed']]),
+      [
+        ['SVID stream opened; waiting for the SPIRE agent', undefined],
+        ['metadata record written', undefined],
+        ['first SVID response received from the SPIRE agent', undefined],
+        ['SVID checked ahead, while the target path is prepared', true],
+      ],
+      'checked before the mount is there',
+    );
+    assert.deepEqual(w.storage.written(spec.targetPath), []);
+    mount();
+    await settle();
+    assertSucceeded(call);
+    assert.equal(w.serialOnDisk(spec), svid(0).serialHex);
+    assert.equal(w.debugLines(spec.volumeId).filter((e) => e['msg'] === 'SVID checked ahead, while the target path is prepared').length, 1);
+    await w.close();
+  });
+
+  it('an SVID refused while the tmpfs is mounted is reported once, by the check after the mount, and nothing is written', async () => {
+    const w = new World();
+    const spec = podSpec(7);
+    let mount!: () => void;
+    w.storage.onPrepare = () => new Promise<void>((resolve) => (mount = resolve));
+    const call = w.publish(spec);
+    await settle();
+    w.sendBundle();
+    const good = svid(0);
+    // svid(0)'s certificate with svid(1)'s private key.
+    const mismatched: FakeSvid = { ...good, message: { ...good.message, x509_svid_key: svid(1).message.x509_svid_key } };
+    w.sendSvids(spec, mismatched);
+    await settle();
+    assert.equal(w.debugLines(spec.volumeId).find((e) => e['msg'] === 'SVID checked ahead, while the target path is prepared')?.['passed'], false);
+    assert.equal(await w.counter('svidUpdates', { outcome: 'rejected' }), 0, 'the check ahead reports nothing');
+    mount();
+    await settle();
+    assert.equal(call.settled, false, 'still waiting for an SVID it can write');
+    assert.deepEqual(w.storage.written(spec.targetPath), []);
+    assert.equal(await w.counter('svidUpdates', { outcome: 'rejected' }), 1);
+    assert.deepEqual(
+      w.log
+        .entries()
+        .filter((e) => e['msg'] === 'rejected an SVID from the SPIRE agent; the previous files stay')
+        .map((e) => e['reason']),
+      ['the private key does not match the leaf certificate'],
+    );
+    w.sendSvids(spec, good);
+    await settle();
+    assertSucceeded(call);
     await w.close();
   });
 
@@ -969,7 +1033,7 @@ describe('write retry through ManagedVolume', () => {
       w.log.withMessage('SVID files written after failed attempts; no longer retrying').map((e) => e['failed_attempts']),
       [3],
     );
-    assert.equal(w.log.withMessage('publish complete: the files are on disk')[0]?.['duration_ms'], 7000);
+    assert.equal(w.log.withMessage('volume published')[0]?.['duration_ms'], 7000);
     await w.close();
   });
 

@@ -22,7 +22,7 @@ import type * as grpc from '@grpc/grpc-js';
 import type { FetchJwtSvidsRequest, Selector } from '../../../src/spire/messages.js';
 import type { MintedCa } from '../certs.js';
 import { AdminSocketServer } from './admin-socket.js';
-import { DelegatedIdentityService } from './delegated-identity.js';
+import { DelegatedIdentityService, type FirstSvidResponseTiming } from './delegated-identity.js';
 import { EntryStore } from './entry-store.js';
 import { FaultInjector } from './faults.js';
 import { JwtIssuer } from './jwt-issuer.js';
@@ -293,6 +293,11 @@ export class DevAgent {
   /** The selectors of every SubscribeToX509SVIDs request received, in order, rejected ones included. */
   receivedSelectorSets(): Selector[][] {
     return this.service.receivedSelectorSets();
+  }
+
+  /** How long this agent took to answer each SVID subscription with its first SVIDs, in order. */
+  firstSvidResponseTimings(): FirstSvidResponseTiming[] {
+    return this.service.firstSvidResponseTimings();
   }
 
   openSvidStreams(): number {
