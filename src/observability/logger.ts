@@ -40,8 +40,6 @@ export interface LogFields {
   // Why it failed: the error's message, and other reasons in words.
   err?: string;
   reason?: string;
-  /** Whether a check passed. */
-  passed?: boolean;
   // Durations and counts.
   duration_ms?: number;
   waited_ms?: number;

@@ -136,8 +136,6 @@ export class ManagedVolume {
    * before the mount is there. Rejected: the volume never writes.
    */
   private writable: Promise<void> = Promise.resolve();
-  /** False while a publish's `writableAfter` is pending: the SVID is then checked ahead (checkAhead). */
-  private writableSettled = true;
   private closed = false;
   /** Made by the first waitUntilWritten: most volumes never have a waiter after their publish. */
   private stateListeners: Set<() => void> | undefined;
@@ -248,10 +246,7 @@ export class ManagedVolume {
    * and none ever if it rejects (the publish that owns it has failed).
    */
   start(options: { writableAfter?: Promise<void> } = {}): void {
-    if (options.writableAfter !== undefined) {
-      this.writable = options.writableAfter;
-      this.writableSettled = false;
-    }
+    if (options.writableAfter !== undefined) this.writable = options.writableAfter;
     this.startedAt = this.clock.now();
     this.unsubscribeBundles = this.deps.bundles.subscribe((changed) => {
       if (this.trustDomainId !== undefined && changed.has(this.trustDomainId)) {
@@ -291,12 +286,9 @@ export class ManagedVolume {
     // (The SVID stream opens at once: it only subscribes.)
     this.writable.then(
       () => {
-        this.writableSettled = true;
         if (!this.closed) this.startJwt();
       },
-      () => {
-        this.writableSettled = true;
-      },
+      () => undefined,
     );
   }
 
@@ -456,7 +448,6 @@ export class ManagedVolume {
   private async drain(): Promise<void> {
     // Yield first so `this.draining` is assigned before the loop can finish.
     await Promise.resolve();
-    if (!this.writableSettled) this.checkAhead();
     try {
       await this.writable;
     } catch {
@@ -470,33 +461,6 @@ export class ManagedVolume {
       await this.sync();
       this.notifyStateListeners();
     }
-  }
-
-  /**
-   * Runs the SVID checks on the agent's answer while the publish still writes
-   * the record and mounts the tmpfs, so that their ~1 ms of CPU (the key parse
-   * alone is ~0.6 ms with OpenSSL 3) overlaps that I/O instead of following
-   * it: the check in sync() then finds the result in leafCheck and only looks
-   * at the clock. It only fills that memo; an SVID it refuses is reported by
-   * sync()'s own check, once.
-   */
-  private checkAhead(): void {
-    const svids = this.latest?.x509_svids;
-    if (svids === undefined || svids.length === 0) return;
-    const picked = pickSvid(svids, { spiffeId: this.record.spiffeId, hint: this.record.hint });
-    if ('problem' in picked) return;
-    const bundle = this.deps.bundles.get(picked.trustDomainId);
-    if (bundle === undefined) return;
-    const startedAt = this.clock.now();
-    const checked = checkSvid(
-      { spiffeId: picked.spiffeId, certChain: picked.certChain, keyDer: picked.keyDer, bundle: bundle.certificates },
-      undefined,
-      this.leafCheck,
-    );
-    this.logger.debug(
-      { passed: checked.ok, duration_ms: roundMs(this.clock.now() - startedAt) },
-      'SVID checked ahead, while the target path is prepared',
-    );
   }
 
   private async sync(): Promise<void> {

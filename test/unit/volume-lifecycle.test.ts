@@ -391,68 +391,6 @@ describe('publish', () => {
     await w.close();
   });
 
-  it('an SVID that arrives while the tmpfs is mounted is checked meanwhile, then written once the mount is there', async () => {
-    const w = new World();
-    const spec = podSpec(6);
-    let mount!: () => void;
-    w.storage.onPrepare = () => new Promise<void>((resolve) => (mount = resolve));
-    const call = w.publish(spec);
-    await settle();
-    w.sendBundle();
-    w.sendSvids(spec, svid(0));
-    await settle();
-    assert.deepEqual(
-      w.debugLines(spec.volumeId).map((e) => [e['msg'], e['passed']]),
-      [
-        ['SVID stream opened; waiting for the SPIRE agent', undefined],
-        ['metadata record written', undefined],
-        ['first SVID response received from the SPIRE agent', undefined],
-        ['SVID checked ahead, while the target path is prepared', true],
-      ],
-      'checked before the mount is there',
-    );
-    assert.deepEqual(w.storage.written(spec.targetPath), []);
-    mount();
-    await settle();
-    assertSucceeded(call);
-    assert.equal(w.serialOnDisk(spec), svid(0).serialHex);
-    assert.equal(w.debugLines(spec.volumeId).filter((e) => e['msg'] === 'SVID checked ahead, while the target path is prepared').length, 1);
-    await w.close();
-  });
-
-  it('an SVID refused while the tmpfs is mounted is reported once, by the check after the mount, and nothing is written', async () => {
-    const w = new World();
-    const spec = podSpec(7);
-    let mount!: () => void;
-    w.storage.onPrepare = () => new Promise<void>((resolve) => (mount = resolve));
-    const call = w.publish(spec);
-    await settle();
-    w.sendBundle();
-    const good = svid(0);
-    // svid(0)'s certificate with svid(1)'s private key.
-    const mismatched: FakeSvid = { ...good, message: { ...good.message, x509_svid_key: svid(1).message.x509_svid_key } };
-    w.sendSvids(spec, mismatched);
-    await settle();
-    assert.equal(w.debugLines(spec.volumeId).find((e) => e['msg'] === 'SVID checked ahead, while the target path is prepared')?.['passed'], false);
-    assert.equal(await w.counter('svidUpdates', { outcome: 'rejected' }), 0, 'the check ahead reports nothing');
-    mount();
-    await settle();
-    assert.equal(call.settled, false, 'still waiting for an SVID it can write');
-    assert.deepEqual(w.storage.written(spec.targetPath), []);
-    assert.equal(await w.counter('svidUpdates', { outcome: 'rejected' }), 1);
-    assert.deepEqual(
-      w.log
-        .entries()
-        .filter((e) => e['msg'] === 'rejected an SVID from the SPIRE agent; the previous files stay')
-        .map((e) => e['reason']),
-      ['the private key does not match the leaf certificate'],
-    );
-    w.sendSvids(spec, good);
-    await settle();
-    assertSucceeded(call);
-    await w.close();
-  });
-
   it('a failed mount writes nothing, even with the SVID already there, and removes the record', async () => {
     const w = new World();
     const spec = podSpec(5);
