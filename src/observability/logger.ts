@@ -5,9 +5,9 @@
  * always the error's message (errorMessage), never the error object.
  *
  * Private keys and service-account tokens must never reach a log line
- * (docs/design.md invariant 8): the code never logs them, and the redaction
- * paths below catch the shapes they arrive in should a request or a response
- * object be logged by mistake.
+ * (docs/design.md invariant 8): the code never logs them, and redactSecrets
+ * below replaces them, at any depth, should a request or a response object be
+ * logged by mistake.
  */
 import pino, { type DestinationStream } from 'pino';
 
@@ -151,31 +151,70 @@ class LazyChildLogger implements Logger {
   }
 }
 
-export const REDACTED_PATHS = [
-  'x509_svid_key',
-  '*.x509_svid_key',
-  'x509_svids[*].x509_svid_key',
-  '*.x509_svids[*].x509_svid_key',
-  'secrets',
-  '*.secrets',
-  'volume_context["csi.storage.k8s.io/serviceAccount.tokens"]',
-  '*.volume_context["csi.storage.k8s.io/serviceAccount.tokens"]',
-  'keyDer',
-  '*.keyDer',
-  'privateKey',
-  '*.privateKey',
-];
+/**
+ * Keys whose values never reach a log line, at any depth: the agent's
+ * private key (x509_svid_key as it arrives, keyDer and privateKey as we hold
+ * it), a CSI request's secrets, and the service-account tokens kubelet puts
+ * in volume_context.
+ */
+const SECRET_KEYS: ReadonlySet<string> = new Set(['x509_svid_key', 'keyDer', 'privateKey', 'secrets', 'csi.storage.k8s.io/serviceAccount.tokens']);
+const CENSOR = '[REDACTED]';
+/** Deeper than any object we could log by mistake (a request, a response); below it, nothing is printed. */
+const MAX_DEPTH = 10;
+
+/**
+ * A line's fields with every SECRET_KEYS value replaced by "[REDACTED]".
+ *
+ * In place of pino's `redact` option: its redaction (@pinojs/redact) parses
+ * every path and clones the object on every line, ~46 us a line with
+ * --jitless against ~9 us for all the rest of the line, and a publish logs
+ * three. Our lines carry strings, numbers, booleans and string arrays
+ * (LogFields), so each key is looked at and the fields go out as they are;
+ * only a line carrying an object (never, unless by mistake) is copied, with
+ * the secrets replaced at any depth rather than at pino's fixed paths.
+ */
+export function redactSecrets(fields: Record<string, unknown>): Record<string, unknown> {
+  for (const key in fields) {
+    if (SECRET_KEYS.has(key) || holdsObject(fields[key])) return redactedCopy(fields, 0) as Record<string, unknown>;
+  }
+  return fields;
+}
+
+function holdsObject(value: unknown): boolean {
+  if (typeof value !== 'object' || value === null) return false;
+  return !Array.isArray(value) || value.some((item) => typeof item === 'object' && item !== null);
+}
+
+function redactedCopy(value: unknown, depth: number): unknown {
+  if (typeof value !== 'object' || value === null) return value;
+  // An Error goes to pino's err serializer as it is; bytes under an ordinary key are printed as pino would.
+  if (value instanceof Error || ArrayBuffer.isView(value)) return value;
+  if (depth >= MAX_DEPTH) return '[too deep]';
+  if (Array.isArray(value)) return value.map((item: unknown) => redactedCopy(item, depth + 1));
+  const copy: Record<string, unknown> = {};
+  for (const [key, item] of Object.entries(value)) copy[key] = SECRET_KEYS.has(key) ? CENSOR : redactedCopy(item, depth + 1);
+  return copy;
+}
 
 export function createLogger(options: { level: string; destination?: DestinationStream; base?: Record<string, unknown> }): Logger {
-  return pino(
+  const root = pino(
     {
       level: options.level,
       base: options.base ?? {},
       timestamp: pino.stdTimeFunctions.isoTime,
       messageKey: 'msg',
-      formatters: { level: (label) => ({ level: label }) },
-      redact: { paths: REDACTED_PATHS, censor: '[REDACTED]' },
+      formatters: { level: (label) => ({ level: label }), bindings: redactSecrets, log: redactSecrets },
     },
     options.destination ?? pino.destination({ dest: 1, sync: false }),
   );
+  // formatters.bindings only sees the root's base: pino's child() swaps it
+  // out. A child's bindings are redacted here instead; every child and
+  // grandchild is made from the root by Object.create, so inherits this.
+  type ChildMethod = (this: unknown, bindings: pino.Bindings, childOptions?: unknown) => unknown;
+  const pinoChild = Reflect.get(root, 'child') as ChildMethod;
+  const redactingChild: ChildMethod = function child(bindings, childOptions) {
+    return pinoChild.call(this, redactSecrets(bindings), childOptions);
+  };
+  root.child = redactingChild as unknown as typeof root.child;
+  return root;
 }

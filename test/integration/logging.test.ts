@@ -111,4 +111,40 @@ describe('logs', () => {
     for (const secret of ['KEYBYTES', 'SECRETVALUE', 'TOKENVALUE', 'TOPKEY']) assert.equal(text.includes(secret), false, `${secret} redacted`);
     assert.match(text, /\[REDACTED\]/);
   });
+
+  it('redacts at any depth, in bindings too, and passes ordinary lines and errors through unchanged', () => {
+    const capture = new LogCapture();
+    const logger = createLogger({ level: 'info', destination: capture }) as unknown as {
+      info(fields: object, message: string): void;
+      error(err: Error, message: string): void;
+      child(bindings: object): { info(fields: object, message: string): void };
+      flush(): void;
+    };
+    const key = Buffer.from('RAWKEYBYTES');
+    logger.info({ a: { b: { c: { d: [{ keyDer: key, privateKey: 'PKCS8PEM', kept: 'visible' }] } } } }, 'deep');
+    logger
+      .child({ request: { volume_context: { 'csi.storage.k8s.io/serviceAccount.tokens': 'BOUNDTOKEN', 'csi.storage.k8s.io/pod.name': 'app' } } })
+      .info({}, 'bound');
+    logger.info({ volume_id: 'csi-1', duration_ms: 3.2, trust_domains: ['a', 'b'], tmpfs: true }, 'ordinary');
+    logger.error(new Error('the cause'), 'failed');
+    logger.flush();
+    const text = capture.text();
+    for (const secret of ['RAWKEYBYTES', key.toString('base64'), 'PKCS8PEM', 'BOUNDTOKEN'])
+      assert.equal(text.includes(secret), false, `${secret} redacted`);
+    const lines = capture.entries();
+    const deep = lines.find((e) => e['msg'] === 'deep') as { a: { b: { c: { d: Record<string, unknown>[] } } } };
+    assert.deepEqual(deep.a.b.c.d, [{ keyDer: '[REDACTED]', privateKey: '[REDACTED]', kept: 'visible' }]);
+    const bound = lines.find((e) => e['msg'] === 'bound') as { request: { volume_context: Record<string, string> } };
+    assert.deepEqual(bound.request.volume_context, {
+      'csi.storage.k8s.io/serviceAccount.tokens': '[REDACTED]',
+      'csi.storage.k8s.io/pod.name': 'app',
+    });
+    const ordinary = lines.find((e) => e['msg'] === 'ordinary');
+    assert.deepEqual(
+      { ...ordinary, time: undefined },
+      { level: 'info', time: undefined, volume_id: 'csi-1', duration_ms: 3.2, trust_domains: ['a', 'b'], tmpfs: true, msg: 'ordinary' },
+    );
+    const failed = lines.find((e) => e['msg'] === 'failed') as { err?: { message?: string } };
+    assert.equal(failed.err?.message, 'the cause', "pino's err serializer still sees the Error");
+  });
 });
