@@ -154,13 +154,21 @@ class LazyChildLogger implements Logger {
 /**
  * Keys whose values never reach a log line, at any depth: the agent's
  * private key (x509_svid_key as it arrives, keyDer and privateKey as we hold
- * it), a CSI request's secrets, and the service-account tokens kubelet puts
- * in volume_context.
+ * it), a JWT-SVID's token, a CSI request's secrets, and the service-account
+ * tokens kubelet puts in volume_context.
  */
-const SECRET_KEYS: ReadonlySet<string> = new Set(['x509_svid_key', 'keyDer', 'privateKey', 'secrets', 'csi.storage.k8s.io/serviceAccount.tokens']);
+const SECRET_KEYS: ReadonlySet<string> = new Set([
+  'x509_svid_key',
+  'keyDer',
+  'privateKey',
+  'token',
+  'secrets',
+  'csi.storage.k8s.io/serviceAccount.tokens',
+]);
 const CENSOR = '[REDACTED]';
-/** Deeper than any object we could log by mistake (a request, a response); below it, nothing is printed. */
-const MAX_DEPTH = 10;
+/** As pino's own fallback serializer (safe-stable-stringify) bounds a line: depth, and keys or items per object. */
+const MAX_DEPTH = 5;
+const MAX_BREADTH = 100;
 
 /**
  * A line's fields with every SECRET_KEYS value replaced by "[REDACTED]".
@@ -169,13 +177,16 @@ const MAX_DEPTH = 10;
  * every path and clones the object on every line, ~46 us a line with
  * --jitless against ~9 us for all the rest of the line, and a publish logs
  * three. Our lines carry strings, numbers, booleans and string arrays
- * (LogFields), so each key is looked at and the fields go out as they are;
- * only a line carrying an object (never, unless by mistake) is copied, with
- * the secrets replaced at any depth rather than at pino's fixed paths.
+ * (LogFields), so each key is looked at and the fields go out as they are.
+ * Only a line carrying an object (never, unless by mistake) is copied, and the
+ * copy is what is printed: secrets replaced at any depth rather than at fixed
+ * paths, an Error serialized first (pino's err serializer would copy its own
+ * properties, secrets included), toJSON honoured, bytes never printed (a key
+ * can hide under any name), cycles cut, and depth and breadth bounded.
  */
 export function redactSecrets(fields: Record<string, unknown>): Record<string, unknown> {
   for (const key in fields) {
-    if (SECRET_KEYS.has(key) || holdsObject(fields[key])) return redactedCopy(fields, 0) as Record<string, unknown>;
+    if (SECRET_KEYS.has(key) || holdsObject(fields[key])) return redactedCopy(fields, 0, new Set()) as Record<string, unknown>;
   }
   return fields;
 }
@@ -185,15 +196,29 @@ function holdsObject(value: unknown): boolean {
   return !Array.isArray(value) || value.some((item) => typeof item === 'object' && item !== null);
 }
 
-function redactedCopy(value: unknown, depth: number): unknown {
+function redactedCopy(value: unknown, depth: number, ancestors: Set<object>): unknown {
+  if (typeof value === 'function') return undefined;
   if (typeof value !== 'object' || value === null) return value;
-  // An Error goes to pino's err serializer as it is; bytes under an ordinary key are printed as pino would.
-  if (value instanceof Error || ArrayBuffer.isView(value)) return value;
-  if (depth >= MAX_DEPTH) return '[too deep]';
-  if (Array.isArray(value)) return value.map((item: unknown) => redactedCopy(item, depth + 1));
-  const copy: Record<string, unknown> = {};
-  for (const [key, item] of Object.entries(value)) copy[key] = SECRET_KEYS.has(key) ? CENSOR : redactedCopy(item, depth + 1);
-  return copy;
+  if (ArrayBuffer.isView(value) || value instanceof ArrayBuffer) return `[${value.byteLength} bytes]`;
+  if (ancestors.has(value)) return '[Circular]';
+  if (depth >= MAX_DEPTH) return Array.isArray(value) ? '[Array]' : '[Object]';
+  ancestors.add(value);
+  try {
+    if (value instanceof Error) return redactedCopy(pino.stdSerializers.err(value), depth, ancestors);
+    const toJSON: unknown = (value as { toJSON?: unknown }).toJSON;
+    if (typeof toJSON === 'function') return redactedCopy(toJSON.call(value) as unknown, depth + 1, ancestors);
+    if (Array.isArray(value)) return value.slice(0, MAX_BREADTH).map((item: unknown) => redactedCopy(item, depth + 1, ancestors));
+    const copy: Record<string, unknown> = {};
+    for (const key of Object.keys(value).slice(0, MAX_BREADTH)) {
+      copy[key] = SECRET_KEYS.has(key) ? CENSOR : redactedCopy((value as Record<string, unknown>)[key], depth + 1, ancestors);
+    }
+    return copy;
+  } catch {
+    // A getter or toJSON that throws: the line still goes out, without this value.
+    return '[unserializable]';
+  } finally {
+    ancestors.delete(value);
+  }
 }
 
 export function createLogger(options: { level: string; destination?: DestinationStream; base?: Record<string, unknown> }): Logger {
@@ -204,12 +229,17 @@ export function createLogger(options: { level: string; destination?: Destination
       timestamp: pino.stdTimeFunctions.isoTime,
       messageKey: 'msg',
       formatters: { level: (label) => ({ level: label }), bindings: redactSecrets, log: redactSecrets },
+      // redactSecrets has already serialized (and redacted) any Error; pino's
+      // err serializer, which runs after it, would serialize that copy again.
+      serializers: { err: (value: unknown) => value },
     },
     options.destination ?? pino.destination({ dest: 1, sync: false }),
   );
   // formatters.bindings only sees the root's base: pino's child() swaps it
   // out. A child's bindings are redacted here instead; every child and
   // grandchild is made from the root by Object.create, so inherits this.
+  // (Not covered, and not used here: child() options that replace
+  // formatters.log, and setBindings(), which passes no formatter.)
   type ChildMethod = (this: unknown, bindings: pino.Bindings, childOptions?: unknown) => unknown;
   const pinoChild = Reflect.get(root, 'child') as ChildMethod;
   const redactingChild: ChildMethod = function child(bindings, childOptions) {

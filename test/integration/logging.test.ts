@@ -112,7 +112,7 @@ describe('logs', () => {
     assert.match(text, /\[REDACTED\]/);
   });
 
-  it('redacts at any depth, in bindings too, and passes ordinary lines and errors through unchanged', () => {
+  it('redacts nested secrets, in bindings too, prints nothing below five levels, and passes ordinary lines and errors through', () => {
     const capture = new LogCapture();
     const logger = createLogger({ level: 'info', destination: capture }) as unknown as {
       info(fields: object, message: string): void;
@@ -121,7 +121,10 @@ describe('logs', () => {
       flush(): void;
     };
     const key = Buffer.from('RAWKEYBYTES');
-    logger.info({ a: { b: { c: { d: [{ keyDer: key, privateKey: 'PKCS8PEM', kept: 'visible' }] } } } }, 'deep');
+    logger.info(
+      { a: { b: { d: [{ keyDer: key, privateKey: 'PKCS8PEM', kept: 'visible' }] } }, e: { f: { g: { h: { i: { privateKey: 'TOODEEP' } } } } } },
+      'deep',
+    );
     logger
       .child({ request: { volume_context: { 'csi.storage.k8s.io/serviceAccount.tokens': 'BOUNDTOKEN', 'csi.storage.k8s.io/pod.name': 'app' } } })
       .info({}, 'bound');
@@ -129,11 +132,12 @@ describe('logs', () => {
     logger.error(new Error('the cause'), 'failed');
     logger.flush();
     const text = capture.text();
-    for (const secret of ['RAWKEYBYTES', key.toString('base64'), 'PKCS8PEM', 'BOUNDTOKEN'])
+    for (const secret of ['RAWKEYBYTES', key.toString('base64'), 'PKCS8PEM', 'BOUNDTOKEN', 'TOODEEP'])
       assert.equal(text.includes(secret), false, `${secret} redacted`);
     const lines = capture.entries();
-    const deep = lines.find((e) => e['msg'] === 'deep') as { a: { b: { c: { d: Record<string, unknown>[] } } } };
-    assert.deepEqual(deep.a.b.c.d, [{ keyDer: '[REDACTED]', privateKey: '[REDACTED]', kept: 'visible' }]);
+    const deep = lines.find((e) => e['msg'] === 'deep') as { a: { b: { d: Record<string, unknown>[] } }; e: { f: { g: { h: unknown } } } };
+    assert.deepEqual(deep.a.b.d, [{ keyDer: '[REDACTED]', privateKey: '[REDACTED]', kept: 'visible' }]);
+    assert.deepEqual(deep.e.f.g.h, { i: '[Object]' }, 'below five levels nothing is printed');
     const bound = lines.find((e) => e['msg'] === 'bound') as { request: { volume_context: Record<string, string> } };
     assert.deepEqual(bound.request.volume_context, {
       'csi.storage.k8s.io/serviceAccount.tokens': '[REDACTED]',
@@ -144,7 +148,52 @@ describe('logs', () => {
       { ...ordinary, time: undefined },
       { level: 'info', time: undefined, volume_id: 'csi-1', duration_ms: 3.2, trust_domains: ['a', 'b'], tmpfs: true, msg: 'ordinary' },
     );
-    const failed = lines.find((e) => e['msg'] === 'failed') as { err?: { message?: string } };
-    assert.equal(failed.err?.message, 'the cause', "pino's err serializer still sees the Error");
+    const failed = lines.find((e) => e['msg'] === 'failed') as { err?: Record<string, unknown> };
+    assert.equal(failed.err?.['message'], 'the cause');
+    assert.equal(failed.err?.['type'], 'Error');
+    assert.match(String(failed.err?.['stack']), /the cause/);
+  });
+
+  it('redacts secrets on Errors, behind toJSON and in cycles, never prints bytes, and bounds what a mistaken object prints', () => {
+    const capture = new LogCapture();
+    const logger = createLogger({ level: 'info', destination: capture }) as unknown as {
+      info(fields: object, message: string): void;
+      error(err: Error, message: string): void;
+      flush(): void;
+    };
+    const withSecrets = Object.assign(new Error('agent call failed'), { keyDer: 'ERRKEY', request: { secrets: { p: 'ERRSECRET' } } });
+    logger.error(withSecrets, 'top-level error');
+    logger.info({ detail: { inner: withSecrets } }, 'nested error');
+    class Box {
+      constructor(readonly value: string) {}
+      toJSON(): object {
+        return { shown: 'box', privateKey: this.value };
+      }
+    }
+    logger.info({ box: new Box('BOXSECRET') }, 'toJSON');
+    const cyclic: Record<string, unknown> = { name: 'loop' };
+    for (let i = 0; i < 6; i++) cyclic[`self${i}`] = cyclic;
+    logger.info({ cyclic }, 'cycle');
+    logger.info({ pem: Buffer.from('-----BEGIN PRIVATE KEY-----HIDDENBYTES') }, 'bytes');
+    logger.info({ wide: Object.fromEntries(Array.from({ length: 500 }, (_, i) => [`k${i}`, i])) }, 'wide');
+    logger.info({ jwt: { token: 'eyJBEARER' } }, 'token');
+    logger.flush();
+    const text = capture.text();
+    for (const secret of ['ERRKEY', 'ERRSECRET', 'BOXSECRET', 'HIDDENBYTES', 'eyJBEARER'])
+      assert.equal(text.includes(secret), false, `${secret} redacted`);
+    const byMessage = (msg: string): Record<string, unknown> => capture.entries().find((e) => e['msg'] === msg) as Record<string, unknown>;
+    const top = byMessage('top-level error')['err'] as Record<string, unknown>;
+    assert.deepEqual(
+      [top['message'], top['keyDer'], (top['request'] as Record<string, unknown>)['secrets']],
+      ['agent call failed', '[REDACTED]', '[REDACTED]'],
+    );
+    const nested = (byMessage('nested error')['detail'] as Record<string, Record<string, unknown>>)['inner'];
+    assert.deepEqual([nested?.['message'], nested?.['keyDer']], ['agent call failed', '[REDACTED]']);
+    assert.deepEqual(byMessage('toJSON')['box'], { shown: 'box', privateKey: '[REDACTED]' });
+    const cycle = byMessage('cycle')['cyclic'] as Record<string, unknown>;
+    assert.deepEqual([cycle['name'], cycle['self0']], ['loop', '[Circular]']);
+    assert.ok(text.length < 20_000, `a mistaken object prints a bounded line, not ${text.length} characters`);
+    assert.equal(byMessage('bytes')['pem'], '[38 bytes]');
+    assert.equal(Object.keys(byMessage('wide')['wide'] as object).length, 100);
   });
 });
