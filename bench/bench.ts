@@ -28,7 +28,8 @@ const PUBLISHES = Number(process.env['BENCH_PUBLISHES'] ?? 200);
 
 /** The timings of the driver's "volume published" line for one volume, or undefined before it is logged. */
 function publishedLine(h: Harness, volumeId: string): { duration_ms: number; agent_wait_ms: number } | undefined {
-  const lines = (h.child?.output() ?? '').split('\n');
+  // Complete lines only: the last one may still be arriving.
+  const lines = (h.child?.output() ?? '').split('\n').slice(0, -1);
   for (let i = lines.length - 1; i >= 0; i--) {
     const line = lines[i] as string;
     if (!line.includes('"msg":"volume published"') || !line.includes(volumeId)) continue;

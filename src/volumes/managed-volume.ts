@@ -105,13 +105,10 @@ export class ManagedVolume {
   /** When start() ran, on the clock: the first response's debug line says how long the agent took. */
   private startedAt = 0;
   private receivedMessage = false;
-  /** When the newest SVID response arrived, on the clock. */
-  private latestReceivedAt = 0;
-  /**
-   * From start() to the arrival of the SVID response the first files were
-   * written from: the part of a publish spent waiting for the SPIRE agent.
-   */
-  private firstFilesWaitedMs: number | undefined;
+  /** When the first response carrying SVIDs arrived, on the clock; the agent's re-sends do not move it. */
+  private firstSvidsArrivedAt: number | undefined;
+  /** From start() to firstSvidsArrivedAt, once the first files are written: the publish's wait for the agent. */
+  private agentWaitedMs: number | undefined;
   private stream: ResilientStream<SubscribeToX509SvidsResponse> | undefined;
   private unsubscribeBundles: (() => void) | undefined;
   /** With csi.spire.io/jwt-audiences: the volume's one refresh timer, and its JWT bundle subscription. */
@@ -271,7 +268,7 @@ export class ManagedVolume {
       onMessage: (message) => {
         this.logReceived(message);
         this.latest = message;
-        this.latestReceivedAt = this.clock.now();
+        if (this.firstSvidsArrivedAt === undefined && message.x509_svids.length > 0) this.firstSvidsArrivedAt = this.clock.now();
         this.scheduleSync();
       },
       onFailure: () => this.notifyStateListeners(),
@@ -352,12 +349,15 @@ export class ManagedVolume {
 
   /**
    * How long the first files waited for the SPIRE agent: from the stream's
-   * start to the arrival of the response they were written from. Undefined
-   * until this process has written files. A publish takes this plus the
-   * driver's own work (the "volume published" line has both).
+   * start to the first response carrying SVIDs. Undefined until this process
+   * has written files. A publish takes this plus the driver's own work (the
+   * "volume published" line has both). It counts as the agent's any delay of
+   * the event loop in handling the response (a timestamp taken in
+   * JavaScript), and leaves to the driver's part a trust bundle that came
+   * after the SVID and a first SVID the checks refused.
    */
   get agentWaitMs(): number | undefined {
-    return this.firstFilesWaitedMs;
+    return this.agentWaitedMs;
   }
 
   /** Stops the streams and any retry, and waits for a write in progress, leaving the files as they are. */
@@ -469,7 +469,6 @@ export class ManagedVolume {
     this.retry.supersede();
     this.logger.debug('syncing the volume files with the newest material');
     if (this.record.files.pkcs12 !== undefined) await loadPkcs12Support();
-    const materialReceivedAt = this.latestReceivedAt;
     const collected = this.prepareWrite();
     if (collected === 'unchanged') {
       this.deps.metrics.svidUpdates.inc({ outcome: 'unchanged' });
@@ -489,8 +488,8 @@ export class ManagedVolume {
       return;
     }
     await this.writeFiles({ files: collected.files, digest: collected.digest, svid });
-    if (this.firstFilesWaitedMs === undefined && this.writtenDigest === collected.digest) {
-      this.firstFilesWaitedMs = roundMs(materialReceivedAt - this.startedAt);
+    if (this.agentWaitedMs === undefined && this.firstSvidsArrivedAt !== undefined && this.writtenDigest === collected.digest) {
+      this.agentWaitedMs = roundMs(this.firstSvidsArrivedAt - this.startedAt);
     }
   }
 

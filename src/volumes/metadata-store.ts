@@ -337,7 +337,8 @@ function parseRecord(text: string): ParsedRecord {
  * answer was being checked. That was the publish's slowest step: the driver's
  * own overhead p99 went from ~6 to ~4.3 ms with it (README "Benchmarks"). The
  * price is that a stalled state-directory disk stalls the driver for that
- * long; it is the disk kubelet's root directory is on, so kubelet stalls too.
+ * long; that is usually the disk kubelet's root directory is on (the chart's
+ * /var/lib/spire-csi-driver), so kubelet stalls with it.
  */
 function replaceFile(file: string, temp: string, contents: string): void {
   try {

@@ -280,9 +280,10 @@ export class VolumeManager {
       await prepared;
       await volume.waitUntilWritten(this.deps.publishTimeoutMs, signal);
       this.volumes.set(spec.volumeId, volume);
-      // duration_ms: from the call's arrival to the files on disk; agent_wait_ms:
-      // the part of it spent waiting for the SPIRE agent's answer. The rest is
-      // the driver's own (README "Benchmarks" measures it from these fields).
+      // duration_ms: from the decoded, validated call reaching the volume
+      // manager to the files on disk; agent_wait_ms: the part of it spent
+      // waiting for the SPIRE agent's answer. The rest is the driver's own
+      // (README "Benchmarks" measures it from these fields).
       log.info({ duration_ms: this.msSince(startedAt), agent_wait_ms: volume.agentWaitMs }, 'volume published');
     } catch (err) {
       await volume.close();

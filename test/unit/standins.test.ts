@@ -463,7 +463,10 @@ describe('CLI entry points', () => {
     const exit = Promise.race([
       exited,
       new Promise<never>((_, reject) => {
-        const timer = setTimeout(() => reject(new Error(`${script} did not exit within 20 s; its output:\n${chunks.join('')}`)), 20_000);
+        const timer = setTimeout(() => {
+          child.kill('SIGKILL');
+          reject(new Error(`${script} did not exit within 20 s (killed); its output:\n${chunks.join('')}`));
+        }, 20_000);
         void exited.then(() => clearTimeout(timer));
       }),
     ]);

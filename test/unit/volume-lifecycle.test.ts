@@ -391,6 +391,28 @@ describe('publish', () => {
     await w.close();
   });
 
+  it("agent_wait_ms is the first SVIDs' arrival: the agent's re-send while the tmpfs is mounted counts as the driver's wait", async () => {
+    const w = new World({ logLevel: 'info' });
+    const spec = podSpec(6);
+    let mount!: () => void;
+    w.storage.onPrepare = () => new Promise<void>((resolve) => (mount = resolve));
+    const call = w.publish(spec);
+    await settle();
+    w.sendBundle();
+    await w.clock.advance(20);
+    w.sendSvids(spec, svid(0));
+    await settle();
+    await w.clock.advance(30);
+    w.sendSvids(spec, svid(0));
+    await settle();
+    mount();
+    await settle();
+    assertSucceeded(call);
+    const published = w.log.withMessage('volume published')[0];
+    assert.deepEqual([published?.['duration_ms'], published?.['agent_wait_ms']], [50, 20]);
+    await w.close();
+  });
+
   it('a failed mount writes nothing, even with the SVID already there, and removes the record', async () => {
     const w = new World();
     const spec = podSpec(5);

@@ -36,13 +36,15 @@ interface SvidSubscriber {
   done: boolean;
   /** performance.now() when the request reached the handler. */
   receivedAt: number;
+  /** A response with SVIDs has been sent (the first response may have had none). */
+  svidsSent: boolean;
 }
 
 /** How long this agent took to answer one SubscribeToX509SVIDs with its first SVIDs. */
 export interface FirstSvidResponseTiming {
   /** The request's selectors, "type:value". */
   selectors: string[];
-  /** From the request reaching the handler to the first response with SVIDs handed to grpc-js, in ms. */
+  /** From the request reaching the handler to the first response with SVIDs, built and about to be written, in ms. */
   handlingMs: number;
 }
 
@@ -198,6 +200,7 @@ export class DelegatedIdentityService {
       firstDelayTimer: undefined,
       done: false,
       receivedAt,
+      svidsSent: false,
     };
     this.svidSubscribers.add(subscriber);
     this.streamCountChanged();
@@ -321,7 +324,8 @@ export class DelegatedIdentityService {
       return endWithStatus(subscriber.call, grpc.status.PERMISSION_DENIED, denied);
     }
     const snapshot = this.svidSnapshot(matched);
-    if (!subscriber.firstSent && snapshot.x509_svids.length > 0) {
+    if (!subscriber.svidsSent && snapshot.x509_svids.length > 0) {
+      subscriber.svidsSent = true;
       this.firstSvidResponseLog.push({ selectors: [...subscriber.selectorKeys], handlingMs: performance.now() - subscriber.receivedAt });
     }
     subscriber.firstSent = true;
