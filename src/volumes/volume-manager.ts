@@ -242,7 +242,7 @@ export class VolumeManager {
     // The agent looks up (or signs) the SVID while the target path is
     // prepared and the tmpfs mounted instead of after: a publish waits for the
     // longer of the two, not for their sum. (The record is written first, in
-    // ~0.1 ms and synchronously, metadata-store.ts: the stream's request goes
+    // ~0.2 ms and synchronously, metadata-store.ts: the stream's request goes
     // out on the event loop's next turn either way.) The stream touches
     // nothing on the node, and the volume writes no file before `prepared`
     // resolves (none at all if it rejects).
