@@ -337,10 +337,9 @@ function parseRecord(text: string): ParsedRecord {
  * event loop while the agent's answer was being checked (2-3 ms at the median
  * inside the driver). The driver's own publish overhead p99 went from ~6 to
  * ~4.3 ms with it (a same-hour A/B, 2 x 200 publishes each, README
- * "Benchmarks"). The
- * price is that a stalled state-directory disk stalls the driver for that
- * long; that is usually the disk kubelet's root directory is on (the chart's
- * /var/lib/spire-csi-driver), so kubelet stalls with it.
+ * "Benchmarks"). The price is that a stalled state-directory disk stalls the
+ * driver for that long; that is usually the disk kubelet's root directory is
+ * on (the chart's /var/lib/spire-csi-driver), so kubelet stalls with it.
  */
 function replaceFile(file: string, temp: string, contents: string): void {
   try {
