@@ -34,7 +34,7 @@ export class DriverMetrics implements Metrics {
 
   readonly svidUpdates = new Counter({
     name: 'spire_csi_svid_updates_total',
-    help: 'SVID material handled per volume: written (files swapped), unchanged (identical, nothing written), rejected (failed validation; previous files kept), empty (no SVID; previous files kept) or no_match (no SVID with the requested spiffe-id/hint).',
+    help: 'SVID material handled per volume: written (files swapped), unchanged (identical, nothing written), repeat (the agent re-sent its last response byte for byte; dropped unread), rejected (failed validation; previous files kept), empty (no SVID; previous files kept) or no_match (no SVID with the requested spiffe-id/hint).',
     labelNames: ['outcome'] as const,
     registers: [this.registry],
   });

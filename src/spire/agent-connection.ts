@@ -72,20 +72,22 @@ let methods: DelegatedIdentityMethods | undefined;
 /** The four methods' paths and protobuf codecs, from the .proto (loaded once). */
 function delegatedIdentityMethods(): DelegatedIdentityMethods {
   const service = delegatedIdentityService().service;
-  const method = <Request, Response>(name: string): GrpcMethod<Request, Response> => {
+  const method = <Request, Response>(name: string, snapshots = false): GrpcMethod<Request, Response> => {
     const definition = service[name];
     if (definition === undefined) throw new Error(`the Delegated Identity proto has no method ${name}`);
     return {
       path: definition.path,
       serialize: (request) => definition.requestSerialize(request),
       deserialize: (bytes) => definition.responseDeserialize(bytes) as Response,
+      snapshots,
     };
   };
   methods ??= {
-    subscribeToX509Svids: method('SubscribeToX509SVIDs'),
-    subscribeToX509Bundles: method('SubscribeToX509Bundles'),
+    // The three subscriptions send snapshots (F6); a repeat is dropped unread.
+    subscribeToX509Svids: method('SubscribeToX509SVIDs', true),
+    subscribeToX509Bundles: method('SubscribeToX509Bundles', true),
     fetchJwtSvids: method('FetchJWTSVIDs'),
-    subscribeToJwtBundles: method('SubscribeToJWTBundles'),
+    subscribeToJwtBundles: method('SubscribeToJWTBundles', true),
   };
   return methods;
 }

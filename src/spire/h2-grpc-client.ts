@@ -38,6 +38,7 @@
  *   so the Buffers a decoded message holds (the key, the certificates) pin
  *   nothing else.
  */
+import { hash } from 'node:crypto';
 import http2 from 'node:http2';
 import net from 'node:net';
 import { status } from '@grpc/grpc-js';
@@ -59,6 +60,15 @@ export interface GrpcMethod<Request, Response> {
   path: string;
   serialize(request: Request): Buffer;
   deserialize(bytes: Buffer): Response;
+  /**
+   * Every response is a full snapshot of the state, never a delta, as in the
+   * agent's Subscribe calls (docs/design.md F6): a response byte for byte the
+   * same as the previous one on the same call says nothing new and is dropped
+   * before it is decoded. The agent re-sends every subscriber its unchanged
+   * SVIDs on each change of its cache, so a bundle change on a node with 500
+   * volumes brings 500 such repeats.
+   */
+  snapshots?: boolean;
 }
 
 /**
@@ -70,6 +80,8 @@ export interface ServerStreamCall<Response> {
   on(event: 'data', listener: (message: Response) => void): unknown;
   on(event: 'error', listener: (err: CallError) => void): unknown;
   on(event: 'status', listener: (result: CallStatus) => void): unknown;
+  /** A snapshots method's response equal to the previous one, dropped unread (GrpcMethod.snapshots). */
+  on(event: 'repeat', listener: () => void): unknown;
   cancel(): void;
 }
 
@@ -187,6 +199,7 @@ function onStreamClose(this: CallStream): void {
 
 class Call<Response> implements ServerStreamCall<Response> {
   private dataListeners: Listener[] | undefined;
+  private repeatListeners: Listener[] | undefined;
   private errorListeners: Listener[] | undefined;
   private statusListeners: Listener[] | undefined;
   /** Received bytes not yet making a whole message. */
@@ -195,6 +208,8 @@ class Call<Response> implements ServerStreamCall<Response> {
   /** The status to report: from the agent's trailers, or decided here (cancel, a bad message). */
   private finalStatus: CallStatus | undefined;
   private streamError: Error | undefined;
+  /** For a snapshots method: SHA-256 of the last response delivered on this call. */
+  private lastSnapshot: string | undefined;
   /** Set by cancel() and failNow(): data after it is not delivered. */
   private rejected = false;
   private ended = false;
@@ -206,8 +221,9 @@ class Call<Response> implements ServerStreamCall<Response> {
     private readonly connection: Connection | undefined,
   ) {}
 
-  on(event: 'data' | 'error' | 'status', listener: (value: never) => void): this {
+  on(event: 'data' | 'error' | 'status' | 'repeat', listener: (value: never) => void): this {
     if (event === 'data') (this.dataListeners ??= []).push(listener);
+    else if (event === 'repeat') (this.repeatListeners ??= []).push(listener);
     else if (event === 'error') (this.errorListeners ??= []).push(listener);
     else (this.statusListeners ??= []).push(listener);
     return this;
@@ -286,6 +302,14 @@ class Call<Response> implements ServerStreamCall<Response> {
       }
       if (this.pendingBytes < GRPC_HEADER_BYTES + length) return;
       const bytes = this.take(length);
+      if (this.method.snapshots === true) {
+        const digest = hash('sha256', bytes, 'base64');
+        if (digest === this.lastSnapshot) {
+          for (const listener of this.repeatListeners ?? []) (listener as () => void)();
+          continue;
+        }
+        this.lastSnapshot = digest;
+      }
       let message: Response;
       try {
         message = this.method.deserialize(bytes);
@@ -310,7 +334,7 @@ class Call<Response> implements ServerStreamCall<Response> {
     const result = this.finalStatus ?? this.lostStatus(rstCode);
     const listeners: [Listener[] | undefined, unknown][] = [[this.statusListeners, result]];
     if (result.code !== status.OK) listeners.unshift([this.errorListeners, callError(result.code, result.details)]);
-    this.dataListeners = this.errorListeners = this.statusListeners = undefined;
+    this.dataListeners = this.repeatListeners = this.errorListeners = this.statusListeners = undefined;
     // Every listener runs, whatever one of them throws (the status listeners
     // settle promises and clear the deadline); a throw is re-raised afterwards,
     // outside the stream's own event handler.

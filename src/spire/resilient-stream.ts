@@ -46,6 +46,8 @@ export interface ResilientStreamOptions<T> {
   connection: AgentStreamConnection;
   open: (client: DelegatedIdentityClient) => AgentStreamCall<T>;
   onMessage: (message: T) => void;
+  /** A response equal to the previous one, which the call dropped unread (GrpcMethod.snapshots). */
+  onRepeat?: () => void;
   onFailure?: (failure: StreamFailure) => void;
   logger: Logger;
   metrics: Metrics;
@@ -98,6 +100,9 @@ export class ResilientStream<T> {
       this.backoff.reset();
       this.lastFailure = undefined;
       this.options.onMessage(message);
+    });
+    call.on('repeat', () => {
+      if (this.call === call) this.options.onRepeat?.();
     });
     call.on('error', (err: CallError) => {
       if (this.call !== call) return;

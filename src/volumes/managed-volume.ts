@@ -271,6 +271,8 @@ export class ManagedVolume {
         if (this.firstSvidsArrivedAt === undefined && message.x509_svids.length > 0) this.firstSvidsArrivedAt = this.clock.now();
         this.scheduleSync();
       },
+      // The agent's re-send of exactly the last response (F6): nothing to do.
+      onRepeat: () => this.deps.metrics.svidUpdates.inc({ outcome: 'repeat' }),
       onFailure: () => this.notifyStateListeners(),
       logger: this.logger,
       metrics: this.deps.metrics,

@@ -251,7 +251,7 @@ function describeStep(step: Step): string {
 
 // ------------------------------------------------------------- observation
 
-const OUTCOMES = ['written', 'unchanged', 'rejected', 'empty', 'no_match'] as const;
+const OUTCOMES = ['written', 'unchanged', 'repeat', 'rejected', 'empty', 'no_match'] as const;
 type Counts = Record<(typeof OUTCOMES)[number] | 'bundleRejected', number>;
 
 async function readCounts(h: Harness): Promise<Counts> {
@@ -345,8 +345,25 @@ describe('fuzzing agent material: a live volume keeps its exact files, every rej
     const sent = new Map<string, Buffer>([[TRUST_DOMAIN_ID, realBundle]]);
     const stored = new Map<string, Buffer>([[TRUST_DOMAIN_ID, realBundle]]);
     let svidGood = true;
+    assert.equal((await readCounts(h)).written, 1, 'only the publish wrote');
+    // The driver drops a response equal to the last one on its stream unread
+    // (F6: responses are snapshots), counted as `repeat`; so the model tracks
+    // the last message of each stream. The agent's first SVID message may
+    // differ in bytes from an injected copy of the same SVID (its expires_at),
+    // so the good SVID is injected once before the model starts.
+    const svidKey = (certChain: readonly Buffer[], keyPkcs8Der: Buffer, expiresAt?: number): string =>
+      JSON.stringify([certChain.map((der) => der.toString('hex')), keyPkcs8Der.toString('hex'), expiresAt ?? null]);
+    const goodSvidKey = svidKey(pool.good.chain, pool.good.key);
+    const bundleKey = (): string => JSON.stringify([...sent].map(([td, raw]) => [td, raw.toString('hex')]));
+    const beforeGood = await readCounts(h);
+    h.agent.replaceSvid(entryId, { certChain: pool.good.chain, keyPkcs8Der: pool.good.key });
+    await eventually('the injected good SVID to be handled', async () => {
+      const now = await readCounts(h);
+      return now.unchanged + now.repeat === beforeGood.unchanged + beforeGood.repeat + 1;
+    });
+    let lastSvid = goodSvidKey;
+    let lastBundle = bundleKey();
     let expected = await readCounts(h);
-    assert.equal(expected.written, 1, 'only the publish wrote');
     let cases = 0;
     let steps = 0;
     let longest = 0;
@@ -360,8 +377,17 @@ describe('fuzzing agent material: a live volume keeps its exact files, every rej
         if (svidGood && stored.get(TRUST_DOMAIN_ID)?.equals(realBundle)) expected.unchanged++;
         else expected.rejected++;
       };
-      /** The watcher looks at every trust domain of a message whose bytes differ from what it keeps. */
+      /** One SVID message: dropped if it equals the last one, else one write attempt. */
+      const svidMessage = (key: string): void => {
+        if (key === lastSvid) expected.repeat++;
+        else sync();
+        lastSvid = key;
+      };
+      /** A bundle message equal to the last one is dropped; otherwise the watcher looks at every trust domain whose bytes differ from what it keeps. */
       const bundleMessage = (): void => {
+        const key = bundleKey();
+        if (key === lastBundle) return;
+        lastBundle = key;
         for (const [td, raw] of sent) {
           if (stored.get(td)?.equals(raw)) continue;
           if (unsplittable.has(raw.toString('hex'))) {
@@ -377,12 +403,12 @@ describe('fuzzing agent material: a live volume keeps its exact files, every rej
           longest = Math.max(longest, s.svid.certChain.length);
           svidGood = false;
           h.agent.replaceSvid(entryId, s.svid);
-          sync();
+          svidMessage(svidKey(s.svid.certChain, s.svid.keyPkcs8Der, s.svid.expiresAt));
           break;
         case 'resend good svid':
           svidGood = true;
           h.agent.replaceSvid(entryId, { certChain: pool.good.chain, keyPkcs8Der: pool.good.key });
-          sync();
+          svidMessage(goodSvidKey);
           break;
         case 'bundle': {
           const td = s.bundle.kind === 'unsplittable' ? s.bundle.trustDomainId : TRUST_DOMAIN_ID;

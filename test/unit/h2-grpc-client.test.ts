@@ -138,6 +138,38 @@ describe('H2GrpcClient: well-formed calls', () => {
     assert.deepEqual(seen?.body, frame('selectors'));
   });
 
+  test('a snapshots method: a response equal to the previous one on the call is dropped undecoded; a new call delivers it again', async () => {
+    await serve((stream) => {
+      stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+      // "undecodable" twice in a row: the repeat would fail the call if it were decoded.
+      stream.end(Buffer.concat(['a', 'a', 'b', 'a', 'a', 'undecodable', 'undecodable'].map((m) => frame(m))));
+      stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
+    });
+    const decoded: string[] = [];
+    const snapshots: GrpcMethod<string, string> = {
+      ...TEXT,
+      deserialize: (bytes) => {
+        decoded.push(bytes.toString());
+        return TEXT.deserialize(bytes);
+      },
+      snapshots: true,
+    };
+    const firstCall = newClient().serverStream(snapshots, 'selectors');
+    let repeats = 0;
+    firstCall.on('repeat', () => repeats++);
+    const first = await outcome(firstCall);
+    assert.deepEqual(first.messages, ['a', 'b', 'a'], 'each repeat dropped, a return to an earlier value delivered');
+    assert.equal(repeats, 2, 'each dropped repeat is reported, none after the call failed');
+    assert.deepEqual(decoded, ['a', 'b', 'a', 'undecodable'], 'repeats are never decoded');
+    assert.equal(first.status.code, status.INTERNAL, 'the first undecodable one fails the call');
+
+    const second = await outcome(newClient().serverStream({ ...snapshots, deserialize: (bytes) => bytes.toString() }, 'selectors'));
+    assert.deepEqual(second.messages, ['a', 'b', 'a', 'undecodable'], 'a new call starts with nothing seen');
+
+    const plain = await outcome(newClient().serverStream({ ...TEXT, deserialize: (bytes) => bytes.toString() }, 'selectors'));
+    assert.deepEqual(plain.messages, ['a', 'a', 'b', 'a', 'a', 'undecodable', 'undecodable'], 'without snapshots every message is delivered');
+  });
+
   test('a trailers-only failure: error with the decoded grpc-message, then status', async () => {
     await serve((stream) => {
       stream.respond(
