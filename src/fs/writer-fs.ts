@@ -42,6 +42,8 @@ export interface WriterFs {
   symlink(linkTarget: string, linkPath: string): Promise<void>;
   rename(from: string, to: string): Promise<void>;
   unlink(target: string): Promise<void>;
+  /** Removes an empty directory. */
+  rmdir(target: string): Promise<void>;
   /** rm -rf: no error when `target` is missing. */
   removeTree(target: string): Promise<void>;
 }
@@ -60,6 +62,7 @@ export const threadPoolFs: WriterFs = {
   symlink: (linkTarget, linkPath) => fs.symlink(linkTarget, linkPath),
   rename: (from, to) => fs.rename(from, to),
   unlink: (target) => fs.unlink(target),
+  rmdir: (target) => fs.rmdir(target),
   removeTree: (target) => fs.rm(target, { recursive: true, force: true }),
 };
 
@@ -79,5 +82,6 @@ export const inlineFs: WriterFs = {
   symlink: async (linkTarget, linkPath) => fsSync.symlinkSync(linkTarget, linkPath),
   rename: async (from, to) => fsSync.renameSync(from, to),
   unlink: async (target) => fsSync.unlinkSync(target),
+  rmdir: async (target) => fsSync.rmdirSync(target),
   removeTree: async (target) => fsSync.rmSync(target, { recursive: true, force: true }),
 };

@@ -321,6 +321,43 @@ writerTest('a writer trusts its own last write: the next one neither re-reads no
   assert.deepEqual((await fs.readdir(dir)).filter((e) => e.startsWith('..')).sort(), ['..data', second.version].sort(), 'leftovers cleared');
 });
 
+writerTest('the old version of its own write goes by its known names; anything else in it, or a link in its place, goes the rm -rf way', async () => {
+  const dir = await freshVolume();
+  const treeRemovals: string[] = [];
+  const writer = new AtomicWriter(dir, {
+    fs: { ...writerFs, removeTree: async (target) => (treeRemovals.push(path.basename(target)), writerFs.removeTree(target)) },
+  });
+  const outside = path.join(scratch, `outside-${++counter}`);
+  await fs.mkdir(outside);
+  await fs.writeFile(path.join(outside, 'svid.pem'), 'not ours');
+
+  // The plain case: the old version and nothing else goes.
+  const first = await writer.write(svidFiles(1));
+  const second = await writer.write(svidFiles(2));
+  assert.deepEqual(await versionDirs(dir), [second.version]);
+  assert.deepEqual(treeRemovals, [], 'no rm -rf for a version the writer knows');
+
+  // A file nobody asked for in the live version: rmdir fails, rm -rf takes it all.
+  await fs.writeFile(path.join(dir, second.version, 'extra'), 'x');
+  const third = await writer.write(svidFiles(3));
+  assert.deepEqual(await versionDirs(dir), [third.version], 'the extra file did not keep the old version alive');
+  assert.deepEqual(treeRemovals, [second.version]);
+
+  // A name already gone: the rest still goes.
+  await fs.unlink(path.join(dir, third.version, 'svid_key.pem'));
+  const fourth = await writer.write(svidFiles(4));
+  assert.deepEqual(await versionDirs(dir), [fourth.version]);
+
+  // The live version replaced by a link out of the volume (..data still names
+  // it): the link goes, and nothing is deleted through it.
+  await fs.rename(path.join(dir, fourth.version), path.join(dir, '..moved'));
+  await fs.symlink(outside, path.join(dir, fourth.version));
+  await writer.write(svidFiles(5));
+  assert.equal(await fs.readFile(path.join(outside, 'svid.pem'), 'utf8'), 'not ours', 'never unlinks through a link');
+  await assert.rejects(fs.lstat(path.join(dir, fourth.version)), { code: 'ENOENT' });
+  assert.notEqual(first.version, second.version);
+});
+
 writerTest('a missing visible link is restored even when the content is unchanged (kubernetes#121472)', async () => {
   const dir = await freshVolume();
   const writer = newWriter(dir);
