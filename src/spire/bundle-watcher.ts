@@ -18,7 +18,8 @@ import { ResilientStream, type Clock } from './resilient-stream.js';
 
 export interface TrustBundle {
   trustDomainId: string;
-  certificates: Buffer[];
+  /** Never changed once made: bundleToPem keeps its encoding by this list. */
+  certificates: readonly Buffer[];
 }
 
 export type BundleListener = (changedTrustDomainIds: ReadonlySet<string>) => void;

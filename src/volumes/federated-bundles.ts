@@ -9,7 +9,7 @@
  */
 import type { FileSpec } from '../fs/atomic-writer.js';
 import { describeFileNameProblem } from '../fs/file-names.js';
-import { certificatesToPem, withoutDuplicates } from '../x509/pem.js';
+import { bundleToPem, certificatesToPem, withoutDuplicates } from '../x509/pem.js';
 
 /**
  * - separate: one file per federated trust domain, `<td>.federated-bundle.pem`.
@@ -104,7 +104,7 @@ export function buildFederatedBundleFiles(input: FederatedBundleInput): Federate
       result.skipped.push({ trustDomainId, problem: `its file name ${named.name} is another file of the volume` });
       continue;
     }
-    result.files.push({ name: named.name, data: Buffer.from(certificatesToPem(certificates)), mode: 0o644 });
+    result.files.push({ name: named.name, data: bundleToPem(certificates), mode: 0o644 });
     combined.push(...certificates);
   }
   if (input.mode === 'combined') {

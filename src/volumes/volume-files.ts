@@ -6,7 +6,7 @@ import { digestOfParts } from '../digest.js';
 import type { FileSpec } from '../fs/atomic-writer.js';
 import type { SpiffeIdMessage, X509SvidWithKey } from '../spire/messages.js';
 import { DEFAULT_PKCS12_PASSWORD } from './attributes.js';
-import { certificatesToPem, derToPem } from '../x509/pem.js';
+import { bundleToPem, certificatesToPem, derToPem } from '../x509/pem.js';
 import type { buildPkcs12 } from '../x509/pkcs12.js';
 import { trustDomainIdOf } from '../x509/svid-check.js';
 
@@ -111,7 +111,7 @@ export function buildVolumeFiles(
   const files: FileSpec[] = [
     { name: names.cert, data: Buffer.from(chainPem), mode: 0o644 },
     { name: names.key, data: Buffer.from(keyPem), mode: keyMode },
-    { name: names.bundle, data: Buffer.from(certificatesToPem(bundle)), mode: 0o644 },
+    { name: names.bundle, data: bundleToPem(bundle), mode: 0o644 },
   ];
   if (names.credentialBundle !== undefined) {
     files.push({ name: names.credentialBundle, data: credentialBundle(keyPem, chainPem), mode: keyMode });

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { before, describe, test } from 'node:test';
-import { certificatesToPem, derToPem, splitConcatenatedDer } from '../../src/x509/pem.js';
+import { bundleToPem, certificatesToPem, derToPem, splitConcatenatedDer } from '../../src/x509/pem.js';
 import { parseSubjectAltName } from '../../src/x509/subject-alt-name.js';
 import { checkSvid, digestOfLeafMaterial, trustDomainIdOf, type LeafCheckMemo, type SvidMaterial } from '../../src/x509/svid-check.js';
 import { exportPkcs8, mintCa, mintEcSec1KeyDer, mintRsaPkcs1KeyDer, mintSvid, type MintedCa, type MintedSvid } from '../support/certs.js';
@@ -87,6 +87,15 @@ describe('derToPem', () => {
     assert.ok(new X509Certificate(blocks[1] ?? '').raw.equals(intermediate.certDer));
     assert.ok(new X509Certificate(blocks[2] ?? '').raw.equals(ca.certDer));
     assert.equal(certificatesToPem([]), '');
+  });
+
+  test('bundleToPem: certificatesToPem bytes, made once per list', () => {
+    const bundle = [intermediate.certDer, ca.certDer];
+    const pem = bundleToPem(bundle);
+    assert.equal(pem.toString(), certificatesToPem(bundle));
+    assert.equal(bundleToPem(bundle), pem, 'the same list: the same bytes, not made again');
+    const other = [ca.certDer];
+    assert.equal(bundleToPem(other).toString(), certificatesToPem(other), 'another list (a new bundle) gets its own');
   });
 });
 
