@@ -7,7 +7,7 @@
  *     from its log line, and as the caller sees it.
  *  2. 500 volumes published at once: driver RSS before, at the peak and
  *     settled, idle CPU, time for one trust-bundle change to reach every
- *     volume's bundle file.
+ *     volume's bundle file (until the last ..data swap, and until a poll saw it).
  *  3. Driver SIGKILL + restart with 500 volumes: time until every stream is
  *     re-opened and the files are verified unchanged.
  *
@@ -109,6 +109,7 @@ async function benchManyVolumes(): Promise<void> {
   const allAtOnceMs: number[] = [];
   const idleCpu: number[] = [];
   const bundleMs: number[] = [];
+  const bundleSeenMs: number[] = [];
   const restartMs: number[] = [];
   for (let run = 0; run < RUNS; run++) {
     const h = await Harness.start({ driverProcess: true, useTmpfs: runningAsRoot(), publishTimeoutMs: 60_000, logLevel: 'info' });
@@ -143,6 +144,7 @@ async function benchManyVolumes(): Promise<void> {
       );
       await sleep(2000);
       const started = performance.now();
+      const changedAtWallMs = Date.now();
       h.agent.dropOldCa();
       await eventually(
         'the bundle change in every volume',
@@ -152,7 +154,12 @@ async function benchManyVolumes(): Promise<void> {
         },
         60_000,
       );
-      bundleMs.push(performance.now() - started);
+      bundleSeenMs.push(performance.now() - started);
+      // When the last volume got the new bundle: the rename(2) of its ..data
+      // swap sets that link's ctime. Unlike the poll above, this does not
+      // count the poll's own delay (up to 25 ms plus a read of 500 files).
+      const swappedAtWallMs = await Promise.all(volumes.map(async (v) => (await fs.lstat(path.join(v.targetPath, '..data'))).ctimeMs));
+      bundleMs.push(Math.max(...swappedAtWallMs) - changedAtWallMs);
 
       const versions = await Promise.all(volumes.map(async (v) => (await readVolume(v.targetPath)).version));
       await h.killDriver();
@@ -185,7 +192,10 @@ async function benchManyVolumes(): Promise<void> {
   console.log(`  peak RSS while publishing them (VmHWM): ${summary(peakRss, 'MiB')}   target <= 96 MiB`);
   console.log(`  RSS settled (20 s idle): ${summary(rss, 'MiB')}   target <= 60 MiB`);
   console.log(`  idle CPU over 5 s: ${summary(idleCpu, '% of a core', 2)}   target ~0`);
-  console.log(`  one bundle change written to all ${VOLUMES} volumes: ${summary(bundleMs, 'ms', 0)}   target <= 250 ms`);
+  console.log(
+    `  one bundle change written to all ${VOLUMES} volumes (the last ..data swap's ctime): ${summary(bundleMs, 'ms', 0)}   target <= 250 ms`,
+  );
+  console.log(`    the same until a poll of the ${VOLUMES} bundle files every 25 ms saw them all: ${summary(bundleSeenMs, 'ms', 0)}`);
   console.log(`  SIGKILL + restart until all ${VOLUMES} streams re-opened and files verified: ${summary(restartMs, 'ms', 0)}   target <= 1000 ms`);
 }
 
