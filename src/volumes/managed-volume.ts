@@ -206,10 +206,11 @@ export class ManagedVolume {
    * A resumed volume: reads the validity of the leaf in its files, so its
    * health is known before the agent's first response (which may never come
    * while the agent is down). A file that cannot be read leaves it unknown
-   * until then; the first write replaces it either way.
+   * until then; a write that comes first wins, and replaces it either way.
+   * It may run after start(): it parses a certificate (~0.2 ms with
+   * --jitless), and the stream need not wait for that.
    */
   async readSvidOnDisk(): Promise<void> {
-    await this.readJwtFilesOnDisk();
     try {
       const pem = await fs.readFile(path.join(this.record.targetPath, this.record.files.cert), 'utf8');
       // X509Certificate takes the first PEM block: the leaf (volume-files.ts writes it first).
@@ -222,8 +223,13 @@ export class ManagedVolume {
     }
   }
 
-  /** A resumed JWT volume's token and bundle files, kept as lastJwtFiles; unreadable ones leave it unset. */
-  private async readJwtFilesOnDisk(): Promise<void> {
+  /**
+   * A resumed JWT volume's token and bundle files, kept as lastJwtFiles;
+   * unreadable ones leave it unset. Before start(): they are what the volume
+   * keeps writing while no current token can be fetched, so they must be
+   * known before the agent's first answer can arrive.
+   */
+  async readJwtFilesOnDisk(): Promise<void> {
     const jwt = this.record.jwt;
     if (jwt === undefined) return;
     const tokenMode = keyFileMode(this.record.fsGroup);

@@ -146,12 +146,14 @@ export class VolumeManager {
     // --max-volumes leaves fewer places than that; new publishes wait until
     // enough are unpublished.
     const volume = this.createVolume(record, true);
-    // Before the stream: the JWT files on disk are what a resumed volume keeps
-    // writing while no current token can be fetched, so they must be known
-    // before the agent's first answer can arrive.
-    await volume.readSvidOnDisk();
+    await volume.readJwtFilesOnDisk();
     this.volumes.set(record.volumeId, volume);
     volume.start();
+    // After the stream is open (a restart with 500 volumes re-opens every
+    // stream ~0.1 s sooner), before resume() returns and the CSI server
+    // starts: kubelet's first NodeGetVolumeStats already sees an SVID on
+    // disk that expired while the driver was down.
+    await volume.readSvidOnDisk();
   }
 
   async publish(spec: PublishSpec, callSignal: AbortSignal): Promise<void> {
