@@ -41,6 +41,24 @@ function publishedLine(h: Harness, volumeId: string): { duration_ms: number; age
 }
 
 /**
+ * When the driver got the new bundle: the time of its "trust bundle updated"
+ * line, the first one logged after `logMark` (a length of its output). The
+ * development agent, in this process, encodes and queues its re-send of the
+ * SVIDs of all 500 streams in the same turn as the bundle, so the bundle
+ * leaves this process only after them; the real agent notifies its bundle and
+ * SVID subscribers separately (docs/design.md F6, F9).
+ */
+function bundleReceivedWallMs(h: Harness, logMark: number): number {
+  for (const line of (h.child?.output() ?? '').slice(logMark).split('\n')) {
+    if (!line.includes('"msg":"trust bundle updated"')) continue;
+    const { time } = JSON.parse(line) as Record<string, unknown>;
+    if (typeof time !== 'string') throw new Error(`"trust bundle updated" without its time: ${line}`);
+    return Date.parse(time);
+  }
+  throw new Error('the driver logged no "trust bundle updated" line for the bundle change');
+}
+
+/**
  * NodePublishVolume's overhead beyond the agent's answer, two ways, per publish:
  *  - the driver's own: its "volume published" line's duration_ms (the call's
  *    arrival to the files on disk) minus agent_wait_ms (its wait for the
@@ -110,6 +128,7 @@ async function benchManyVolumes(): Promise<void> {
   const idleCpu: number[] = [];
   const bundleMs: number[] = [];
   const bundleSeenMs: number[] = [];
+  const bundleFromAgentMs: number[] = [];
   const restartMs: number[] = [];
   for (let run = 0; run < RUNS; run++) {
     const h = await Harness.start({ driverProcess: true, useTmpfs: runningAsRoot(), publishTimeoutMs: 60_000, logLevel: 'info' });
@@ -145,6 +164,7 @@ async function benchManyVolumes(): Promise<void> {
       await sleep(2000);
       const started = performance.now();
       const changedAtWallMs = Date.now();
+      const logMark = h.child?.output().length ?? 0;
       h.agent.dropOldCa();
       await eventually(
         'the bundle change in every volume',
@@ -158,8 +178,9 @@ async function benchManyVolumes(): Promise<void> {
       // When the last volume got the new bundle: the rename(2) of its ..data
       // swap sets that link's ctime. Unlike the poll above, this does not
       // count the poll's own delay (up to 25 ms plus a read of 500 files).
-      const swappedAtWallMs = await Promise.all(volumes.map(async (v) => (await fs.lstat(path.join(v.targetPath, '..data'))).ctimeMs));
-      bundleMs.push(Math.max(...swappedAtWallMs) - changedAtWallMs);
+      const lastSwapWallMs = Math.max(...(await Promise.all(volumes.map(async (v) => (await fs.lstat(path.join(v.targetPath, '..data'))).ctimeMs))));
+      bundleMs.push(lastSwapWallMs - bundleReceivedWallMs(h, logMark));
+      bundleFromAgentMs.push(lastSwapWallMs - changedAtWallMs);
 
       const versions = await Promise.all(volumes.map(async (v) => (await readVolume(v.targetPath)).version));
       await h.killDriver();
@@ -193,9 +214,12 @@ async function benchManyVolumes(): Promise<void> {
   console.log(`  RSS settled (20 s idle): ${summary(rss, 'MiB')}   target <= 60 MiB`);
   console.log(`  idle CPU over 5 s: ${summary(idleCpu, '% of a core', 2)}   target ~0`);
   console.log(
-    `  one bundle change written to all ${VOLUMES} volumes (the last ..data swap's ctime): ${summary(bundleMs, 'ms', 0)}   target <= 250 ms`,
+    `  one bundle change written to all ${VOLUMES} volumes, from the driver's receipt of the bundle to the last ..data swap: ${summary(bundleMs, 'ms', 0)}   target <= 250 ms`,
   );
-  console.log(`    the same until a poll of the ${VOLUMES} bundle files every 25 ms saw them all: ${summary(bundleSeenMs, 'ms', 0)}`);
+  console.log(
+    `    from the agent's change (its SVID re-sends to all ${VOLUMES} streams included) to the last swap: ${summary(bundleFromAgentMs, 'ms', 0)}`,
+  );
+  console.log(`    from the agent's change until a poll of the ${VOLUMES} bundle files every 25 ms saw them all: ${summary(bundleSeenMs, 'ms', 0)}`);
   console.log(`  SIGKILL + restart until all ${VOLUMES} streams re-opened and files verified: ${summary(restartMs, 'ms', 0)}   target <= 1000 ms`);
 }
 
