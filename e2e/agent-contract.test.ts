@@ -9,9 +9,9 @@ import assert from 'node:assert/strict';
 import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
+import { delegatedIdentityService } from '../test/support/grpc-services.js';
 import { createLocalJWKSet, decodeProtectedHeader, jwtVerify, type JSONWebKeySet } from 'jose';
 import {
-  delegatedIdentityService,
   type FetchJwtSvidsResponse,
   type Selector,
   type SubscribeToJwtBundlesResponse,

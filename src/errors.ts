@@ -1,4 +1,4 @@
-import { status } from '@grpc/grpc-js';
+import { status } from './grpc-status.js';
 
 /**
  * An error that knows which gRPC status code it maps to. Every failure that can

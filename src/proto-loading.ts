@@ -1,6 +1,5 @@
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
-import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 
 /** Repository root, found relative to this file (works from src/ and dist/src/). */
@@ -30,22 +29,19 @@ export const PROTO_LOADER_OPTIONS: protoLoader.Options = {
   oneofs: true,
 };
 
-export function loadProtoPackage(includeDir: string, file: string): grpc.GrpcObject {
+/**
+ * The methods of service `dottedName` ("csi.v1.Node") in `file`: each one's
+ * HTTP/2 path and its request and response codecs, as the driver's own gRPC
+ * server (csi/h2-grpc-server.ts) and client (spire/h2-grpc-client.ts) use them.
+ */
+export function loadServiceDefinition(includeDir: string, file: string, dottedName: string): protoLoader.ServiceDefinition {
   const definition = protoLoader.loadSync(file, {
     ...PROTO_LOADER_OPTIONS,
     includeDirs: [path.join(PACKAGE_ROOT, includeDir)],
   });
-  return grpc.loadPackageDefinition(definition);
-}
-
-/** Walks a dotted name ("csi.v1.Node") through a loaded package object. */
-export function lookupService(root: grpc.GrpcObject, dottedName: string): grpc.ServiceClientConstructor {
-  let node: unknown = root;
-  for (const part of dottedName.split('.')) {
-    node = (node as Record<string, unknown> | undefined)?.[part];
+  const service = definition[dottedName];
+  if (service === undefined || 'format' in service || Object.values(service).some((method) => !('path' in method))) {
+    throw new Error(`proto service ${dottedName} not found in ${file}; is the .proto file complete?`);
   }
-  if (typeof node !== 'function' || !('service' in node)) {
-    throw new Error(`proto service ${dottedName} not found; is the .proto file complete?`);
-  }
-  return node as grpc.ServiceClientConstructor;
+  return service;
 }

@@ -3,8 +3,8 @@ import { randomBytes } from 'node:crypto';
 import type { Stats } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import * as grpc from '@grpc/grpc-js';
-import { csiIdentityService, csiNodeService } from './messages.js';
+import { H2GrpcServer, type UnaryMethodHandler } from './h2-grpc-server.js';
+import { csiIdentityServiceDefinition, csiNodeServiceDefinition } from './messages.js';
 
 /**
  * What close() did with the socket file: removed it; found it already gone; or
@@ -23,15 +23,16 @@ const MAX_SOCKET_PATH_BYTES = 107;
 
 export async function startCsiServer(options: {
   socketPath: string;
-  identity: grpc.UntypedServiceImplementation;
-  node: grpc.UntypedServiceImplementation;
+  identity: Record<string, UnaryMethodHandler>;
+  node: Record<string, UnaryMethodHandler>;
 }): Promise<CsiServer> {
   const { socketPath } = options;
   await fs.mkdir(path.dirname(socketPath), { recursive: true });
   await removeStaleSocket(socketPath);
-  const server = new grpc.Server();
-  server.addService(csiIdentityService().service, options.identity);
-  server.addService(csiNodeService().service, options.node);
+  const server = new H2GrpcServer([
+    { definition: csiIdentityServiceDefinition(), handlers: options.identity },
+    { definition: csiNodeServiceDefinition(), handlers: options.node },
+  ]);
   // Bound under a scratch name, then renamed into place. libuv unlinks a
   // listening Unix socket's path *by name* when it closes it, so a server bound
   // at socketPath would delete, on shutdown, whatever socket is at that path by
@@ -45,9 +46,7 @@ export async function startCsiServer(options: {
         `(${bindPath} would be ${Buffer.byteLength(bindPath)} bytes, at most ${MAX_SOCKET_PATH_BYTES}); choose a shorter --endpoint`,
     );
   }
-  await new Promise<void>((resolve, reject) => {
-    server.bindAsync(`unix:${bindPath}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve()));
-  });
+  await server.listen(bindPath);
   let bound: Stats;
   try {
     // kubelet and the sidecars run as root; nobody else has business here.
@@ -58,7 +57,7 @@ export async function startCsiServer(options: {
     // own at the same path, and stopping this one must not delete that one.
     bound = await fs.lstat(socketPath);
   } catch (err) {
-    server.forceShutdown();
+    await server.close();
     await fs.rm(bindPath, { force: true });
     throw err;
   }
@@ -75,16 +74,7 @@ export async function startCsiServer(options: {
       } catch (err) {
         cleanupError = err;
       }
-      await new Promise<void>((resolve) => {
-        const force = setTimeout(() => {
-          server.forceShutdown();
-          resolve();
-        }, 5000);
-        server.tryShutdown(() => {
-          clearTimeout(force);
-          resolve();
-        });
-      });
+      await server.close();
       if (cleanup === undefined) throw cleanupError;
       return cleanup;
     },

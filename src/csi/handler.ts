@@ -1,5 +1,5 @@
 /**
- * Adapts an async function to a grpc-js unary handler: a DriverError becomes
+ * Adapts an async function to a unary method of the CSI server (h2-grpc-server.ts): a DriverError becomes
  * its own status code and message; anything else is INTERNAL. Every failed
  * call is logged here, once, with method, code, volume, pod and duration. The
  * request is never logged: NodePublishVolume carries secrets and may carry
@@ -7,46 +7,46 @@
  * https://github.com/container-storage-interface/spec/blob/v1.12.0/csi.proto, and kubelet's
  * csi.storage.k8s.io/serviceAccount.tokens key, docs/design.md fact F10).
  */
-import * as grpc from '@grpc/grpc-js';
 import { DriverError, errorMessage } from '../errors.js';
+import { status, statusName } from '../grpc-status.js';
 import type { LogFields, Logger } from '../observability/logger.js';
 import { POD_INFO_KEYS } from '../volumes/pod-binding.js';
+import type { UnaryMethodHandler } from './h2-grpc-server.js';
 
-export type UnaryImplementation<Request, Response> = (request: Request, call: grpc.ServerUnaryCall<Request, Response>) => Promise<Response>;
+/** `signal` aborts when kubelet cancels the call or its deadline passes. */
+export type UnaryImplementation<Request, Response> = (request: Request, signal: AbortSignal) => Promise<Response>;
 
 export function unaryHandler<Request, Response>(
   method: string,
   logger: Logger,
   implementation: UnaryImplementation<Request, Response>,
-  onResult?: (code: grpc.status) => void,
-): grpc.handleUnaryCall<Request, Response> {
-  return (call, callback) => {
+  onResult?: (code: status) => void,
+): UnaryMethodHandler {
+  return async (request, signal) => {
     const startedAt = performance.now();
-    implementation(call.request, call).then(
-      (response) => {
-        onResult?.(grpc.status.OK);
-        callback(null, response);
-      },
-      (err: unknown) => {
-        const driverError =
-          err instanceof DriverError ? err : new DriverError(grpc.status.INTERNAL, `internal error in ${method}: ${errorMessage(err)}`);
-        // The one log line of a failed call, for every method: kubelet shows
-        // the message in a pod event, but the node's logs must say it too.
-        // INTERNAL is a fault of ours or of the node; every other code names
-        // something the caller or the cluster must change, or is transient.
-        const fields: LogFields = {
-          method,
-          code: grpc.status[driverError.code] ?? String(driverError.code),
-          ...describeRequest(call.request),
-          duration_ms: Math.round(performance.now() - startedAt),
-          err: driverError.message,
-        };
-        if (driverError.code === grpc.status.INTERNAL) logger.error(fields, `${method} failed`);
-        else logger.warn(fields, `${method} failed`);
-        onResult?.(driverError.code);
-        callback({ code: driverError.code, details: driverError.message });
-      },
-    );
+    try {
+      // The server decoded it with this method's own codec.
+      const response = await implementation(request as Request, signal);
+      onResult?.(status.OK);
+      return response;
+    } catch (err) {
+      const driverError = err instanceof DriverError ? err : new DriverError(status.INTERNAL, `internal error in ${method}: ${errorMessage(err)}`);
+      // The one log line of a failed call, for every method: kubelet shows
+      // the message in a pod event, but the node's logs must say it too.
+      // INTERNAL is a fault of ours or of the node; every other code names
+      // something the caller or the cluster must change, or is transient.
+      const fields: LogFields = {
+        method,
+        code: statusName(driverError.code),
+        ...describeRequest(request),
+        duration_ms: Math.round(performance.now() - startedAt),
+        err: driverError.message,
+      };
+      if (driverError.code === status.INTERNAL) logger.error(fields, `${method} failed`);
+      else logger.warn(fields, `${method} failed`);
+      onResult?.(driverError.code);
+      throw driverError;
+    }
   };
 }
 
@@ -67,11 +67,4 @@ function describeRequest(request: unknown): Pick<LogFields, 'volume_id' | 'targe
     if (typeof namespace === 'string' && typeof name === 'string') fields.pod = `${namespace}/${name}`.slice(0, 400);
   }
   return fields;
-}
-
-/** An AbortSignal that fires when kubelet cancels the call or its deadline passes. */
-export function callSignal(call: Pick<grpc.ServerUnaryCall<unknown, unknown>, 'once'>): AbortSignal {
-  const controller = new AbortController();
-  call.once('cancelled', () => controller.abort());
-  return controller.signal;
 }

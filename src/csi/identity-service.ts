@@ -1,6 +1,6 @@
 /** csi.v1.Identity: who we are, and whether we are ready. */
-import type * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../observability/logger.js';
+import type { UnaryMethodHandler } from './h2-grpc-server.js';
 import { unaryHandler } from './handler.js';
 
 export interface IdentityServiceOptions {
@@ -11,7 +11,7 @@ export interface IdentityServiceOptions {
   logger: Logger;
 }
 
-export function identityService(options: IdentityServiceOptions): grpc.UntypedServiceImplementation {
+export function identityService(options: IdentityServiceOptions): Record<string, UnaryMethodHandler> {
   const { logger } = options;
   return {
     GetPluginInfo: unaryHandler('GetPluginInfo', logger, async () => ({

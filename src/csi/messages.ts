@@ -3,8 +3,8 @@
  * PROTO_LOADER_OPTIONS (see csi-proto/, our subset of
  * https://github.com/container-storage-interface/spec/blob/v1.12.0/csi.proto).
  */
-import * as grpc from '@grpc/grpc-js';
-import { loadProtoPackage, lookupService } from '../proto-loading.js';
+import type { ServiceDefinition } from '@grpc/proto-loader';
+import { loadServiceDefinition } from '../proto-loading.js';
 
 export type AccessModeName =
   | 'UNKNOWN'
@@ -68,17 +68,15 @@ export interface NodeGetVolumeStatsResponse {
 export const CSI_IDENTITY_SERVICE_NAME = 'csi.v1.Identity';
 export const CSI_NODE_SERVICE_NAME = 'csi.v1.Node';
 
-let csiPackage: grpc.GrpcObject | undefined;
+let identityDefinition: ServiceDefinition | undefined;
+let nodeDefinition: ServiceDefinition | undefined;
 
-function csi(): grpc.GrpcObject {
-  csiPackage ??= loadProtoPackage('csi-proto', 'csi/v1/csi.proto');
-  return csiPackage;
+export function csiIdentityServiceDefinition(): ServiceDefinition {
+  identityDefinition ??= loadServiceDefinition('csi-proto', 'csi/v1/csi.proto', CSI_IDENTITY_SERVICE_NAME);
+  return identityDefinition;
 }
 
-export function csiIdentityService(): grpc.ServiceClientConstructor {
-  return lookupService(csi(), CSI_IDENTITY_SERVICE_NAME);
-}
-
-export function csiNodeService(): grpc.ServiceClientConstructor {
-  return lookupService(csi(), CSI_NODE_SERVICE_NAME);
+export function csiNodeServiceDefinition(): ServiceDefinition {
+  nodeDefinition ??= loadServiceDefinition('csi-proto', 'csi/v1/csi.proto', CSI_NODE_SERVICE_NAME);
+  return nodeDefinition;
 }

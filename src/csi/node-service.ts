@@ -1,14 +1,15 @@
 /**
  * csi.v1.Node: validate, hand over to the VolumeManager, map errors. Methods
- * not listed here are answered UNIMPLEMENTED by grpc-js.
+ * not listed here are answered UNIMPLEMENTED by the server (h2-grpc-server.ts).
  */
 import fs from 'node:fs/promises';
-import * as grpc from '@grpc/grpc-js';
 import { DriverError, errorMessage, invalidArgument } from '../errors.js';
+import { status, statusName } from '../grpc-status.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics-api.js';
 import type { VolumeManager } from '../volumes/volume-manager.js';
-import { callSignal, unaryHandler } from './handler.js';
+import type { UnaryMethodHandler } from './h2-grpc-server.js';
+import { unaryHandler } from './handler.js';
 import type {
   NodeGetVolumeStatsRequest,
   NodeGetVolumeStatsResponse,
@@ -26,9 +27,8 @@ export interface NodeServiceOptions {
   metrics: Metrics;
 }
 
-export function nodeService(options: NodeServiceOptions): grpc.UntypedServiceImplementation {
+export function nodeService(options: NodeServiceOptions): Record<string, UnaryMethodHandler> {
   const { logger, metrics, volumes } = options;
-  const codeName = (code: grpc.status): string => grpc.status[code] ?? String(code);
   return {
     // CSI spec, NodeGetInfoResponse.max_volumes_per_node: "Maximum number of
     // volumes that controller can publish to the node. If value is not set or
@@ -63,17 +63,17 @@ export function nodeService(options: NodeServiceOptions): grpc.UntypedServiceImp
     NodePublishVolume: unaryHandler<NodePublishVolumeRequest, Record<string, never>>(
       'NodePublishVolume',
       logger,
-      async (request, call) => {
+      async (request, signal) => {
         const stopTimer = metrics.publishDuration.startTimer();
         try {
           const spec = parsePublishRequest(request, { kubeletRootDir: options.kubeletRootDir });
-          await volumes.publish(spec, callSignal(call));
+          await volumes.publish(spec, signal);
           return {};
         } finally {
           stopTimer();
         }
       },
-      (code) => metrics.publishTotal.inc({ result: codeName(code) }),
+      (code) => metrics.publishTotal.inc({ result: statusName(code) }),
     ),
 
     NodeUnpublishVolume: unaryHandler<NodeUnpublishVolumeRequest, Record<string, never>>(
@@ -85,7 +85,7 @@ export function nodeService(options: NodeServiceOptions): grpc.UntypedServiceImp
         await volumes.unpublish(request.volume_id, request.target_path);
         return {};
       },
-      (code) => metrics.unpublishTotal.inc({ result: codeName(code) }),
+      (code) => metrics.unpublishTotal.inc({ result: statusName(code) }),
     ),
   };
 }
@@ -100,7 +100,7 @@ async function volumeUsage(targetPath: string): Promise<VolumeUsage[]> {
   try {
     stats = await fs.statfs(targetPath);
   } catch (err) {
-    throw new DriverError(grpc.status.NOT_FOUND, `cannot read the usage of ${targetPath}: ${errorMessage(err)}`);
+    throw new DriverError(status.NOT_FOUND, `cannot read the usage of ${targetPath}: ${errorMessage(err)}`);
   }
   return [
     {

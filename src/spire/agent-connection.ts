@@ -20,7 +20,7 @@ import type { Logger } from '../observability/logger.js';
 import { DRIVER_VERSION } from '../version.js';
 import { H2GrpcClient, type GrpcMethod, type ServerStreamCall } from './h2-grpc-client.js';
 import {
-  delegatedIdentityService,
+  delegatedIdentityServiceDefinition,
   type FetchJwtSvidsRequest,
   type FetchJwtSvidsResponse,
   type SubscribeToJwtBundlesResponse,
@@ -71,13 +71,13 @@ let methods: DelegatedIdentityMethods | undefined;
 
 /** The four methods' paths and protobuf codecs, from the .proto (loaded once). */
 function delegatedIdentityMethods(): DelegatedIdentityMethods {
-  const service = delegatedIdentityService().service;
+  const service = delegatedIdentityServiceDefinition();
   const method = <Request, Response>(name: string, snapshots = false): GrpcMethod<Request, Response> => {
     const definition = service[name];
     if (definition === undefined) throw new Error(`the Delegated Identity proto has no method ${name}`);
     return {
       path: definition.path,
-      serialize: (request) => definition.requestSerialize(request),
+      serialize: (request) => definition.requestSerialize(request as object),
       deserialize: (bytes) => definition.responseDeserialize(bytes) as Response,
       snapshots,
     };

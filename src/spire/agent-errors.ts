@@ -4,7 +4,7 @@
  * https://github.com/spiffe/spire/blob/v1.15.3/pkg/agent/api/delegatedidentity/v1/service.go
  * show what the agent answers; docs/design.md facts F2, F3).
  */
-import { status } from '@grpc/grpc-js';
+import { status, statusName } from '../grpc-status.js';
 
 export interface StreamFailure {
   code: status;
@@ -14,7 +14,7 @@ export interface StreamFailure {
 }
 
 export function describeStreamFailure(failure: StreamFailure, socketPath: string): string {
-  const codeName = status[failure.code] ?? String(failure.code);
+  const codeName = statusName(failure.code);
   if (failure.code === status.PERMISSION_DENIED) {
     if (/no identity issued/i.test(failure.details)) {
       return (

@@ -11,8 +11,8 @@
  * the serialized request; its decoder keeps a one-byte slice of the socket read
  * that delivered the last message, which pins that whole read buffer. Measured
  * with 500 open streams against one server: ~15-16 KiB of RSS per stream with
- * grpc-js, ~5-7 KiB here (README "Benchmarks"). grpc-js still serves the CSI
- * socket (src/csi/grpc-server.ts).
+ * grpc-js, ~5-7 KiB here (README "Benchmarks"). The CSI socket is served the
+ * same way (src/csi/h2-grpc-server.ts).
  *
  * What it does, as grpc-js did for these calls:
  * - One connection, opened on first use and again after it is lost; while a
@@ -41,7 +41,7 @@
 import { hash } from 'node:crypto';
 import http2 from 'node:http2';
 import net from 'node:net';
-import { status } from '@grpc/grpc-js';
+import { status, statusName } from '../grpc-status.js';
 
 /** The outcome of a call, as gRPC reports it. */
 export interface CallStatus {
@@ -102,7 +102,7 @@ export interface H2GrpcClientOptions {
 }
 
 export function callError(code: status, details: string): CallError {
-  return Object.assign(new Error(`${code} ${status[code] ?? 'UNKNOWN'}: ${details}`), { code, details });
+  return Object.assign(new Error(`${code} ${statusName(code)}: ${details}`), { code, details });
 }
 
 const GRPC_HEADER_BYTES = 5;
@@ -170,7 +170,7 @@ function statusFromHeaders(headers: http2.IncomingHttpHeaders): CallStatus | und
   if (!Number.isInteger(code) || code < 0 || code > 16) {
     return { code: status.UNKNOWN, details: `the agent sent an invalid grpc-status "${String(raw)}"${details ? `: ${details}` : ''}` };
   }
-  return { code, details };
+  return { code: code as status, details };
 }
 
 type Listener = (value: never) => void;

@@ -3,8 +3,8 @@
  * PROTO_LOADER_OPTIONS (see spire-proto/, our subset of
  * https://github.com/spiffe/spire-api-sdk/blob/v1.15.2/proto/spire/api/agent/delegatedidentity/v1/delegatedidentity.proto).
  */
-import * as grpc from '@grpc/grpc-js';
-import { loadProtoPackage, lookupService } from '../proto-loading.js';
+import type { ServiceDefinition } from '@grpc/proto-loader';
+import { loadServiceDefinition } from '../proto-loading.js';
 
 export interface Selector {
   type: string;
@@ -76,13 +76,14 @@ export interface SubscribeToJwtBundlesResponse {
 
 export const DELEGATED_IDENTITY_SERVICE_NAME = 'spire.api.agent.delegatedidentity.v1.DelegatedIdentity';
 
-let cachedConstructor: grpc.ServiceClientConstructor | undefined;
+let cachedDefinition: ServiceDefinition | undefined;
 
-/** The generated client constructor (also carries `.service` for servers). */
-export function delegatedIdentityService(): grpc.ServiceClientConstructor {
-  cachedConstructor ??= lookupService(
-    loadProtoPackage('spire-proto', 'spire/api/agent/delegatedidentity/v1/delegatedidentity.proto'),
+/** The service's methods: paths and codecs (proto-loader's description). */
+export function delegatedIdentityServiceDefinition(): ServiceDefinition {
+  cachedDefinition ??= loadServiceDefinition(
+    'spire-proto',
+    'spire/api/agent/delegatedidentity/v1/delegatedidentity.proto',
     DELEGATED_IDENTITY_SERVICE_NAME,
   );
-  return cachedConstructor;
+  return cachedDefinition;
 }

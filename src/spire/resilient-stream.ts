@@ -7,7 +7,7 @@
  * SVIDs are signed (subscribeToWorkloadUpdates in
  * https://github.com/spiffe/spire/blob/v1.15.3/pkg/agent/manager/cache/lru_cache.go).
  */
-import * as grpc from '@grpc/grpc-js';
+import { status, statusName } from '../grpc-status.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics-api.js';
 import type { AgentStreamCall, AgentStreamConnection, DelegatedIdentityClient } from './agent-connection.js';
@@ -110,8 +110,8 @@ export class ResilientStream<T> {
     });
     call.on('status', (result: CallStatus) => {
       // A stream the agent ends with OK (it never should) is re-opened too.
-      if (this.call !== call || result.code !== grpc.status.OK) return;
-      this.failed({ code: grpc.status.UNAVAILABLE, details: 'the agent ended the stream', socketMissing: false });
+      if (this.call !== call || result.code !== status.OK) return;
+      this.failed({ code: status.UNAVAILABLE, details: 'the agent ended the stream', socketMissing: false });
     });
   }
 
@@ -119,10 +119,10 @@ export class ResilientStream<T> {
     if (this.closed) return;
     this.call = undefined;
     this.lastFailure = failure;
-    this.options.metrics.agentStreamErrors.inc({ stream: this.options.kind, code: grpc.status[failure.code] ?? String(failure.code) });
+    this.options.metrics.agentStreamErrors.inc({ stream: this.options.kind, code: statusName(failure.code) });
     const delayMs = this.backoff.next();
     this.options.logger.warn(
-      { stream: this.options.kind, code: grpc.status[failure.code], retry_in_ms: delayMs },
+      { stream: this.options.kind, code: statusName(failure.code), retry_in_ms: delayMs },
       describeStreamFailure(failure, this.options.connection.socketPath),
     );
     this.options.onFailure?.(failure);

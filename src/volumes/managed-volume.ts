@@ -11,7 +11,7 @@
 import { X509Certificate } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { status } from '@grpc/grpc-js';
+import { status } from '../grpc-status.js';
 import { AtomicWriter, type FileSpec, type WriteOptions, type WriteResult } from '../fs/atomic-writer.js';
 import { inlineFs, threadPoolFs } from '../fs/writer-fs.js';
 import { DriverError, errorMessage } from '../errors.js';

@@ -6,7 +6,7 @@
  * At most maxVolumes volumes are live or being published at once.
  */
 import path from 'node:path';
-import { status } from '@grpc/grpc-js';
+import { status } from '../grpc-status.js';
 import { DriverError, errorMessage } from '../errors.js';
 import { roundMs } from '../observability/logger.js';
 import { systemClock, type Clock } from '../spire/resilient-stream.js';

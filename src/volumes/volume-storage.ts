@@ -7,7 +7,7 @@
 import { constants as fsConstants, type Stats } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { status } from '@grpc/grpc-js';
+import { status } from '../grpc-status.js';
 import { DriverError, errorMessage } from '../errors.js';
 import { AtomicWriter, holdsOnlyWriterFiles } from '../fs/atomic-writer.js';
 import { findMount, mountsAtAndBelow, mountsUnder, topmostMount } from '../fs/mountinfo.js';

@@ -10,7 +10,8 @@ import { createHash, randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { csiIdentityService, csiNodeService, type NodePublishVolumeRequest } from '../../src/csi/messages.js';
+import type { NodePublishVolumeRequest } from '../../src/csi/messages.js';
+import { csiIdentityService, csiNodeService } from './grpc-services.js';
 
 export interface Pod {
   uid: string;

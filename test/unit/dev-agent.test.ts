@@ -10,11 +10,11 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { X509Certificate, createPrivateKey } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
+import { delegatedIdentityService } from '../support/grpc-services.js';
 import { createLocalJWKSet, jwtVerify, type JSONWebKeySet } from 'jose';
 import {
   type FetchJwtSvidsResponse,
   type SubscribeToJwtBundlesResponse,
-  delegatedIdentityService,
   type SubscribeToX509BundlesResponse,
   type SubscribeToX509SvidsRequest,
   type SubscribeToX509SvidsResponse,

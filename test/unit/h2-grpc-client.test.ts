@@ -9,7 +9,7 @@ import http2 from 'node:http2';
 import net from 'node:net';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, test } from 'node:test';
-import { status } from '@grpc/grpc-js';
+import { status, statusName } from '../../src/grpc-status.js';
 import { H2GrpcClient, type CallError, type CallStatus, type GrpcMethod, type ServerStreamCall } from '../../src/spire/h2-grpc-client.js';
 import { makeScratchDir, removeScratchDir } from '../support/scratch.js';
 
@@ -363,7 +363,7 @@ describe('H2GrpcClient: hostile or broken answers', () => {
     test(name, async () => {
       await serve(answer);
       const result = await outcome(newClient().serverStream(TEXT, 's'));
-      assert.equal(result.status.code, code, `${status[result.status.code]}: ${result.status.details}`);
+      assert.equal(result.status.code, code, `${statusName(result.status.code)}: ${result.status.details}`);
       assert.match(result.status.details, details);
       assert.equal(result.errors.length, 1);
       assert.equal(result.errors[0]?.code, code);

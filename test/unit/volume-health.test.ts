@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { X509Certificate } from 'node:crypto';
 import { before, describe, it } from 'node:test';
-import { status } from '@grpc/grpc-js';
+import { status } from '../../src/grpc-status.js';
 import { DriverError } from '../../src/errors.js';
 import { DriverMetrics } from '../../src/observability/metrics.js';
 import { describeStreamFailure, type StreamFailure } from '../../src/spire/agent-errors.js';

@@ -12,7 +12,7 @@ import http from 'node:http';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
-import { csiIdentityService } from '../../../src/csi/messages.js';
+import { csiIdentityService } from '../../../test/support/grpc-services.js';
 
 /** A command line the stand-in refuses; exitCode follows the real sidecar (Go's flag package exits 2). */
 export class UsageError extends Error {

@@ -45,7 +45,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { loadProtoPackage, lookupService } from '../../../src/proto-loading.js';
+import { loadProtoPackage, lookupService } from '../../../test/support/grpc-services.js';
 import {
   callUnary,
   connectUnix,

@@ -6,8 +6,8 @@
  * when it changed.
  */
 import * as grpc from '@grpc/grpc-js';
+import { delegatedIdentityService } from '../grpc-services.js';
 import {
-  delegatedIdentityService,
   type FetchJwtSvidsRequest,
   type FetchJwtSvidsResponse,
   type JwtSvidMessage,
