@@ -29,16 +29,21 @@ export const PROTO_LOADER_OPTIONS: protoLoader.Options = {
   oneofs: true,
 };
 
+/** Each .proto parsed once: csi.proto holds both CSI services. */
+const loadedFiles = new Map<string, protoLoader.PackageDefinition>();
+
 /**
  * The methods of service `dottedName` ("csi.v1.Node") in `file`: each one's
  * HTTP/2 path and its request and response codecs, as the driver's own gRPC
  * server (csi/h2-grpc-server.ts) and client (spire/h2-grpc-client.ts) use them.
  */
 export function loadServiceDefinition(includeDir: string, file: string, dottedName: string): protoLoader.ServiceDefinition {
-  const definition = protoLoader.loadSync(file, {
-    ...PROTO_LOADER_OPTIONS,
-    includeDirs: [path.join(PACKAGE_ROOT, includeDir)],
-  });
+  const key = `${includeDir}/${file}`;
+  let definition = loadedFiles.get(key);
+  if (definition === undefined) {
+    definition = protoLoader.loadSync(file, { ...PROTO_LOADER_OPTIONS, includeDirs: [path.join(PACKAGE_ROOT, includeDir)] });
+    loadedFiles.set(key, definition);
+  }
   const service = definition[dottedName];
   if (service === undefined || 'format' in service || Object.values(service).some((method) => !('path' in method))) {
     throw new Error(`proto service ${dottedName} not found in ${file}; is the .proto file complete?`);

@@ -15,12 +15,13 @@
  * - POST with content-type application/grpc (or +proto), else HTTP 405 / 415
  *   as the protocol says; a path no service has: UNIMPLEMENTED.
  * - Exactly one uncompressed message of at most MAX_REQUEST_BYTES (4 MiB,
- *   grpc-js's default): more bytes RESOURCE_EXHAUSTED, a compressed message
+ *   grpc-js's default): a longer one RESOURCE_EXHAUSTED as soon as its
+ *   header or its bytes say so, a compressed message
  *   UNIMPLEMENTED (this server announces identity encoding only), no message,
  *   two messages, a torn one, or bytes that do not decode: INTERNAL.
  * - A grpc-timeout becomes a deadline: the call's signal aborts and the
- *   caller gets DEADLINE_EXCEEDED. A caller that resets the stream aborts the
- *   signal too.
+ *   caller gets DEADLINE_EXCEEDED (one beyond a timer's reach, ~24.8 days, is
+ *   no deadline). A caller that resets the stream aborts the signal too.
  * - The handler's result as the response; a thrown DriverError as its status
  *   and message (percent-encoded as the protocol says); anything else INTERNAL.
  */
@@ -42,6 +43,8 @@ export interface GrpcService {
 /** grpc-js's default limit for a received message. */
 export const MAX_REQUEST_BYTES = 4 * 1024 * 1024;
 const GRPC_HEADER_BYTES = 5;
+/** The longest delay setTimeout takes; a longer one would fire at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 /** How long close() lets calls in progress finish before it cuts the connections. */
 const SHUTDOWN_GRACE_MS = 5000;
 
@@ -71,10 +74,10 @@ export class H2GrpcServer {
         });
       }
     }
-    // Node's default of 10 MB for a session's buffers would make a burst of
-    // calls (kubelet publishing hundreds of volumes at once) fail the whole
-    // connection with ENHANCE_YOUR_CALM; each call is bounded by
-    // MAX_REQUEST_BYTES instead, as with grpc-js, which also lifts this limit.
+    // Node's limit on a session's buffers (10 MB by default) refuses new
+    // streams with ENHANCE_YOUR_CALM once exceeded, which would fail kubelet's
+    // calls for the whole connection; grpc-js's server lifts it entirely. Each
+    // call is bounded by MAX_REQUEST_BYTES, and the socket is root's alone.
     this.server = http2.createServer({ maxSessionMemory: 1024 });
     this.server.on('session', (session) => {
       this.sessions.add(session);
@@ -124,6 +127,7 @@ export class H2GrpcServer {
     if (headers['grpc-timeout'] !== undefined) {
       deadlineMs = parseGrpcTimeout(String(headers['grpc-timeout']));
       if (deadlineMs === undefined) return sendStatus(stream, status.INTERNAL, `malformed grpc-timeout "${String(headers['grpc-timeout'])}"`);
+      if (deadlineMs > MAX_TIMER_MS) deadlineMs = undefined;
     }
 
     const controller = new AbortController();
@@ -152,14 +156,22 @@ export class H2GrpcServer {
 
     const chunks: Buffer[] = [];
     let received = 0;
+    let headerChecked = false;
+    const refuseTooLarge = (): void => {
+      chunks.length = 0;
+      answer(() => sendStatus(stream, status.RESOURCE_EXHAUSTED, `the request is larger than ${MAX_REQUEST_BYTES} bytes`));
+    };
     stream.on('data', (chunk: Buffer) => {
       if (answered) return;
       received += chunk.length;
-      if (received > GRPC_HEADER_BYTES + MAX_REQUEST_BYTES) {
-        answer(() => sendStatus(stream, status.RESOURCE_EXHAUSTED, `the request is larger than ${MAX_REQUEST_BYTES} bytes`));
-        return;
-      }
       chunks.push(chunk);
+      // The message header declares the length: a request that cannot fit is refused before it is read.
+      if (!headerChecked && received >= GRPC_HEADER_BYTES) {
+        headerChecked = true;
+        const header = chunks.length === 1 ? chunk : Buffer.concat(chunks, received);
+        if (header.readUInt32BE(1) > MAX_REQUEST_BYTES) return refuseTooLarge();
+      }
+      if (received > GRPC_HEADER_BYTES + MAX_REQUEST_BYTES) refuseTooLarge();
     });
     stream.on('end', () => {
       if (answered) return;
@@ -174,24 +186,27 @@ export class H2GrpcServer {
       } catch (err) {
         return answer(() => sendStatus(stream, status.INTERNAL, `the ${method.name} request does not decode: ${errorMessage(err)}`));
       }
-      method.handler(request, controller.signal).then(
-        (response) => {
-          let payload: Buffer;
-          try {
-            payload = method.serialize(response);
-          } catch (err) {
-            return answer(() =>
-              sendStatus(stream, status.INTERNAL, `internal error in ${method.name}: the response does not encode: ${errorMessage(err)}`),
-            );
-          }
-          answer(() => sendMessage(stream, payload));
-        },
-        (err: unknown) => {
-          const failure =
-            err instanceof DriverError ? err : new DriverError(status.INTERNAL, `internal error in ${method.name}: ${errorMessage(err)}`);
-          answer(() => sendStatus(stream, failure.code, failure.message));
-        },
-      );
+      // Through a promise, so a handler that throws before its first await fails only its call.
+      Promise.resolve()
+        .then(() => method.handler(request, controller.signal))
+        .then(
+          (response) => {
+            let payload: Buffer;
+            try {
+              payload = method.serialize(response);
+            } catch (err) {
+              return answer(() =>
+                sendStatus(stream, status.INTERNAL, `internal error in ${method.name}: the response does not encode: ${errorMessage(err)}`),
+              );
+            }
+            answer(() => sendMessage(stream, payload));
+          },
+          (err: unknown) => {
+            const failure =
+              err instanceof DriverError ? err : new DriverError(status.INTERNAL, `internal error in ${method.name}: ${errorMessage(err)}`);
+            answer(() => sendStatus(stream, failure.code, failure.message));
+          },
+        );
     });
   }
 }

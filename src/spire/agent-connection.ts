@@ -83,11 +83,13 @@ function delegatedIdentityMethods(): DelegatedIdentityMethods {
     };
   };
   methods ??= {
-    // The three subscriptions send snapshots (F6); a repeat is dropped unread.
+    // Snapshots (F6) re-sent to every volume on each bundle change: a repeat
+    // is dropped unread. The two bundle streams, one per driver, keep every
+    // message, so a bundle rejected once is rejected (and counted) again.
     subscribeToX509Svids: method('SubscribeToX509SVIDs', true),
-    subscribeToX509Bundles: method('SubscribeToX509Bundles', true),
+    subscribeToX509Bundles: method('SubscribeToX509Bundles'),
     fetchJwtSvids: method('FetchJWTSVIDs'),
-    subscribeToJwtBundles: method('SubscribeToJWTBundles', true),
+    subscribeToJwtBundles: method('SubscribeToJWTBundles'),
   };
   return methods;
 }

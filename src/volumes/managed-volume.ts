@@ -126,6 +126,8 @@ export class ManagedVolume {
    */
   private federatedTrustDomains: ReadonlySet<string> = NO_TRUST_DOMAINS;
   private dirty = false;
+  /** The last sync found the newest material on disk (written, or already there); false until then and after one that did not. */
+  private latestSettled = false;
   private draining: Promise<void> | undefined;
   /**
    * Every write waits for this (start()): a new volume's streams open while
@@ -277,8 +279,14 @@ export class ManagedVolume {
         if (this.firstSvidsArrivedAt === undefined && message.x509_svids.length > 0) this.firstSvidsArrivedAt = this.clock.now();
         this.scheduleSync();
       },
-      // The agent's re-send of exactly the last response (F6): nothing to do.
-      onRepeat: () => this.deps.metrics.svidUpdates.inc({ outcome: 'repeat' }),
+      // The agent's re-send of exactly the last response (F6): nothing to do
+      // once that response is on disk; otherwise (refused, empty, no match, a
+      // failed write) it is tried again, as any message is, since the reason
+      // may have passed (a leaf not yet valid on a clock that was behind).
+      onRepeat: () => {
+        if (this.latestSettled) this.deps.metrics.svidUpdates.inc({ outcome: 'repeat' });
+        else this.scheduleSync();
+      },
       onFailure: () => this.notifyStateListeners(),
       logger: this.logger,
       metrics: this.deps.metrics,
@@ -477,8 +485,10 @@ export class ManagedVolume {
     this.retry.supersede();
     this.logger.debug('syncing the volume files with the newest material');
     if (this.record.files.pkcs12 !== undefined) await loadPkcs12Support();
+    this.latestSettled = false;
     const collected = this.prepareWrite();
     if (collected === 'unchanged') {
+      this.latestSettled = true;
       this.deps.metrics.svidUpdates.inc({ outcome: 'unchanged' });
       this.logger.debug('the newest material is what the files already hold; nothing checked or written');
       return;
@@ -490,12 +500,14 @@ export class ManagedVolume {
       return;
     }
     if (svid === 'on-disk') {
+      this.latestSettled = true;
       this.deps.metrics.svidUpdates.inc({ outcome: 'unchanged' });
       this.logger.debug('the files on disk already are the newest material; nothing checked or written');
       this.stopRetrying();
       return;
     }
     await this.writeFiles({ files: collected.files, digest: collected.digest, svid });
+    this.latestSettled = this.writtenDigest === collected.digest;
     if (this.agentWaitedMs === undefined && this.firstSvidsArrivedAt !== undefined && this.writtenDigest === collected.digest) {
       this.agentWaitedMs = roundMs(this.firstSvidsArrivedAt - this.startedAt);
     }

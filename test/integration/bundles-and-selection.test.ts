@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { X509Certificate } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { Harness, eventually, sleep } from '../support/driver-harness.js';
-import { mintCa } from '../support/certs.js';
+import { mintCa, mintSvid } from '../support/certs.js';
 import { assertValidSvidVolume, readVolume } from '../support/volume-assertions.js';
 
 function bundleSubjects(pem: string): string[] {
@@ -94,6 +94,42 @@ describe('trust bundles and SVID selection', () => {
     const afterResend = await Promise.all(volumes.map((v) => readVolume(v.targetPath)));
     afterResend.forEach((content, i) => assert.equal(content.version, afterDrop[i]?.version, 'the same version directory'));
     for (const v of volumes) await h.kubelet.unpublish(v);
+  });
+
+  it('a repeat of the last SVID response: dropped once its files are on disk, tried again while it is refused', async () => {
+    const pod = h.kubelet.createPod({ namespace: 'repeat', serviceAccount: 'repeat' });
+    const spiffeId = 'spiffe://example.org/repeat';
+    const entryId = await h.agent.addEntry({ spiffeId, selectors: [`k8s:pod-uid:${pod.uid}`] });
+    const volume = await h.kubelet.publish(pod);
+    const outcome = async (name: string): Promise<number> =>
+      (await h.metrics.svidUpdates.get()).values.find((v) => v.labels['outcome'] === name)?.value ?? 0;
+    const good = h.agent.currentSvid(entryId);
+    // Not valid for another hour (a clock that is behind the server's): refused, the previous files stay.
+    const early = await mintSvid({
+      ca: h.agent.activeCa(),
+      spiffeId,
+      notBefore: new Date(Date.now() + 3_600_000),
+      notAfter: new Date(Date.now() + 7_200_000),
+    });
+    const before = { rejected: await outcome('rejected'), repeat: await outcome('repeat') };
+    h.agent.replaceSvid(entryId, { certChain: early.certChain, keyPkcs8Der: early.keyPkcs8Der });
+    await eventually('the early SVID refused', async () => (await outcome('rejected')) === before.rejected + 1);
+    h.agent.resendSvids();
+    await eventually('its repeat checked and refused again', async () => (await outcome('rejected')) === before.rejected + 2);
+    assert.equal(await outcome('repeat'), before.repeat, 'a refused response is not dropped as a repeat');
+
+    h.agent.replaceSvid(entryId, { certChain: good.certChain, keyPkcs8Der: good.keyPkcs8Der });
+    await sleep(200);
+    const settled = { rejected: await outcome('rejected'), unchanged: await outcome('unchanged'), written: await outcome('written') };
+    h.agent.resendSvids();
+    await eventually('the repeat of the settled SVID dropped', async () => (await outcome('repeat')) === before.repeat + 1);
+    assert.deepEqual(
+      { rejected: await outcome('rejected'), unchanged: await outcome('unchanged'), written: await outcome('written') },
+      settled,
+      'nothing else counted for it',
+    );
+    await assertValidSvidVolume(volume.targetPath, spiffeId);
+    await h.kubelet.unpublish(volume);
   });
 
   it('several matching entries: the first by entry id by default, or the one named by spiffe-id or hint', async () => {

@@ -206,6 +206,12 @@ describe('H2GrpcServer: requests no gRPC client sends', () => {
     ['a compressed message', frame(Buffer.from([1, 2, 3]), true), status.UNIMPLEMENTED, /identity encoding only/],
     ['bytes that do not decode', frame(Buffer.from([0x0a, 0xff, 0xff, 0xff])), status.INTERNAL, /does not decode/],
     ['over 4 MiB', frame(Buffer.alloc(MAX_REQUEST_BYTES + 1)), status.RESOURCE_EXHAUSTED, /larger than 4194304 bytes/],
+    [
+      'a header declaring over 4 MiB, before the bytes come',
+      frame(Buffer.alloc(MAX_REQUEST_BYTES + 1)).subarray(0, 64),
+      status.RESOURCE_EXHAUSTED,
+      /larger than 4194304 bytes/,
+    ],
   ];
   for (const [name, body, code, message] of cases) {
     test(`${name}: ${code}, and the handler never runs`, async () => {
@@ -219,13 +225,24 @@ describe('H2GrpcServer: requests no gRPC client sends', () => {
     });
   }
 
-  test('a malformed grpc-timeout: INTERNAL; a valid one is honoured', async () => {
+  test('a malformed grpc-timeout: INTERNAL; one beyond a timer (99999999S) is no deadline', async () => {
     await serve({ Probe: probeOk });
     const bad = await rawCall({ 'grpc-timeout': '123456789S' }, frame(Buffer.alloc(0)));
     assert.equal(grpcStatus(bad), status.INTERNAL);
-    const good = await rawCall({ 'grpc-timeout': '5S' }, frame(Buffer.alloc(0)));
-    assert.equal(grpcStatus(good), status.OK);
-    assert.ok(good.data.length >= 5, 'the response message');
+    const far = await rawCall({ 'grpc-timeout': '99999999S' }, frame(Buffer.alloc(0)));
+    assert.equal(grpcStatus(far), status.OK);
+    assert.ok(far.data.length >= 5, 'the response message');
+  });
+
+  test("the server's own deadline: DEADLINE_EXCEEDED from the server, with the stream still open, and the handler's signal aborted", async () => {
+    let aborted = false;
+    await serve({ Probe: (_request, signal) => new Promise(() => signal.addEventListener('abort', () => (aborted = true))) });
+    const started = performance.now();
+    // A raw client that enforces nothing itself and never resets the stream.
+    const result = await rawCall({ 'grpc-timeout': '150m' }, frame(Buffer.alloc(0)));
+    assert.equal(grpcStatus(result), status.DEADLINE_EXCEEDED);
+    assert.ok(performance.now() - started >= 140, 'not before the deadline');
+    assert.ok(aborted);
   });
 
   test('after hostile requests the server still answers', async () => {
