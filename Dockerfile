@@ -1,4 +1,5 @@
-# The spire-csi-driver image: Node.js, the compiled driver, its production dependencies and its protos.
+# The spire-csi-driver image: Node.js, the compiled driver and its production dependencies. (The driver encodes
+# and decodes its protobuf messages itself, src/protobuf/; it reads no .proto file at run time.)
 # scripts/image-build-check runs the same steps outside a container (CI has no Docker engine).
 #
 #   docker build -t <registry>/spire-csi-driver:0.1.0 .
@@ -36,8 +37,6 @@ RUN npm ci --omit=dev --no-audit --no-fund \
  && npm cache clean --force \
  && rm -rf /usr/local/lib/node_modules/npm /usr/local/lib/node_modules/corepack /opt/yarn-* \
       /usr/local/bin/npm /usr/local/bin/npx /usr/local/bin/corepack /usr/local/bin/yarn /usr/local/bin/yarnpkg
-COPY csi-proto/ csi-proto/
-COPY spire-proto/ spire-proto/
 COPY --from=build /build/dist/src/ dist/src/
 # The driver takes its state directory lock with flock(2) through koffi, whose prebuilt binary comes from an
 # optional per-platform package (@koromix/koffi-linux-x64 on amd64) that npm ci installs only where it matches.

@@ -55,7 +55,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { mountsUnder } from '../src/fs/mountinfo.js';
-import { PACKAGE_ROOT } from '../src/proto-loading.js';
+import { PACKAGE_ROOT } from '../src/package-root.js';
 import { agentSubscriptions, realAgentChurn } from '../e2e/churn-agent.js';
 import { freeTcpPort, killOnExit, SpireTestbed, unmountAllUnder, unmountOnExit } from '../e2e/spire-testbed.js';
 import {

@@ -5,7 +5,7 @@
  */
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { PACKAGE_ROOT } from '../../src/proto-loading.js';
+import { PACKAGE_ROOT } from '../../src/package-root.js';
 
 export const TRUST_DOMAIN = 'example.org';
 export const NODE_SPIFFE_ID = `spiffe://${TRUST_DOMAIN}/node`;

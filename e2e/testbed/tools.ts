@@ -7,7 +7,7 @@ import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { PACKAGE_ROOT } from '../../src/proto-loading.js';
+import { PACKAGE_ROOT } from '../../src/package-root.js';
 import { isExecutable, pinnedToolPath, toolsDir } from '../../test/support/tools.js';
 
 const execFileAsync = promisify(execFile);

@@ -4,7 +4,7 @@ import type { Stats } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { H2GrpcServer, type UnaryMethodHandler } from './h2-grpc-server.js';
-import { csiIdentityServiceDefinition, csiNodeServiceDefinition } from './messages.js';
+import { CSI_IDENTITY_METHODS, CSI_NODE_METHODS } from './messages.js';
 
 /**
  * What close() did with the socket file: removed it; found it already gone; or
@@ -30,8 +30,8 @@ export async function startCsiServer(options: {
   await fs.mkdir(path.dirname(socketPath), { recursive: true });
   await removeStaleSocket(socketPath);
   const server = new H2GrpcServer([
-    { definition: csiIdentityServiceDefinition(), handlers: options.identity },
-    { definition: csiNodeServiceDefinition(), handlers: options.node },
+    { methods: CSI_IDENTITY_METHODS, handlers: options.identity },
+    { methods: CSI_NODE_METHODS, handlers: options.node },
   ]);
   // Bound under a scratch name, then renamed into place. libuv unlinks a
   // listening Unix socket's path *by name* when it closes it, so a server bound

@@ -26,17 +26,23 @@
  *   and message (percent-encoded as the protocol says); anything else INTERNAL.
  */
 import http2 from 'node:http2';
-import type { ServiceDefinition } from '@grpc/proto-loader';
 import { DriverError, errorMessage } from '../errors.js';
 import { status } from '../grpc-status.js';
 
 /** One unary method: takes the decoded request, resolves with the response or throws a DriverError. */
 export type UnaryMethodHandler = (request: unknown, signal: AbortSignal) => Promise<unknown>;
 
+/** One unary method on the wire: its HTTP/2 path and its message codecs. */
+export interface UnaryCodec {
+  path: string;
+  decodeRequest(bytes: Buffer): unknown;
+  encodeResponse(response: object): Buffer;
+}
+
 export interface GrpcService {
-  /** The service's methods as proto-loader describes them (path, codecs). */
-  definition: ServiceDefinition;
-  /** By method name ("NodePublishVolume"); a method without one is UNIMPLEMENTED. */
+  /** By method name ("NodePublishVolume"). */
+  methods: Readonly<Record<string, UnaryCodec>>;
+  /** By method name; a method without one is UNIMPLEMENTED. */
   handlers: Record<string, UnaryMethodHandler>;
 }
 
@@ -61,15 +67,17 @@ export class H2GrpcServer {
   private readonly sessions = new Set<http2.ServerHttp2Session>();
 
   constructor(services: readonly GrpcService[]) {
-    for (const { definition, handlers } of services) {
-      for (const [name, method] of Object.entries(definition)) {
+    for (const { methods, handlers } of services) {
+      for (const [name, codec] of Object.entries(methods)) {
         const handler = handlers[name];
         if (handler === undefined) continue;
-        if (method.requestStream || method.responseStream) throw new Error(`${method.path}: this server serves unary methods only`);
-        this.methods.set(method.path, {
+        this.methods.set(codec.path, {
           name,
-          deserialize: (bytes) => method.requestDeserialize(bytes),
-          serialize: (response) => method.responseSerialize(response as object),
+          deserialize: (bytes) => codec.decodeRequest(bytes),
+          serialize: (response) => {
+            if (typeof response !== 'object' || response === null) throw new Error('the handler returned no message');
+            return codec.encodeResponse(response);
+          },
           handler,
         });
       }

@@ -17,10 +17,12 @@ import path from 'node:path';
 import { watch, type FSWatcher } from 'chokidar';
 import { errorMessage } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
+import { decodeMessage, encodeMessage, type MessageSchema } from '../protobuf/codec.js';
 import { DRIVER_VERSION } from '../version.js';
 import { H2GrpcClient, type GrpcMethod, type ServerStreamCall } from './h2-grpc-client.js';
 import {
-  delegatedIdentityServiceDefinition,
+  DELEGATED_IDENTITY_METHODS,
+  DELEGATED_IDENTITY_SERVICE_NAME,
   type FetchJwtSvidsRequest,
   type FetchJwtSvidsResponse,
   type SubscribeToJwtBundlesResponse,
@@ -69,27 +71,25 @@ interface DelegatedIdentityMethods {
 
 let methods: DelegatedIdentityMethods | undefined;
 
-/** The four methods' paths and protobuf codecs, from the .proto (loaded once). */
+/** The four methods' paths and protobuf codecs (protobuf/codec.ts with the schemas of messages.ts). */
 function delegatedIdentityMethods(): DelegatedIdentityMethods {
-  const service = delegatedIdentityServiceDefinition();
-  const method = <Request, Response>(name: string, snapshots = false): GrpcMethod<Request, Response> => {
-    const definition = service[name];
-    if (definition === undefined) throw new Error(`the Delegated Identity proto has no method ${name}`);
-    return {
-      path: definition.path,
-      serialize: (request) => definition.requestSerialize(request as object),
-      deserialize: (bytes) => definition.responseDeserialize(bytes) as Response,
-      snapshots,
-    };
-  };
+  const method = <Request, Response>(
+    { name, request, response }: { name: string; request: MessageSchema; response: MessageSchema },
+    snapshots = false,
+  ): GrpcMethod<Request, Response> => ({
+    path: `/${DELEGATED_IDENTITY_SERVICE_NAME}/${name}`,
+    serialize: (value) => encodeMessage(request, value as object),
+    deserialize: (bytes) => decodeMessage<Response>(response, bytes),
+    snapshots,
+  });
   methods ??= {
     // Snapshots (F6) re-sent to every volume on each bundle change: a repeat
     // is dropped unread. The two bundle streams, one per driver, keep every
     // message, so a bundle rejected once is rejected (and counted) again.
-    subscribeToX509Svids: method('SubscribeToX509SVIDs', true),
-    subscribeToX509Bundles: method('SubscribeToX509Bundles'),
-    fetchJwtSvids: method('FetchJWTSVIDs'),
-    subscribeToJwtBundles: method('SubscribeToJWTBundles'),
+    subscribeToX509Svids: method(DELEGATED_IDENTITY_METHODS.subscribeToX509Svids, true),
+    subscribeToX509Bundles: method(DELEGATED_IDENTITY_METHODS.subscribeToX509Bundles),
+    fetchJwtSvids: method(DELEGATED_IDENTITY_METHODS.fetchJwtSvids),
+    subscribeToJwtBundles: method(DELEGATED_IDENTITY_METHODS.subscribeToJwtBundles),
   };
   return methods;
 }

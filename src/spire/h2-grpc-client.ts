@@ -55,7 +55,7 @@ export interface CallError extends Error {
   details: string;
 }
 
-/** One method: its HTTP/2 path and the protobuf (de)serializers from proto-loader. */
+/** One method: its HTTP/2 path and its message codecs (protobuf/codec.ts). */
 export interface GrpcMethod<Request, Response> {
   path: string;
   serialize(request: Request): Buffer;

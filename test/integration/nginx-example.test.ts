@@ -11,7 +11,7 @@ import net from 'node:net';
 import path from 'node:path';
 import tls from 'node:tls';
 import { after, before, describe, it } from 'node:test';
-import { PACKAGE_ROOT } from '../../src/proto-loading.js';
+import { PACKAGE_ROOT } from '../../src/package-root.js';
 import { Harness, eventually } from '../support/driver-harness.js';
 import type { PublishedVolume } from '../support/kubelet-simulator.js';
 import { readVolume } from '../support/volume-assertions.js';

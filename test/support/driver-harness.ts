@@ -11,7 +11,7 @@ import { mountsUnder } from '../../src/fs/mountinfo.js';
 import { unmount } from '../../src/fs/tmpfs.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { DriverMetrics } from '../../src/observability/metrics.js';
-import { PACKAGE_ROOT } from '../../src/proto-loading.js';
+import { PACKAGE_ROOT } from '../../src/package-root.js';
 import { DevAgent, type DevAgentOptions } from './dev-agent/dev-agent.js';
 import { KubeletSimulator } from './kubelet-simulator.js';
 import { makeScratchDir, removeScratchDir } from './scratch.js';

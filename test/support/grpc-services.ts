@@ -8,9 +8,49 @@
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
-import { CSI_IDENTITY_SERVICE_NAME, CSI_NODE_SERVICE_NAME, csiIdentityServiceDefinition, csiNodeServiceDefinition } from '../../src/csi/messages.js';
-import { PACKAGE_ROOT, PROTO_LOADER_OPTIONS } from '../../src/proto-loading.js';
-import { DELEGATED_IDENTITY_SERVICE_NAME, delegatedIdentityServiceDefinition } from '../../src/spire/messages.js';
+import { CSI_IDENTITY_SERVICE_NAME, CSI_NODE_SERVICE_NAME } from '../../src/csi/messages.js';
+import { PACKAGE_ROOT } from '../../src/package-root.js';
+import { DELEGATED_IDENTITY_SERVICE_NAME } from '../../src/spire/messages.js';
+
+/**
+ * The decoding options the driver's message shapes follow (src/protobuf/codec.ts):
+ * snake_case field names as on the wire, enums as their names, int64 as
+ * numbers, unset fields with their proto3 defaults, and a oneof's set member
+ * named by a virtual field.
+ */
+export const PROTO_LOADER_OPTIONS: protoLoader.Options = {
+  keepCase: true,
+  longs: Number,
+  enums: String,
+  defaults: true,
+  arrays: true,
+  objects: true,
+  oneofs: true,
+};
+
+const loadedFiles = new Map<string, protoLoader.PackageDefinition>();
+
+/** The methods of service `dottedName` in `file` under `includeDir` of the repository, as proto-loader describes them. */
+export function loadServiceDefinition(includeDir: string, file: string, dottedName: string): protoLoader.ServiceDefinition {
+  const key = `${includeDir}/${file}`;
+  let definition = loadedFiles.get(key);
+  if (definition === undefined) {
+    definition = protoLoader.loadSync(file, { ...PROTO_LOADER_OPTIONS, includeDirs: [path.join(PACKAGE_ROOT, includeDir)] });
+    loadedFiles.set(key, definition);
+  }
+  const service = definition[dottedName];
+  if (service === undefined || 'format' in service || Object.values(service).some((method) => !('path' in method))) {
+    throw new Error(`proto service ${dottedName} not found in ${file}`);
+  }
+  return service;
+}
+
+export const csiIdentityServiceDefinition = (): protoLoader.ServiceDefinition =>
+  loadServiceDefinition('csi-proto', 'csi/v1/csi.proto', CSI_IDENTITY_SERVICE_NAME);
+export const csiNodeServiceDefinition = (): protoLoader.ServiceDefinition =>
+  loadServiceDefinition('csi-proto', 'csi/v1/csi.proto', CSI_NODE_SERVICE_NAME);
+export const delegatedIdentityServiceDefinition = (): protoLoader.ServiceDefinition =>
+  loadServiceDefinition('spire-proto', 'spire/api/agent/delegatedidentity/v1/delegatedidentity.proto', DELEGATED_IDENTITY_SERVICE_NAME);
 
 const constructors = new Map<string, grpc.ServiceClientConstructor>();
 

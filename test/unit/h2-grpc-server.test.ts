@@ -12,7 +12,7 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { H2GrpcServer, MAX_REQUEST_BYTES, encodeGrpcMessage, type UnaryMethodHandler } from '../../src/csi/h2-grpc-server.js';
-import { CSI_IDENTITY_SERVICE_NAME, csiIdentityServiceDefinition } from '../../src/csi/messages.js';
+import { CSI_IDENTITY_METHODS, CSI_IDENTITY_SERVICE_NAME } from '../../src/csi/messages.js';
 import { DriverError } from '../../src/errors.js';
 import { status } from '../../src/grpc-status.js';
 import { csiIdentityService } from '../support/grpc-services.js';
@@ -37,7 +37,7 @@ afterEach(async () => {
 });
 
 async function serve(handlers: Record<string, UnaryMethodHandler>): Promise<void> {
-  server = new H2GrpcServer([{ definition: csiIdentityServiceDefinition(), handlers }]);
+  server = new H2GrpcServer([{ methods: CSI_IDENTITY_METHODS, handlers }]);
   await server.listen(socketPath);
 }
 

@@ -3,7 +3,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, it } from 'node:test';
-import { PACKAGE_ROOT } from '../../src/proto-loading.js';
+import { PACKAGE_ROOT } from '../../src/package-root.js';
 import { DRIVER_NODE_FLAGS } from '../support/driver-harness.js';
 
 const read = (file: string): string => fs.readFileSync(path.join(PACKAGE_ROOT, file), 'utf8');

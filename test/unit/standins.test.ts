@@ -12,7 +12,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { csiIdentityService } from '../support/grpc-services.js';
-import { PACKAGE_ROOT } from '../../src/proto-loading.js';
+import { PACKAGE_ROOT } from '../../src/package-root.js';
 import { callUnary, connectUnix, parseGoDuration, parseListenAddress, StandinLog, UsageError } from '../../e2e/cluster/standins/common.js';
 import { isReady, parseLivenessProbeCommandLine, startLivenessProbe, type RunningLivenessProbe } from '../../e2e/cluster/standins/livenessprobe.js';
 import {
