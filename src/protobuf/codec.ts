@@ -207,8 +207,11 @@ function readValue(field: FieldSchema, reader: Reader): unknown {
     case 'string':
       return reader.lengthDelimited().toString('utf8');
     case 'bytes':
-      // A copy: a decoded key or certificate must not pin the whole message's buffer.
-      return Buffer.from(reader.lengthDelimited());
+      // A view, as protobufjs gave: the caller hands in the message's own
+      // buffer (h2-grpc-client copies each message out of the socket's reads),
+      // so the view pins only that message. A copy of each certificate would
+      // come from Node's shared 8 KiB pool and pin a pool slab per volume.
+      return reader.lengthDelimited();
     case 'bool':
       return reader.varint64() !== 0n;
     case 'int64':
@@ -234,7 +237,7 @@ function readMapEntry(field: FieldSchema, reader: Reader): [string, unknown] {
     const no = tag >>> 3;
     if ((no === 1 || no === 2) && (tag & 7) !== LENGTH_DELIMITED) reader.fail(`map ${field.name} entry field ${no} has wire type ${tag & 7}`);
     if (no === 1) key = reader.lengthDelimited().toString('utf8');
-    else if (no === 2) value = field.mapValue === 'bytes' ? Buffer.from(reader.lengthDelimited()) : reader.lengthDelimited().toString('utf8');
+    else if (no === 2) value = field.mapValue === 'bytes' ? reader.lengthDelimited() : reader.lengthDelimited().toString('utf8');
     else reader.skip(tag & 7);
   }
   return [key, value];
