@@ -32,8 +32,8 @@ await build({
   // For reading a crash's stack trace: the map sits next to the bundle and is not loaded at run time.
   sourcemap: 'external',
   external: ['koffi'],
-  // The CommonJS dependencies (grpc-js, protobufjs, pino, write-file-atomic…) expect require, and some
-  // __filename/__dirname, which an ES module does not have. src/proto-loading.ts finds the protos from
+  // The CommonJS dependencies (pino, write-file-atomic, prom-client…) expect require, and some
+  // __filename/__dirname, which an ES module does not have. src/package-root.ts finds the package root from
   // import.meta.url, which is dist/src/ as before.
   banner: {
     js: [

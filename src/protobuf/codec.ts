@@ -17,10 +17,13 @@
  * after the oneof that holds that member's name. test/unit/protobuf-codec.test.ts
  * checks this against proto-loader on the same .proto files.
  *
- * A decoder of untrusted bytes: a length that runs past the end, a varint
- * over 10 bytes, a known field with the wrong wire type, a group (deprecated,
- * never used by these schemas) or an enum number outside 32 bits throws.
- * Unknown fields are skipped, as the format requires.
+ * A decoder of untrusted bytes, as strict as Go's: a length beyond the bytes
+ * left, a varint over 10 bytes (or whose 10th byte says more than 64 bits), a
+ * field number 0 or over 2^29-1, a known field with the wrong wire type, a
+ * group (deprecated, never used by these schemas), or over MAX_ELEMENTS entries
+ * in one repeated field or map throws an Error. Unknown fields are skipped, as
+ * the format requires; int32 and enum numbers keep their low 32 bits, as Go
+ * does; invalid UTF-8 in a string becomes U+FFFD, as protobufjs gave it.
  */
 
 export type ScalarType = 'string' | 'bytes' | 'bool' | 'int64' | 'int32';
@@ -44,6 +47,10 @@ export interface MessageSchema {
   name: string;
   fields: readonly FieldSchema[];
 }
+
+/** Entries of one repeated field or map in a message: kubelet sends a handful, the agent one per matching entry. */
+export const MAX_ELEMENTS = 10_000;
+const MAX_FIELD_NUMBER = 2 ** 29 - 1;
 
 const VARINT = 0;
 const FIXED64 = 1;
@@ -89,10 +96,20 @@ class Reader {
       const byte = this.bytes[this.offset];
       if (byte === undefined) this.fail('truncated varint');
       this.offset++;
+      // The 10th byte holds the 64th bit only.
+      if (shift === 63n && byte > 1) this.fail('varint over 64 bits');
       result |= BigInt(byte & 0x7f) << shift;
-      if (byte < 0x80) return BigInt.asUintN(64, result);
+      if (byte < 0x80) return result;
     }
-    return this.fail('varint longer than 10 bytes');
+    return this.fail('varint longer than 10 bytes'); // not reached: the 10th byte ends it or fails above
+  }
+
+  /** A field's tag: its number and wire type. */
+  tag(): { no: number; wireType: number } {
+    const tag = this.varint64();
+    const no = Number(tag >> 3n);
+    if (no === 0 || no > MAX_FIELD_NUMBER) this.fail(`field number ${no}`);
+    return { no, wireType: Number(tag & 7n) };
   }
 
   /** A varint read as 32 bits (tags, lengths, int32, enums, bool). */
@@ -110,9 +127,9 @@ class Reader {
   }
 
   lengthDelimited(): Buffer {
-    const length = this.varint32();
-    const end = this.offset + length;
-    if (end > this.bytes.length) this.fail(`a ${length}-byte field runs past the end`);
+    const length = this.varint64();
+    if (length > BigInt(this.bytes.length - this.offset)) this.fail(`a ${length}-byte field runs past the end`);
+    const end = this.offset + Number(length);
     const slice = this.bytes.subarray(this.offset, end);
     this.offset = end;
     return slice;
@@ -172,11 +189,9 @@ export function decodeMessage<T>(schema: MessageSchema, bytes: Buffer): T {
 function decodeWith(schema: MessageSchema, reader: Reader): Record<string, unknown> {
   const result: Record<string, unknown> = {};
   for (const field of schema.fields) if (field.oneof === undefined) result[field.name] = defaultOf(field);
+  const counts = new Map<string, number>();
   while (!reader.done) {
-    const tag = reader.varint32();
-    const no = tag >>> 3;
-    const wireType = tag & 7;
-    if (no === 0) reader.fail('field number 0');
+    const { no, wireType } = reader.tag();
     const field = schema.fields.find((f) => f.no === no);
     if (field === undefined) {
       reader.skip(wireType);
@@ -184,6 +199,11 @@ function decodeWith(schema: MessageSchema, reader: Reader): Record<string, unkno
     }
     if (wireType !== wireTypeOf(field)) reader.fail(`field ${field.name} has wire type ${wireType}`);
     const value = readValue(field, reader);
+    if (field.type === 'map' || field.repeated) {
+      const count = (counts.get(field.name) ?? 0) + 1;
+      if (count > MAX_ELEMENTS) reader.fail(`more than ${MAX_ELEMENTS} entries in ${field.name}`);
+      counts.set(field.name, count);
+    }
     if (field.type === 'map') {
       const [key, mapValue] = value as [string, unknown];
       // An own property whatever the key: an assignment to "__proto__" would set the object's prototype instead.
@@ -233,12 +253,11 @@ function readMapEntry(field: FieldSchema, reader: Reader): [string, unknown] {
   let key = '';
   let value: unknown = field.mapValue === 'bytes' ? Buffer.alloc(0) : '';
   while (!reader.done) {
-    const tag = reader.varint32();
-    const no = tag >>> 3;
-    if ((no === 1 || no === 2) && (tag & 7) !== LENGTH_DELIMITED) reader.fail(`map ${field.name} entry field ${no} has wire type ${tag & 7}`);
+    const { no, wireType } = reader.tag();
+    if ((no === 1 || no === 2) && wireType !== LENGTH_DELIMITED) reader.fail(`map ${field.name} entry field ${no} has wire type ${wireType}`);
     if (no === 1) key = reader.lengthDelimited().toString('utf8');
     else if (no === 2) value = field.mapValue === 'bytes' ? reader.lengthDelimited() : reader.lengthDelimited().toString('utf8');
-    else reader.skip(tag & 7);
+    else reader.skip(wireType);
   }
   return [key, value];
 }
@@ -340,6 +359,7 @@ function writeField(field: FieldSchema, value: unknown, writer: Writer, keepDefa
     case 'int64':
     case 'int32': {
       if (typeof value !== 'number' || !Number.isSafeInteger(value)) throw new Error(`${field.name} must be a whole number`);
+      if (field.type === 'int32' && (value < -(2 ** 31) || value >= 2 ** 31)) throw new Error(`${field.name}: ${value} does not fit in 32 bits`);
       if (value === 0 && !keepDefault) return;
       writer.tag(field.no, VARINT);
       writer.varint(value);
@@ -368,6 +388,8 @@ function writeField(field: FieldSchema, value: unknown, writer: Writer, keepDefa
 
 function toBytes(value: unknown, field: FieldSchema): Buffer {
   if (typeof value === 'string') return Buffer.from(value, 'utf8');
+  // A string field takes a string only: bytes could carry invalid UTF-8, which Go refuses.
+  if (field.type === 'string') throw new Error(`${field.name} must be a string`);
   if (Buffer.isBuffer(value)) return value;
   if (value instanceof Uint8Array) return Buffer.from(value.buffer, value.byteOffset, value.byteLength);
   throw new Error(`${field.name} must be a string or bytes`);

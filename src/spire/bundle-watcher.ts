@@ -97,10 +97,14 @@ export class BundleWatcher implements BundleSource {
     for (const [trustDomainId, raw] of Object.entries(message.ca_certificates)) {
       const previous = this.bundles.get(trustDomainId);
       if (previous?.raw.equals(raw)) continue;
+      // Its own memory: the decoded bytes are a view into the whole message, which
+      // holds every trust domain's bundle, and the certificates are views into this.
+      const own = Buffer.allocUnsafeSlow(raw.length);
+      raw.copy(own);
       let certificates: Buffer[];
       try {
         // A CA listed twice is written once: readers gain nothing from the copy.
-        certificates = withoutDuplicates(splitConcatenatedDer(raw));
+        certificates = withoutDuplicates(splitConcatenatedDer(own));
       } catch (err) {
         // Keep the last good bundle of this trust domain rather than none.
         this.deps.metrics.bundleRejected.inc();
@@ -110,7 +114,7 @@ export class BundleWatcher implements BundleSource {
         );
         continue;
       }
-      this.bundles.set(trustDomainId, { raw: Buffer.from(raw), bundle: { trustDomainId, certificates } });
+      this.bundles.set(trustDomainId, { raw: own, bundle: { trustDomainId, certificates } });
       changed.add(trustDomainId);
     }
     if (changed.size === 0) return;

@@ -92,6 +92,7 @@ export class JwtBundleWatcher implements JwtBundleSource {
         );
         continue;
       }
+      // A copy of its own, not a view that would keep the whole message.
       this.bundles.set(trustDomainId, { raw: Buffer.from(raw), jwks });
       changed.add(trustDomainId);
     }

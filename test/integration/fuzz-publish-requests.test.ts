@@ -54,7 +54,6 @@ const RUNS = { inProcess: 5000, mutated: 600, arbitrary: 300, rawBytes: 500 };
 const publishMethod = csiNodeService().service['NodePublishVolume'];
 assert.ok(publishMethod, 'csi.v1.Node/NodePublishVolume is in the proto');
 
-/** What the driver receives for `request`: protobuf turns lone surrogates into U+FFFD, drops unset fields, fills defaults. */
 /**
  * What the driver receives for `request`: encoded as grpc-js encodes it (in
  * kubelet's place), decoded as the driver's server decodes it. protobufjs's

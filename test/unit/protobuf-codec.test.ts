@@ -12,11 +12,19 @@ import { describe, test } from 'node:test';
 import type * as protoLoader from '@grpc/proto-loader';
 import fc from 'fast-check';
 import { CSI_IDENTITY_METHODS, CSI_NODE_METHODS, CSI_SCHEMAS } from '../../src/csi/messages.js';
-import { decodeMessage, encodeMessage, type FieldSchema, type MessageSchema } from '../../src/protobuf/codec.js';
+import { MAX_ELEMENTS, decodeMessage, encodeMessage, type FieldSchema, type MessageSchema } from '../../src/protobuf/codec.js';
 import { DELEGATED_IDENTITY_METHODS } from '../../src/spire/messages.js';
 import { csiIdentityServiceDefinition, csiNodeServiceDefinition, delegatedIdentityServiceDefinition } from '../support/grpc-services.js';
 
 const RUNS = Number(process.env['FUZZ_RUNS'] ?? 200);
+
+function encodeLength(n: number): Buffer {
+  const bytes: number[] = [];
+  for (let rest = n; ; rest = Math.floor(rest / 128)) {
+    if (rest < 128) return Buffer.from([...bytes, rest]);
+    bytes.push((rest % 128) | 0x80);
+  }
+}
 
 function arbitraryField(field: FieldSchema): fc.Arbitrary<unknown> {
   switch (field.type) {
@@ -151,7 +159,7 @@ describe('protobuf codec: hostile bytes', () => {
       ...Object.values(DELEGATED_IDENTITY_METHODS).map((m) => m.response),
     ];
     fc.assert(
-      fc.property(fc.constantFrom(...schemas), fc.uint8Array({ maxLength: 200 }), (schema, bytes) => {
+      fc.property(fc.constantFrom(...schemas), fc.uint8Array({ maxLength: 2000 }), (schema, bytes) => {
         try {
           decodeMessage(schema, Buffer.from(bytes));
         } catch (err) {
@@ -163,14 +171,36 @@ describe('protobuf codec: hostile bytes', () => {
     );
   });
 
+  test(`at most ${MAX_ELEMENTS} entries in one map or repeated field; int32 and string fields take only what fits`, () => {
+    const publish = CSI_SCHEMAS['NodePublishVolumeRequest'] as MessageSchema;
+    const entry = Buffer.from([0x42, 0x04, 0x0a, 0x00, 0x12, 0x00]); // volume_context {'': ''}
+    assert.doesNotThrow(() => decodeMessage(publish, Buffer.concat(Array<Buffer>(MAX_ELEMENTS).fill(entry))));
+    assert.throws(
+      () => decodeMessage(publish, Buffer.concat(Array<Buffer>(MAX_ELEMENTS + 1).fill(entry))),
+      /more than 10000 entries in volume_context/,
+    );
+    const flags = Buffer.from([0x12, 0x00]); // mount_flags ''
+    const mount = Buffer.concat(Array<Buffer>(MAX_ELEMENTS + 1).fill(flags));
+    const mountMessage = Buffer.concat([Buffer.from([0x12]), encodeLength(mount.length), mount]);
+    const capability = Buffer.concat([Buffer.from([0x2a]), encodeLength(mountMessage.length), mountMessage]);
+    assert.throws(() => decodeMessage(publish, capability), /more than 10000 entries in mount_flags/);
+    const request = DELEGATED_IDENTITY_METHODS.subscribeToX509Svids.request;
+    assert.throws(() => encodeMessage(request, { selectors: [], pid: 2 ** 33 }), /does not fit in 32 bits/);
+    assert.throws(() => encodeMessage(publish, { volume_id: Buffer.from([0xff]) }), /volume_id must be a string/);
+  });
+
   test('what it refuses: a length past the end, an 11-byte varint, a known field with the wrong wire type, a group', () => {
     const schema = CSI_SCHEMAS['NodeUnpublishVolumeRequest'] as MessageSchema;
     const cases: Array<[string, number[], RegExp]> = [
       ['length past the end', [0x0a, 0x05, 0x61], /runs past the end/],
-      ['11-byte varint (in an unknown field)', [0x18, ...Array<number>(10).fill(0xff), 0x01], /longer than 10 bytes/],
+      ['11-byte varint (in an unknown field)', [0x18, ...Array<number>(10).fill(0xff), 0x01], /over 64 bits/],
       ['wrong wire type', [0x08, 0x01], /volume_id has wire type 0/],
       ['a group', [0x1b], /unsupported wire type 3/],
       ['field number 0', [0x02, 0x00], /field number 0/],
+      // What Go refuses and a 32-bit reading would have let through:
+      ['a length of 2^32 + 1 before one byte', [0x0a, 0x81, 0x80, 0x80, 0x80, 0x10, 0x41], /runs past the end/],
+      ['a field number over 2^29 - 1 (2^32 + 34 read as 32 bits is target_path)', [0xa2, 0x80, 0x80, 0x80, 0x10, 0x01, 0x41], /field number/],
+      ['a 10th varint byte above 1', [0x18, ...Array<number>(9).fill(0xff), 0x02], /over 64 bits/],
     ];
     for (const [name, bytes, message] of cases) assert.throws(() => decodeMessage(schema, Buffer.from(bytes)), message, name);
     // Two members of one oneof on the wire: the last one wins, the other is gone
