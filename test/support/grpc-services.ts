@@ -30,15 +30,20 @@ export const PROTO_LOADER_OPTIONS: protoLoader.Options = {
 
 const loadedFiles = new Map<string, protoLoader.PackageDefinition>();
 
-/** The methods of service `dottedName` in `file` under `includeDir` of the repository, as proto-loader describes them. */
-export function loadServiceDefinition(includeDir: string, file: string, dottedName: string): protoLoader.ServiceDefinition {
+/** `file` under `includeDir` of the repository, parsed once. */
+function packageDefinition(includeDir: string, file: string): protoLoader.PackageDefinition {
   const key = `${includeDir}/${file}`;
   let definition = loadedFiles.get(key);
   if (definition === undefined) {
     definition = protoLoader.loadSync(file, { ...PROTO_LOADER_OPTIONS, includeDirs: [path.join(PACKAGE_ROOT, includeDir)] });
     loadedFiles.set(key, definition);
   }
-  const service = definition[dottedName];
+  return definition;
+}
+
+/** The methods of service `dottedName` in `file` under `includeDir` of the repository, as proto-loader describes them. */
+export function loadServiceDefinition(includeDir: string, file: string, dottedName: string): protoLoader.ServiceDefinition {
+  const service = packageDefinition(includeDir, file)[dottedName];
   if (service === undefined || 'format' in service || Object.values(service).some((method) => !('path' in method))) {
     throw new Error(`proto service ${dottedName} not found in ${file}`);
   }
@@ -77,8 +82,7 @@ export function delegatedIdentityService(): grpc.ServiceClientConstructor {
 
 /** A whole .proto package for grpc-js, under `includeDir` of the repository. */
 export function loadProtoPackage(includeDir: string, file: string): grpc.GrpcObject {
-  const definition = protoLoader.loadSync(file, { ...PROTO_LOADER_OPTIONS, includeDirs: [path.join(PACKAGE_ROOT, includeDir)] });
-  return grpc.loadPackageDefinition(definition);
+  return grpc.loadPackageDefinition(packageDefinition(includeDir, file));
 }
 
 /** Walks a dotted name ("pluginregistration.Registration") through a loaded package object. */
