@@ -209,7 +209,12 @@ function decodeWith(schema: MessageSchema, reader: Reader): Record<string, unkno
       // An own property whatever the key: an assignment to "__proto__" would set the object's prototype instead.
       Object.defineProperty(result[field.name], key, { value: mapValue, enumerable: true, writable: true, configurable: true });
     } else if (field.repeated) {
-      (result[field.name] as unknown[]).push(value);
+      // The first element makes an array of exactly one (the usual case: one
+      // SVID, one certificate): a push onto the empty default would reserve
+      // room for 17, and a decoded SVID is kept for the volume's life.
+      const list = result[field.name] as unknown[];
+      if (list.length === 0) result[field.name] = [value];
+      else list.push(value);
     } else {
       result[field.name] = value;
       if (field.oneof !== undefined) {

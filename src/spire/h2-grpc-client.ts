@@ -1,8 +1,9 @@
 /**
  * The driver's gRPC client for the SPIRE agent's admin socket: gRPC's wire
  * protocol (https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md)
- * spoken directly over one node:http2 session on the unix socket, for the
- * four calls of the Delegated Identity API.
+ * spoken over one HTTP/2 connection of the driver's own
+ * (src/http2/client-connection.ts) on the unix socket, for the four calls of
+ * the Delegated Identity API.
  *
  * Why not grpc-js's client: memory. Every volume holds one SubscribeToX509SVIDs
  * stream for its whole life, and grpc-js builds six call objects per stream
@@ -11,8 +12,9 @@
  * the serialized request; its decoder keeps a one-byte slice of the socket read
  * that delivered the last message, which pins that whole read buffer. Measured
  * with 500 open streams against one server: ~15-16 KiB of RSS per stream with
- * grpc-js, ~5-7 KiB here (README "Benchmarks"). The CSI socket is served the
- * same way (src/csi/h2-grpc-server.ts).
+ * grpc-js, ~5-7 KiB on node:http2's client, whose own stream objects were most
+ * of that (README "Benchmarks"). The CSI socket is served by the driver's own
+ * unary server on node:http2 (src/csi/h2-grpc-server.ts).
  *
  * What it does, as grpc-js did for these calls:
  * - One connection, opened on first use and again after it is lost; while a
@@ -39,9 +41,10 @@
  *   nothing else.
  */
 import { hash } from 'node:crypto';
-import http2 from 'node:http2';
-import net from 'node:net';
 import { status, statusName } from '../grpc-status.js';
+import { ClientConnection, type ClientStream, type ReceivedHeaders, type StreamHandler } from '../http2/client-connection.js';
+import { ErrorCode } from '../http2/frames.js';
+import type { HeaderField } from '../http2/hpack.js';
 
 /** The outcome of a call, as gRPC reports it. */
 export interface CallStatus {
@@ -130,15 +133,14 @@ function codeForHttpStatus(httpStatus: number): status {
 
 /** The status an RST_STREAM without gRPC trailers means (the same table). */
 function statusForReset(rstCode: number): CallStatus {
-  const c = http2.constants;
   switch (rstCode) {
-    case c.NGHTTP2_REFUSED_STREAM:
+    case ErrorCode.REFUSED_STREAM:
       return { code: status.UNAVAILABLE, details: 'the agent refused the stream' };
-    case c.NGHTTP2_CANCEL:
+    case ErrorCode.CANCEL:
       return { code: status.CANCELLED, details: 'the agent cancelled the call' };
-    case c.NGHTTP2_ENHANCE_YOUR_CALM:
+    case ErrorCode.ENHANCE_YOUR_CALM:
       return { code: status.RESOURCE_EXHAUSTED, details: 'the agent reset the stream: ENHANCE_YOUR_CALM' };
-    case c.NGHTTP2_INADEQUATE_SECURITY:
+    case ErrorCode.INADEQUATE_SECURITY:
       return { code: status.PERMISSION_DENIED, details: 'the agent reset the stream: INADEQUATE_SECURITY' };
     default:
       return { code: status.INTERNAL, details: `the call ended without a gRPC status (RST_STREAM code ${rstCode})` };
@@ -151,8 +153,8 @@ function grpcTimeout(ms: number): string {
   return whole < 1e8 ? `${whole}m` : `${Math.min(99_999_999, Math.ceil(whole / 1000))}S`;
 }
 
-function decodeGrpcMessage(raw: string | string[] | undefined): string {
-  const value = Array.isArray(raw) ? raw.join(',') : (raw ?? '');
+function decodeGrpcMessage(raw: string | undefined): string {
+  const value = raw ?? '';
   try {
     return decodeURIComponent(value);
   } catch {
@@ -161,43 +163,31 @@ function decodeGrpcMessage(raw: string | string[] | undefined): string {
 }
 
 /** grpc-status and grpc-message of a header block, or undefined when it carries none. */
-function statusFromHeaders(headers: http2.IncomingHttpHeaders): CallStatus | undefined {
+function statusFromHeaders(headers: ReceivedHeaders): CallStatus | undefined {
   const raw = headers['grpc-status'];
   if (raw === undefined) return undefined;
-  const text = String(Array.isArray(raw) ? raw[0] : raw);
-  const code = /^\d{1,2}$/.test(text) ? Number(text) : NaN;
+  const code = /^\d{1,2}$/.test(raw) ? Number(raw) : NaN;
   const details = decodeGrpcMessage(headers['grpc-message']);
   if (!Number.isInteger(code) || code < 0 || code > 16) {
-    return { code: status.UNKNOWN, details: `the agent sent an invalid grpc-status "${String(raw)}"${details ? `: ${details}` : ''}` };
+    return { code: status.UNKNOWN, details: `the agent sent an invalid grpc-status "${raw}"${details ? `: ${details}` : ''}` };
   }
   return { code: code as status, details };
 }
 
 type Listener = (value: never) => void;
 
-/** The call a stream belongs to, found by the shared stream handlers below (no closures per call). */
-const CALL = Symbol('grpcCall');
-type CallStream = http2.ClientHttp2Stream & { [CALL]?: Call<unknown> };
-
-function onStreamResponse(this: CallStream, headers: http2.IncomingHttpHeaders): void {
-  this[CALL]?.onResponse(headers);
-}
-function onStreamData(this: CallStream, chunk: Buffer): void {
-  this[CALL]?.onData(chunk);
-}
-function onStreamTrailers(this: CallStream, trailers: http2.IncomingHttpHeaders): void {
-  this[CALL]?.onTrailers(trailers);
-}
-function onStreamError(this: CallStream, err: Error): void {
-  this[CALL]?.onStreamError(err);
-}
-function onStreamClose(this: CallStream): void {
-  const call = this[CALL];
-  delete this[CALL];
-  call?.onClose(this.rstCode);
+/**
+ * `list` with `listener` added; the first makes an array of exactly one. A
+ * call lives as long as its volume, and a push onto an empty array would
+ * reserve room for 17 (~150 bytes per list, four lists per call).
+ */
+function withListener(list: Listener[] | undefined, listener: Listener): Listener[] {
+  if (list === undefined) return [listener];
+  list.push(listener);
+  return list;
 }
 
-class Call<Response> implements ServerStreamCall<Response> {
+class Call<Response> implements ServerStreamCall<Response>, StreamHandler {
   private dataListeners: Listener[] | undefined;
   private repeatListeners: Listener[] | undefined;
   private errorListeners: Listener[] | undefined;
@@ -207,7 +197,6 @@ class Call<Response> implements ServerStreamCall<Response> {
   private pendingBytes = 0;
   /** The status to report: from the agent's trailers, or decided here (cancel, a bad message). */
   private finalStatus: CallStatus | undefined;
-  private streamError: Error | undefined;
   /** For a snapshots method: SHA-256 of the last response delivered on this call. */
   private lastSnapshot: string | undefined;
   /** Set by cancel() and failNow(): data after it is not delivered. */
@@ -217,15 +206,17 @@ class Call<Response> implements ServerStreamCall<Response> {
   constructor(
     private readonly method: GrpcMethod<never, Response>,
     private readonly maxMessageBytes: number,
-    private stream: CallStream | undefined,
     private readonly connection: Connection | undefined,
   ) {}
 
+  /** Set once the call has a stream on the connection. */
+  stream: ClientStream | undefined;
+
   on(event: 'data' | 'error' | 'status' | 'repeat', listener: (value: never) => void): this {
-    if (event === 'data') (this.dataListeners ??= []).push(listener);
-    else if (event === 'repeat') (this.repeatListeners ??= []).push(listener);
-    else if (event === 'error') (this.errorListeners ??= []).push(listener);
-    else (this.statusListeners ??= []).push(listener);
+    if (event === 'data') this.dataListeners = withListener(this.dataListeners, listener);
+    else if (event === 'repeat') this.repeatListeners = withListener(this.repeatListeners, listener);
+    else if (event === 'error') this.errorListeners = withListener(this.errorListeners, listener);
+    else this.statusListeners = withListener(this.statusListeners, listener);
     return this;
   }
 
@@ -235,7 +226,7 @@ class Call<Response> implements ServerStreamCall<Response> {
     // A status the agent already sent stands; either way the stream goes now,
     // even if the agent has not ended it (a non-200 answer left open).
     this.finalStatus ??= { code: status.CANCELLED, details: 'Cancelled on client' };
-    this.closeStream(http2.constants.NGHTTP2_CANCEL);
+    this.closeStream();
   }
 
   /** Fails the call before or without a stream (no connection, a request that cannot be sent). */
@@ -243,10 +234,10 @@ class Call<Response> implements ServerStreamCall<Response> {
     this.rejected = true;
     this.finalStatus ??= result;
     if (this.stream === undefined) queueMicrotask(() => this.finish());
-    else this.closeStream(http2.constants.NGHTTP2_CANCEL);
+    else this.closeStream();
   }
 
-  onResponse(headers: http2.IncomingHttpHeaders): void {
+  onResponse(headers: ReceivedHeaders): void {
     // A trailers-only response (the agent failed the call at once) carries its
     // status here; it counts over the HTTP status, as the mapping doc says.
     const trailersOnly = statusFromHeaders(headers);
@@ -259,13 +250,13 @@ class Call<Response> implements ServerStreamCall<Response> {
       this.finalStatus ??= { code: codeForHttpStatus(httpStatus), details: `the agent answered HTTP status ${httpStatus}` };
       return;
     }
-    const contentType = String(headers['content-type'] ?? '');
+    const contentType = headers['content-type'] ?? '';
     if (!contentType.startsWith('application/grpc')) {
       this.failNow({ code: status.UNKNOWN, details: `the agent answered with content-type "${contentType}", not application/grpc` });
     }
   }
 
-  onTrailers(trailers: http2.IncomingHttpHeaders): void {
+  onTrailers(trailers: ReceivedHeaders): void {
     const result = statusFromHeaders(trailers) ?? { code: status.UNKNOWN, details: 'the agent ended the call without a grpc-status' };
     if (result.code === status.OK && this.pendingBytes > 0) {
       this.finalStatus ??= {
@@ -275,10 +266,6 @@ class Call<Response> implements ServerStreamCall<Response> {
       return;
     }
     this.finalStatus ??= result;
-  }
-
-  onStreamError(err: Error): void {
-    this.streamError ??= err;
   }
 
   onData(chunk: Buffer): void {
@@ -321,17 +308,17 @@ class Call<Response> implements ServerStreamCall<Response> {
     }
   }
 
-  onClose(rstCode: number): void {
+  onClose(rstCode: number, reason?: string): void {
     this.stream = undefined;
-    this.finish(rstCode);
+    this.finish(rstCode, reason);
   }
 
-  private finish(rstCode?: number): void {
+  private finish(rstCode?: number, reason?: string): void {
     if (this.ended) return;
     this.ended = true;
     this.connection?.callEnded();
     this.pending = [];
-    const result = this.finalStatus ?? this.lostStatus(rstCode);
+    const result = this.finalStatus ?? this.lostStatus(rstCode, reason);
     const listeners: [Listener[] | undefined, unknown][] = [[this.statusListeners, result]];
     if (result.code !== status.OK) listeners.unshift([this.errorListeners, callError(result.code, result.details)]);
     this.dataListeners = this.repeatListeners = this.errorListeners = this.statusListeners = undefined;
@@ -352,20 +339,19 @@ class Call<Response> implements ServerStreamCall<Response> {
   }
 
   /** A stream that closed without a status: the connection went, or the agent reset it. */
-  private lostStatus(rstCode: number | undefined): CallStatus {
+  private lostStatus(rstCode: number | undefined, reason: string | undefined): CallStatus {
+    // The driver reset the stream for something the agent sent.
+    if (reason !== undefined) return { code: status.INTERNAL, details: reason };
     if (this.connection?.gone()) {
-      const why = this.connection.lostBecause ?? (this.streamError ? `the connection to the agent failed: ${this.streamError.message}` : undefined);
-      return { code: status.UNAVAILABLE, details: why ?? 'the connection to the agent closed' };
+      return { code: status.UNAVAILABLE, details: this.connection.lostBecause ?? 'the connection to the agent closed' };
     }
-    if (rstCode !== undefined && rstCode !== http2.constants.NGHTTP2_NO_ERROR) return statusForReset(rstCode);
-    if (this.streamError !== undefined) return { code: status.UNAVAILABLE, details: `the call to the agent failed: ${this.streamError.message}` };
+    if (rstCode !== undefined && rstCode !== ErrorCode.NO_ERROR) return statusForReset(rstCode);
     return { code: status.INTERNAL, details: 'the agent ended the call without a gRPC status' };
   }
 
-  private closeStream(code: number): void {
-    const stream = this.stream;
-    if (stream === undefined) return;
-    if (!stream.closed && !stream.destroyed) stream.close(code);
+  /** Resets the stream with CANCEL, even if the agent has not ended it (a non-200 answer left open). */
+  private closeStream(): void {
+    if (this.stream !== undefined) this.connection?.h2.reset(this.stream, ErrorCode.CANCEL);
   }
 
   /** The 5-byte gRPC message header at the front of the pending bytes. */
@@ -396,12 +382,13 @@ class Call<Response> implements ServerStreamCall<Response> {
   }
 }
 
-/** One HTTP/2 session to the agent and its keepalive. */
+/** The header list size this client accepts from the agent: gRPC's headers and trailers, and an error message. */
+const MAX_HEADER_LIST_BYTES = 64 * 1024;
+
+/** One HTTP/2 connection to the agent and its keepalive. */
 class Connection {
-  readonly session: http2.ClientHttp2Session;
+  readonly h2: ClientConnection;
   private openCalls = 0;
-  /** Why the connection went, when known: calls that end without a status on it report this. */
-  lostBecause: string | undefined;
   private goingAway = false;
   private keepaliveTimer: NodeJS.Timeout | undefined;
   /** While calls drain from a connection that takes no new ones: the most they may wait. */
@@ -413,48 +400,45 @@ class Connection {
     private readonly onConnected: () => void,
     private readonly onTooManyPings: () => void,
   ) {
-    const session = http2.connect('http://localhost', {
-      createConnection: () => net.connect(options.socketPath),
-      // The agent's grpc-go server announces no stream limit; node would assume 100 until its SETTINGS
-      // arrive, and every volume's stream is open for as long as the volume lives.
-      peerMaxConcurrentStreams: 2 ** 31 - 1,
-      // Node's default (10 MB) counts every open stream's buffers; grpc-js lifts it too.
-      maxSessionMemory: Number.MAX_SAFE_INTEGER,
-    });
-    this.session = session;
     let connected = false;
-    session.once('connect', () => {
-      connected = true;
-      this.onConnected();
-    });
-    session.on('error', (err: Error) => {
-      this.lostBecause ??= connected ? `the connection to the agent failed: ${err.message}` : err.message;
-      if (!connected) this.onConnectFailure(err.message);
-    });
-    session.on('goaway', (errorCode: number) => {
-      this.goingAway = true;
-      this.lostBecause ??= `the agent closed the connection (GOAWAY code ${errorCode})`;
-      // grpc-go's answer to pings it finds too frequent ("too_many_pings").
-      if (errorCode === http2.constants.NGHTTP2_ENHANCE_YOUR_CALM) this.onTooManyPings();
-      this.drain();
-    });
-    session.on('close', () => {
-      this.lostBecause ??= 'the connection to the agent closed';
-      this.stopKeepalive();
-      clearTimeout(this.drainTimer);
+    this.h2 = new ClientConnection({
+      socketPath: options.socketPath,
+      maxHeaderListBytes: MAX_HEADER_LIST_BYTES,
+      onConnect: () => {
+        connected = true;
+        this.onConnected();
+      },
+      onError: (err) => {
+        if (!connected) this.onConnectFailure(err.message);
+      },
+      onGoaway: (errorCode) => {
+        this.goingAway = true;
+        // grpc-go's answer to pings it finds too frequent ("too_many_pings").
+        if (errorCode === ErrorCode.ENHANCE_YOUR_CALM) this.onTooManyPings();
+        this.drain();
+      },
+      onClose: () => {
+        this.stopKeepalive();
+        clearTimeout(this.drainTimer);
+      },
     });
     // The driver's own servers keep the process alive; this connection should not.
-    session.unref();
+    this.h2.unref();
+  }
+
+  /** Why the connection went, when known: calls that end without a status on it report this. */
+  get lostBecause(): string | undefined {
+    return this.h2.lostBecause;
   }
 
   /** True while new calls may go on this connection. */
   usable(): boolean {
-    return !this.gone() && this.lostBecause === undefined;
+    return !this.gone() && this.h2.lostBecause === undefined;
   }
 
   /** True once the connection is closed, destroyed or told to go away. */
   gone(): boolean {
-    return this.session.destroyed || this.session.closed || this.goingAway;
+    return this.h2.gone || this.goingAway;
   }
 
   callStarted(): void {
@@ -473,25 +457,23 @@ class Connection {
     }
   }
 
-  /** No new calls; the open ones may finish (the session closes when they have). */
+  /** No new calls; the open ones may finish (the connection closes when they have). */
   close(): void {
-    if (!this.session.closed && !this.session.destroyed) this.session.close();
+    this.h2.close();
     this.drain();
   }
 
   /**
-   * A connection that takes no new calls cannot be pinged any more (Node
-   * answers a ping on a closing session at once, without sending it), so its
-   * open calls get one keepalive period to end; a stream of a hung agent that
+   * A connection that takes no new calls is not pinged any more, so its open
+   * calls get one keepalive period to end; a stream of a hung agent that
    * never does is failed then, and its owner re-opens it on a new connection.
    */
   private drain(): void {
     this.stopKeepalive();
-    if (this.openCalls === 0 || this.drainTimer !== undefined || this.session.destroyed) return;
+    if (this.openCalls === 0 || this.drainTimer !== undefined || this.h2.destroyed) return;
     this.drainTimer = setTimeout(() => {
-      const why = this.lostBecause ?? 'the connection takes no new calls';
-      this.lostBecause = `${why}, and the calls still open on it did not end within one keepalive period`;
-      this.session.destroy();
+      const why = this.h2.lostBecause ?? 'the connection takes no new calls';
+      this.h2.destroy(`${why}, and the calls still open on it did not end within one keepalive period`);
     }, this.options.keepaliveIntervalMs + this.options.keepaliveTimeoutMs);
     this.drainTimer.unref();
   }
@@ -499,15 +481,10 @@ class Connection {
   private ping(): void {
     if (!this.usable()) return;
     const timeout = setTimeout(() => {
-      this.lostBecause ??= `the agent did not answer a keepalive ping within ${this.options.keepaliveTimeoutMs} ms`;
-      this.session.destroy();
+      this.h2.destroy(`the agent did not answer a keepalive ping within ${this.options.keepaliveTimeoutMs} ms`);
     }, this.options.keepaliveTimeoutMs);
     timeout.unref();
-    try {
-      this.session.ping(() => clearTimeout(timeout));
-    } catch {
-      clearTimeout(timeout);
-    }
+    this.h2.ping(() => clearTimeout(timeout));
   }
 
   private stopKeepalive(): void {
@@ -554,29 +531,21 @@ export class H2GrpcClient {
     } catch (err) {
       return this.failed(typed, { code: status.INTERNAL, details: `the request does not serialize: ${(err as Error).message}` });
     }
-    const headers: http2.OutgoingHttpHeaders = {
-      ':method': 'POST',
-      ':path': method.path,
-      'content-type': 'application/grpc',
-      te: 'trailers',
-      'user-agent': this.options.userAgent,
-    };
-    if (deadlineMs !== undefined) headers['grpc-timeout'] = grpcTimeout(deadlineMs);
-    let stream: CallStream;
+    const fields: HeaderField[] = [
+      [':path', method.path],
+      [':authority', 'localhost'],
+      ['content-type', 'application/grpc'],
+      ['te', 'trailers'],
+      ['user-agent', this.options.userAgent],
+    ];
+    if (deadlineMs !== undefined) fields.push(['grpc-timeout', grpcTimeout(deadlineMs)]);
+    const call = new Call<Response>(typed, this.options.maxReceiveMessageBytes, connection);
     try {
-      stream = connection.session.request(headers, { endStream: false });
+      call.stream = connection.h2.request(fields, body, call);
     } catch (err) {
       return this.failed(typed, { code: status.UNAVAILABLE, details: `cannot open a call to the agent: ${(err as Error).message}` });
     }
-    const call = new Call<Response>(typed, this.options.maxReceiveMessageBytes, stream, connection);
     connection.callStarted();
-    stream[CALL] = call;
-    stream.on('response', onStreamResponse);
-    stream.on('data', onStreamData);
-    stream.on('trailers', onStreamTrailers);
-    stream.on('error', onStreamError);
-    stream.on('close', onStreamClose);
-    stream.end(body);
     if (deadlineMs !== undefined) {
       const timer = setTimeout(
         () => call.failNow({ code: status.DEADLINE_EXCEEDED, details: `no answer from the agent within ${deadlineMs} ms` }),
@@ -638,7 +607,7 @@ export class H2GrpcClient {
   }
 
   private failed<Response>(method: GrpcMethod<never, Response>, result: CallStatus): ServerStreamCall<Response> {
-    const call = new Call<Response>(method, this.options.maxReceiveMessageBytes, undefined, undefined);
+    const call = new Call<Response>(method, this.options.maxReceiveMessageBytes, undefined);
     call.failNow(result);
     return call;
   }
