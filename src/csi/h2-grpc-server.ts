@@ -1,15 +1,18 @@
 /**
  * The driver's gRPC server for kubelet: gRPC's wire protocol
  * (https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md) spoken
- * directly over a node:http2 server, for unary calls only, which is all CSI's
- * Identity and Node services have.
+ * directly over the driver's own HTTP/2 server connections
+ * (src/http2/server-connection.ts) on the unix socket, for unary calls only,
+ * which is all CSI's Identity and Node services have.
  *
  * Why not grpc-js's server: memory and start-up. grpc-js was the last user of
  * a package whose code (channels, resolvers, load balancers, the client) the
  * driver loaded and kept for the sake of a handful of unary methods; without it
  * an idle driver holds ~1.4 MiB less and compiles less at start (README
- * "Benchmarks"). The agent side already speaks the protocol directly
- * (src/spire/h2-grpc-client.ts).
+ * "Benchmarks"). Why not node:http2's server: with the agent's calls on the
+ * driver's own HTTP/2 client (src/spire/h2-grpc-client.ts), this server was
+ * the last user of node:http2, whose JavaScript and nghttp2 cost ~2.4 MiB of
+ * RSS in a process that loads them.
  *
  * What a call gets, as from grpc-js's server:
  * - POST with content-type application/grpc (or +proto), else HTTP 405 / 415
@@ -25,9 +28,11 @@
  * - The handler's result as the response; a thrown DriverError as its status
  *   and message (percent-encoded as the protocol says); anything else INTERNAL.
  */
-import http2 from 'node:http2';
+import net from 'node:net';
 import { DriverError, errorMessage } from '../errors.js';
 import { status } from '../grpc-status.js';
+import type { HeaderField } from '../http2/hpack.js';
+import { ServerConnection, type Http2Stream, type ReceivedHeaders, type StreamHandler } from '../http2/server-connection.js';
 
 /** One unary method: takes the decoded request, resolves with the response or throws a DriverError. */
 export type UnaryMethodHandler = (request: unknown, signal: AbortSignal) => Promise<unknown>;
@@ -53,6 +58,11 @@ const GRPC_HEADER_BYTES = 5;
 const MAX_TIMER_MS = 2 ** 31 - 1;
 /** How long close() lets calls in progress finish before it cuts the connections. */
 const SHUTDOWN_GRACE_MS = 5000;
+/** The header list a caller may send (SETTINGS_MAX_HEADER_LIST_SIZE): kubelet's are a few hundred bytes. */
+const MAX_HEADER_LIST_BYTES = 64 * 1024;
+
+/** A stream answered at once needs no handler for what follows. */
+const IGNORE_REST: StreamHandler = { onHeaders: () => undefined, onData: () => undefined, onClose: () => undefined };
 
 interface Method {
   name: string;
@@ -62,9 +72,9 @@ interface Method {
 }
 
 export class H2GrpcServer {
-  private readonly server: http2.Http2Server;
+  private readonly server: net.Server;
   private readonly methods = new Map<string, Method>();
-  private readonly sessions = new Set<http2.ServerHttp2Session>();
+  private readonly connections = new Set<ServerConnection>();
 
   constructor(services: readonly GrpcService[]) {
     for (const { methods, handlers } of services) {
@@ -82,18 +92,15 @@ export class H2GrpcServer {
         });
       }
     }
-    // Node's limit on a session's buffers (10 MB by default) refuses new
-    // streams with ENHANCE_YOUR_CALM once exceeded, which would fail kubelet's
-    // calls for the whole connection; grpc-js's server lifts it entirely. Each
-    // call is bounded by MAX_REQUEST_BYTES, and the socket is root's alone.
-    this.server = http2.createServer({ maxSessionMemory: 1024 });
-    this.server.on('session', (session) => {
-      this.sessions.add(session);
-      session.on('close', () => this.sessions.delete(session));
-      // A broken connection fails only its calls; their signals abort via 'close'.
-      session.on('error', () => undefined);
+    this.server = net.createServer((socket) => {
+      // A broken connection fails only its calls; their signals abort as their streams close.
+      const connection: ServerConnection = new ServerConnection(socket, {
+        maxHeaderListBytes: MAX_HEADER_LIST_BYTES,
+        onStream: (stream, headers, endStream) => this.onStream(connection, stream, headers, endStream),
+        onClose: () => this.connections.delete(connection),
+      });
+      this.connections.add(connection);
     });
-    this.server.on('stream', (stream, headers) => this.onStream(stream, headers));
   }
 
   /** Listens on a Unix socket at `socketPath`. */
@@ -110,89 +117,82 @@ export class H2GrpcServer {
 
   /**
    * Stops accepting connections, lets the calls in progress finish (each
-   * session gets a GOAWAY) for up to 5 s, then cuts what is left.
+   * connection gets a GOAWAY) for up to 5 s, then cuts what is left.
    */
   async close(): Promise<void> {
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
-    for (const session of this.sessions) session.close();
+    for (const connection of this.connections) connection.close();
     const force = setTimeout(() => {
-      for (const session of this.sessions) session.destroy();
+      for (const connection of this.connections) connection.destroy();
     }, SHUTDOWN_GRACE_MS);
     await closed;
     clearTimeout(force);
   }
 
-  private onStream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
-    // A caller's reset or a lost connection; the call's signal learns of it from 'close'.
-    stream.on('error', () => undefined);
-    if (headers[':method'] !== 'POST') return respondHttpStatus(stream, 405);
+  private onStream(connection: ServerConnection, stream: Http2Stream, headers: ReceivedHeaders, endStream: boolean): StreamHandler {
+    const reply = (fields: HeaderField[], body?: Buffer, trailers?: HeaderField[]): void => connection.respond(stream, fields, body, trailers);
+    if (headers[':method'] !== 'POST') {
+      reply([[':status', '405']]);
+      return IGNORE_REST;
+    }
     const contentType = headers['content-type'];
-    if (typeof contentType !== 'string' || !/^application\/grpc(?:$|[+;])/.test(contentType)) return respondHttpStatus(stream, 415);
+    if (contentType === undefined || !/^application\/grpc(?:$|[+;])/.test(contentType)) {
+      reply([[':status', '415']]);
+      return IGNORE_REST;
+    }
     const path = headers[':path'] ?? '';
     const method = this.methods.get(path);
-    if (method === undefined) return sendStatus(stream, status.UNIMPLEMENTED, `the driver does not serve the method ${path}`);
+    if (method === undefined) {
+      reply(statusHeaders(status.UNIMPLEMENTED, `the driver does not serve the method ${path}`));
+      return IGNORE_REST;
+    }
     let deadlineMs: number | undefined;
-    if (headers['grpc-timeout'] !== undefined) {
-      deadlineMs = parseGrpcTimeout(String(headers['grpc-timeout']));
-      if (deadlineMs === undefined) return sendStatus(stream, status.INTERNAL, `malformed grpc-timeout "${String(headers['grpc-timeout'])}"`);
+    const timeoutHeader = headers['grpc-timeout'];
+    if (timeoutHeader !== undefined) {
+      deadlineMs = parseGrpcTimeout(timeoutHeader);
+      if (deadlineMs === undefined) {
+        reply(statusHeaders(status.INTERNAL, `malformed grpc-timeout "${timeoutHeader}"`));
+        return IGNORE_REST;
+      }
       if (deadlineMs > MAX_TIMER_MS) deadlineMs = undefined;
     }
 
     const controller = new AbortController();
     let answered = false;
-    const answer = (send: () => void): void => {
+    const answer = (fields: HeaderField[], body?: Buffer, trailers?: HeaderField[]): void => {
       if (answered) return;
       answered = true;
       clearTimeout(deadline);
-      send();
+      reply(fields, body, trailers);
     };
     const deadline =
       deadlineMs === undefined
         ? undefined
         : setTimeout(() => {
             controller.abort();
-            answer(() => sendStatus(stream, status.DEADLINE_EXCEEDED, `the call's deadline of ${deadlineMs} ms passed`));
+            answer(statusHeaders(status.DEADLINE_EXCEEDED, `the call's deadline of ${deadlineMs} ms passed`));
           }, deadlineMs);
-    stream.on('close', () => {
-      clearTimeout(deadline);
-      // Closed before an answer: the caller went away (reset, cancel, lost connection).
-      if (!answered) {
-        answered = true;
-        controller.abort();
-      }
-    });
 
     const chunks: Buffer[] = [];
     let received = 0;
     let headerChecked = false;
+    let ended = false;
     const refuseTooLarge = (): void => {
       chunks.length = 0;
-      answer(() => sendStatus(stream, status.RESOURCE_EXHAUSTED, `the request is larger than ${MAX_REQUEST_BYTES} bytes`));
+      answer(statusHeaders(status.RESOURCE_EXHAUSTED, `the request is larger than ${MAX_REQUEST_BYTES} bytes`));
     };
-    stream.on('data', (chunk: Buffer) => {
-      if (answered) return;
-      received += chunk.length;
-      chunks.push(chunk);
-      // The message header declares the length: a request that cannot fit is refused before it is read.
-      if (!headerChecked && received >= GRPC_HEADER_BYTES) {
-        headerChecked = true;
-        const header = chunks.length === 1 ? chunk : Buffer.concat(chunks, received);
-        if (header.readUInt32BE(1) > MAX_REQUEST_BYTES) return refuseTooLarge();
-      }
-      if (received > GRPC_HEADER_BYTES + MAX_REQUEST_BYTES) refuseTooLarge();
-    });
-    stream.on('end', () => {
-      if (answered) return;
+    const onEnd = (): void => {
+      if (answered || ended) return;
+      ended = true;
       const body = Buffer.concat(chunks, received);
       chunks.length = 0;
       const message = singleMessage(body);
-      if (typeof message === 'string')
-        return answer(() => sendStatus(stream, message === COMPRESSED ? status.UNIMPLEMENTED : status.INTERNAL, message));
+      if (typeof message === 'string') return answer(statusHeaders(message === COMPRESSED ? status.UNIMPLEMENTED : status.INTERNAL, message));
       let request: unknown;
       try {
         request = method.deserialize(message);
       } catch (err) {
-        return answer(() => sendStatus(stream, status.INTERNAL, `the ${method.name} request does not decode: ${errorMessage(err)}`));
+        return answer(statusHeaders(status.INTERNAL, `the ${method.name} request does not decode: ${errorMessage(err)}`));
       }
       // Through a promise, so a handler that throws before its first await fails only its call.
       Promise.resolve()
@@ -203,19 +203,44 @@ export class H2GrpcServer {
             try {
               payload = method.serialize(response);
             } catch (err) {
-              return answer(() =>
-                sendStatus(stream, status.INTERNAL, `internal error in ${method.name}: the response does not encode: ${errorMessage(err)}`),
-              );
+              return answer(statusHeaders(status.INTERNAL, `internal error in ${method.name}: the response does not encode: ${errorMessage(err)}`));
             }
-            answer(() => sendMessage(stream, payload));
+            answer(RESPONSE_HEADERS, framed(payload), [['grpc-status', String(status.OK)]]);
           },
           (err: unknown) => {
             const failure =
               err instanceof DriverError ? err : new DriverError(status.INTERNAL, `internal error in ${method.name}: ${errorMessage(err)}`);
-            answer(() => sendStatus(stream, failure.code, failure.message));
+            answer(statusHeaders(failure.code, failure.message));
           },
         );
-    });
+    };
+    if (endStream) onEnd();
+    return {
+      onHeaders: (_trailers, end) => {
+        if (end) onEnd();
+      },
+      onData: (chunk) => {
+        if (answered) return;
+        received += chunk.length;
+        chunks.push(chunk);
+        // The message header declares the length: a request that cannot fit is refused before it is read.
+        if (!headerChecked && received >= GRPC_HEADER_BYTES) {
+          headerChecked = true;
+          const header = chunks.length === 1 ? chunk : Buffer.concat(chunks, received);
+          if (header.readUInt32BE(1) > MAX_REQUEST_BYTES) return refuseTooLarge();
+        }
+        if (received > GRPC_HEADER_BYTES + MAX_REQUEST_BYTES) refuseTooLarge();
+      },
+      onEnd,
+      onClose: () => {
+        clearTimeout(deadline);
+        // Closed before an answer: the caller went away (reset, cancel, lost connection).
+        if (!answered) {
+          answered = true;
+          controller.abort();
+        }
+      },
+    };
   }
 }
 
@@ -240,35 +265,24 @@ function parseGrpcTimeout(value: string): number | undefined {
   return Math.ceil(Number(match[1]) * (TIMEOUT_UNIT_MS[match[2] as string] as number));
 }
 
-function respondHttpStatus(stream: http2.ServerHttp2Stream, httpStatus: number): void {
-  if (stream.destroyed || stream.headersSent) return;
-  stream.respond({ ':status': httpStatus }, { endStream: true });
-}
-
-function sendMessage(stream: http2.ServerHttp2Stream, payload: Buffer): void {
-  if (stream.destroyed || stream.headersSent) return;
-  const framed = Buffer.allocUnsafe(GRPC_HEADER_BYTES + payload.length);
-  framed[0] = 0;
-  framed.writeUInt32BE(payload.length, 1);
-  payload.copy(framed, GRPC_HEADER_BYTES);
-  stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-accept-encoding': 'identity' }, { waitForTrailers: true });
-  stream.once('wantTrailers', () => stream.sendTrailers({ 'grpc-status': String(status.OK) }));
-  stream.end(framed);
-}
+const RESPONSE_HEADERS: HeaderField[] = [
+  [':status', '200'],
+  ['content-type', 'application/grpc'],
+  ['grpc-accept-encoding', 'identity'],
+];
 
 /** A trailers-only response: the status in the one header block, no message. */
-function sendStatus(stream: http2.ServerHttp2Stream, code: status, message: string): void {
-  if (stream.destroyed || stream.headersSent) return;
-  stream.respond(
-    {
-      ':status': 200,
-      'content-type': 'application/grpc',
-      'grpc-accept-encoding': 'identity',
-      'grpc-status': String(code),
-      'grpc-message': encodeGrpcMessage(message),
-    },
-    { endStream: true },
-  );
+function statusHeaders(code: status, message: string): HeaderField[] {
+  return [...RESPONSE_HEADERS, ['grpc-status', String(code)], ['grpc-message', encodeGrpcMessage(message)]];
+}
+
+/** The message with gRPC's 5-byte prefix: uncompressed, and its length. */
+function framed(payload: Buffer): Buffer {
+  const bytes = Buffer.allocUnsafe(GRPC_HEADER_BYTES + payload.length);
+  bytes[0] = 0;
+  bytes.writeUInt32BE(payload.length, 1);
+  payload.copy(bytes, GRPC_HEADER_BYTES);
+  return bytes;
 }
 
 /** grpc-message is percent-encoded UTF-8: every byte outside 0x20-0x7E, and "%" itself. */

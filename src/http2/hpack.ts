@@ -123,6 +123,8 @@ export class HpackDecoder {
         if (position >= block.length) throw new HpackError('a header block ends inside an integer');
         const byte = block[position] as number;
         position += 1;
+        // Past 4 continuation bytes the value cannot fit 32 bits, whatever they hold (zeros included).
+        if (shift > 28) throw new HpackError('a header block holds an integer over 2^32');
         value += (byte & 0x7f) * 2 ** shift;
         shift += 7;
         if (value > 0xffffffff) throw new HpackError('a header block holds an integer over 2^32');
@@ -237,17 +239,27 @@ function appendString(out: number[], text: string): void {
 
 /**
  * A request's header block: `:method: POST` and `:scheme: http` from the
- * static table, then each of `fields` as a literal without indexing (6.2.2)
- * with a literal name, no Huffman. Names must be lower case.
+ * static table, then `fields` as encodeHeaderBlock writes them.
  */
 export function encodeRequestHeaders(fields: readonly HeaderField[]): Buffer {
   const out: number[] = [];
   appendInteger(out, INDEXED_METHOD_POST, 7, 0x80);
   appendInteger(out, INDEXED_SCHEME_HTTP, 7, 0x80);
+  appendLiterals(out, fields);
+  return Buffer.from(out);
+}
+
+/** A header block of `fields`, each a literal without indexing (6.2.2) with a literal name, no Huffman. Names must be lower case. */
+export function encodeHeaderBlock(fields: readonly HeaderField[]): Buffer {
+  const out: number[] = [];
+  appendLiterals(out, fields);
+  return Buffer.from(out);
+}
+
+function appendLiterals(out: number[], fields: readonly HeaderField[]): void {
   for (const [name, value] of fields) {
     out.push(0);
     appendString(out, name);
     appendString(out, value);
   }
-  return Buffer.from(out);
 }

@@ -42,7 +42,7 @@
  */
 import { hash } from 'node:crypto';
 import { status, statusName } from '../grpc-status.js';
-import { ClientConnection, type ClientStream, type ReceivedHeaders, type StreamHandler } from '../http2/client-connection.js';
+import { ClientConnection, type Http2Stream, type ReceivedHeaders, type StreamHandler } from '../http2/client-connection.js';
 import { ErrorCode } from '../http2/frames.js';
 import type { HeaderField } from '../http2/hpack.js';
 
@@ -210,7 +210,8 @@ class Call<Response> implements ServerStreamCall<Response>, StreamHandler {
   ) {}
 
   /** Set once the call has a stream on the connection. */
-  stream: ClientStream | undefined;
+  stream: Http2Stream | undefined;
+  private responded = false;
 
   on(event: 'data' | 'error' | 'status' | 'repeat', listener: (value: never) => void): this {
     if (event === 'data') this.dataListeners = withListener(this.dataListeners, listener);
@@ -237,7 +238,16 @@ class Call<Response> implements ServerStreamCall<Response>, StreamHandler {
     else this.closeStream();
   }
 
-  onResponse(headers: ReceivedHeaders): void {
+  onHeaders(headers: ReceivedHeaders): void {
+    if (this.responded) {
+      this.onTrailers(headers);
+    } else {
+      this.responded = true;
+      this.onResponse(headers);
+    }
+  }
+
+  private onResponse(headers: ReceivedHeaders): void {
     // A trailers-only response (the agent failed the call at once) carries its
     // status here; it counts over the HTTP status, as the mapping doc says.
     const trailersOnly = statusFromHeaders(headers);
@@ -256,7 +266,7 @@ class Call<Response> implements ServerStreamCall<Response>, StreamHandler {
     }
   }
 
-  onTrailers(trailers: ReceivedHeaders): void {
+  private onTrailers(trailers: ReceivedHeaders): void {
     const result = statusFromHeaders(trailers) ?? { code: status.UNKNOWN, details: 'the agent ended the call without a grpc-status' };
     if (result.code === status.OK && this.pendingBytes > 0) {
       this.finalStatus ??= {
@@ -404,6 +414,7 @@ class Connection {
     this.h2 = new ClientConnection({
       socketPath: options.socketPath,
       maxHeaderListBytes: MAX_HEADER_LIST_BYTES,
+      peerName: 'the agent',
       onConnect: () => {
         connected = true;
         this.onConnected();
