@@ -13,23 +13,16 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, test } from 'node:test';
 import { ClientConnection, type ReceivedHeaders, type StreamHandler } from '../../src/http2/client-connection.js';
 import { ErrorCode, Flag, frame, FrameType, Setting, settingsFrame, windowUpdateFrame } from '../../src/http2/frames.js';
+import { FrameReader, type ReceivedFrame } from '../support/http2-frames.js';
 import { makeScratchDir, removeScratchDir } from '../support/scratch.js';
 
-interface ReceivedFrame {
-  type: number;
-  flags: number;
-  streamId: number;
-  payload: Buffer;
-}
-
 /** One server-side connection: the frames the client sent, and a way to answer. */
-class RawPeer {
-  readonly frames: ReceivedFrame[] = [];
-  private buffered = Buffer.alloc(0);
+class RawPeer extends FrameReader {
   private prefaceSeen = false;
-  private waiters: (() => void)[] = [];
+  private early = Buffer.alloc(0);
 
   constructor(readonly socket: net.Socket) {
+    super();
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', () => undefined);
   }
@@ -38,40 +31,13 @@ class RawPeer {
     if (!this.socket.destroyed) this.socket.write(Buffer.concat(frames));
   }
 
-  /** Resolves when a frame matching `match` has arrived (already or later). */
-  async frame(match: (f: ReceivedFrame) => boolean, timeoutMs = 2000): Promise<ReceivedFrame> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const found = this.frames.find(match);
-      if (found) return found;
-      if (Date.now() > deadline) throw new Error(`no such frame; got ${JSON.stringify(this.frames.map((f) => [f.type, f.flags, f.streamId]))}`);
-      await new Promise<void>((resolve) => {
-        this.waiters.push(resolve);
-        setTimeout(resolve, 20);
-      });
-    }
-  }
-
   private onData(chunk: Buffer): void {
-    this.buffered = Buffer.concat([this.buffered, chunk]);
-    if (!this.prefaceSeen) {
-      if (this.buffered.length < 24) return;
-      assert.equal(this.buffered.subarray(0, 24).toString('latin1'), 'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
-      this.buffered = this.buffered.subarray(24);
-      this.prefaceSeen = true;
-    }
-    while (this.buffered.length >= 9) {
-      const length = this.buffered.readUIntBE(0, 3);
-      if (this.buffered.length < 9 + length) break;
-      this.frames.push({
-        type: this.buffered[3] as number,
-        flags: this.buffered[4] as number,
-        streamId: this.buffered.readUInt32BE(5),
-        payload: Buffer.from(this.buffered.subarray(9, 9 + length)),
-      });
-      this.buffered = this.buffered.subarray(9 + length);
-    }
-    for (const waiter of this.waiters.splice(0)) waiter();
+    if (this.prefaceSeen) return this.push(chunk);
+    this.early = Buffer.concat([this.early, chunk]);
+    if (this.early.length < 24) return;
+    assert.equal(this.early.subarray(0, 24).toString('latin1'), 'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
+    this.prefaceSeen = true;
+    this.push(this.early.subarray(24));
   }
 }
 

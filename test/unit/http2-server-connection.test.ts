@@ -13,39 +13,19 @@ import { afterEach, beforeEach, describe, test } from 'node:test';
 import { ErrorCode, Flag, frame, FrameType, settingsFrame } from '../../src/http2/frames.js';
 import { encodeRequestHeaders } from '../../src/http2/hpack.js';
 import { ServerConnection, type ReceivedHeaders } from '../../src/http2/server-connection.js';
+import { FrameReader } from '../support/http2-frames.js';
 import { makeScratchDir, removeScratchDir } from '../support/scratch.js';
 
 const PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
 
-interface ReceivedFrame {
-  type: number;
-  flags: number;
-  streamId: number;
-  payload: Buffer;
-}
-
 /** The client side: the frames the server sent, and a way to write more. */
-class RawClient {
-  readonly frames: ReceivedFrame[] = [];
+class RawClient extends FrameReader {
   ended = false;
   closed = false;
-  private buffered = Buffer.alloc(0);
 
   constructor(readonly socket: net.Socket) {
-    socket.on('data', (chunk: Buffer) => {
-      this.buffered = Buffer.concat([this.buffered, chunk]);
-      while (this.buffered.length >= 9) {
-        const length = this.buffered.readUIntBE(0, 3);
-        if (this.buffered.length < 9 + length) break;
-        this.frames.push({
-          type: this.buffered[3] as number,
-          flags: this.buffered[4] as number,
-          streamId: this.buffered.readUInt32BE(5),
-          payload: Buffer.from(this.buffered.subarray(9, 9 + length)),
-        });
-        this.buffered = this.buffered.subarray(9 + length);
-      }
-    });
+    super();
+    socket.on('data', (chunk: Buffer) => this.push(chunk));
     socket.on('end', () => (this.ended = true));
     socket.on('close', () => (this.closed = true));
     socket.on('error', () => undefined);
@@ -53,16 +33,6 @@ class RawClient {
 
   write(...bytes: Buffer[]): void {
     this.socket.write(Buffer.concat(bytes));
-  }
-
-  async frame(match: (f: ReceivedFrame) => boolean): Promise<ReceivedFrame> {
-    const deadline = Date.now() + 2000;
-    for (;;) {
-      const found = this.frames.find(match);
-      if (found) return found;
-      if (Date.now() > deadline) throw new Error(`no such frame; got ${JSON.stringify(this.frames.map((f) => [f.type, f.flags, f.streamId]))}`);
-      await new Promise((resolve) => setTimeout(resolve, 10));
-    }
   }
 }
 
