@@ -60,6 +60,12 @@ const MAX_TIMER_MS = 2 ** 31 - 1;
 const SHUTDOWN_GRACE_MS = 5000;
 /** The header list a caller may send (SETTINGS_MAX_HEADER_LIST_SIZE): kubelet's are a few hundred bytes. */
 const MAX_HEADER_LIST_BYTES = 64 * 1024;
+/**
+ * Calls open at once on one connection (SETTINGS_MAX_CONCURRENT_STREAMS):
+ * kubelet's gRPC client queues beyond it. A node runs at most a few hundred
+ * pods (110 by default), each with a call or two in flight at worst.
+ */
+const MAX_CONCURRENT_CALLS = 1000;
 
 /** A stream answered at once needs no handler for what follows. */
 const IGNORE_REST: StreamHandler = { onHeaders: () => undefined, onData: () => undefined, onClose: () => undefined };
@@ -96,6 +102,7 @@ export class H2GrpcServer {
       // A broken connection fails only its calls; their signals abort as their streams close.
       const connection: ServerConnection = new ServerConnection(socket, {
         maxHeaderListBytes: MAX_HEADER_LIST_BYTES,
+        maxConcurrentStreams: MAX_CONCURRENT_CALLS,
         onStream: (stream, headers, endStream) => this.onStream(connection, stream, headers, endStream),
         onClose: () => this.connections.delete(connection),
       });
@@ -195,8 +202,9 @@ export class H2GrpcServer {
         return answer(statusHeaders(status.INTERNAL, `the ${method.name} request does not decode: ${errorMessage(err)}`));
       }
       // Through a promise, so a handler that throws before its first await fails only its call.
+      // A caller that reset the stream in the same read (a "rapid reset") gets no handler run.
       Promise.resolve()
-        .then(() => method.handler(request, controller.signal))
+        .then(() => (answered ? undefined : method.handler(request, controller.signal)))
         .then(
           (response) => {
             let payload: Buffer;

@@ -72,7 +72,12 @@ export class ClientConnection extends Http2Connection {
     for (const stream of this.waiting.splice(0)) this.closeStream(stream, ErrorCode.REFUSED_STREAM);
   }
 
-  protected override onStreamClosed(): void {
+  protected override onStreamClosed(stream?: Http2Stream): void {
+    // A stream cancelled while it waited for a slot leaves the queue now.
+    if (stream?.id === 0) {
+      const index = this.waiting.indexOf(stream);
+      if (index >= 0) this.waiting.splice(index, 1);
+    }
     this.openWaiting();
   }
 

@@ -73,6 +73,8 @@ export interface Http2ConnectionOptions {
   maxHeaderListBytes: number;
   /** "the agent" or "the caller": how `lostBecause` names the peer. */
   peerName: string;
+  /** A server's SETTINGS_MAX_CONCURRENT_STREAMS; none is announced without it. */
+  maxConcurrentStreams?: number;
   /** A socket error. */
   onError?(err: Error): void;
   /** The peer sent GOAWAY: no new streams; the ones it named may finish. */
@@ -89,9 +91,9 @@ const STREAM_WINDOW = DEFAULT_WINDOW;
 const MAX_HEADER_BLOCK_BYTES = 64 * 1024;
 const MAX_HEADER_BLOCK_FRAMES = 128;
 /**
- * What may wait to be written to a peer that does not read: answers to its
- * PINGs and SETTINGS, and what this side sends, queue up only this far
- * (nghttp2's answer to CVE-2019-9512 and -9515 is the same kind of limit).
+ * A peer that sends PINGs or SETTINGS and does not read the answers
+ * (CVE-2019-9512, -9515): once this much waits unwritten, the next answer
+ * ends the connection instead. Data is not checked: the peer's windows bound it.
  */
 const MAX_UNWRITTEN_BYTES = 4 * 1024 * 1024;
 
@@ -129,10 +131,6 @@ export class Http2Stream {
   requeue(items: (Buffer | HeaderBlock)[]): void {
     this.queue = items.length > 0 ? items : undefined;
   }
-
-  get hasQueued(): boolean {
-    return this.queue !== undefined;
-  }
 }
 
 /** An encoded header block waiting to be sent (distinguished from DATA bytes in a stream's queue). */
@@ -152,6 +150,7 @@ export class ConnectionError extends Error {
 export abstract class Http2Connection {
   protected readonly decoder: HpackDecoder;
   protected readonly streams = new Map<number, Http2Stream>();
+  private readonly blocked = new Set<Http2Stream>();
   private outgoing: Buffer[] = [];
   private flushScheduled = false;
   /** Received bytes not yet a whole frame. */
@@ -185,12 +184,12 @@ export abstract class Http2Connection {
     this.decoder = new HpackDecoder({ maxTableSize: 4096, maxHeaderListSize: options.maxHeaderListBytes });
     this.prefaceBytesExpected = role === 'server' ? CLIENT_PREFACE.length : 0;
     if (role === 'client') this.send(CLIENT_PREFACE);
-    this.send(
-      settingsFrame([
-        [Setting.ENABLE_PUSH, 0],
-        [Setting.MAX_HEADER_LIST_SIZE, options.maxHeaderListBytes],
-      ]),
-    );
+    const settings: [number, number][] = [
+      [Setting.ENABLE_PUSH, 0],
+      [Setting.MAX_HEADER_LIST_SIZE, options.maxHeaderListBytes],
+    ];
+    if (options.maxConcurrentStreams !== undefined) settings.push([Setting.MAX_CONCURRENT_STREAMS, options.maxConcurrentStreams]);
+    this.send(settingsFrame(settings));
     this.send(windowUpdateFrame(0, CONNECTION_WINDOW - DEFAULT_WINDOW));
     socket.on('data', (chunk: Buffer) => this.onSocketData(chunk));
     socket.on('error', (err: Error) => {
@@ -263,8 +262,10 @@ export abstract class Http2Connection {
   protected abstract isClosedStreamId(streamId: number): boolean;
   /** close() was called: what the side does with streams not yet started. */
   protected onClosing(): void {}
-  /** A stream has closed: a client starts one that waits for a slot. */
-  protected onStreamClosed(): void {}
+  /** A stream has closed (or, with none, the limits may have changed): a client starts one that waits for a slot. */
+  protected onStreamClosed(stream?: Http2Stream): void {
+    void stream;
+  }
   /** The last stream id this side processed from the peer, for its own GOAWAY. */
   protected lastPeerStreamId(): number {
     return 0;
@@ -285,13 +286,18 @@ export abstract class Http2Connection {
       this.outgoing = [];
       if (this.socketGone || chunks.length === 0) return;
       this.socket.write(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks));
-      if (this.socket.writableLength > MAX_UNWRITTEN_BYTES) {
-        this.connectionError(
-          ErrorCode.ENHANCE_YOUR_CALM,
-          `${this.options.peerName} does not read what the driver sends (over ${MAX_UNWRITTEN_BYTES} bytes unwritten)`,
-        );
-      }
     });
+  }
+
+  /** An answer to the peer's PING or SETTINGS; refused to a peer that leaves too much unread. */
+  private sendAnswer(bytes: Buffer): void {
+    if (this.socket.writableLength > MAX_UNWRITTEN_BYTES) {
+      throw new ConnectionError(
+        ErrorCode.ENHANCE_YOUR_CALM,
+        `${this.options.peerName} does not read the answers to its PINGs and SETTINGS (over ${MAX_UNWRITTEN_BYTES} bytes unwritten)`,
+      );
+    }
+    this.send(bytes);
   }
 
   /**
@@ -315,8 +321,9 @@ export abstract class Http2Connection {
         queue.shift();
         continue;
       }
-      const room = Math.min(this.peerMaxFrameSize, stream.sendWindow, this.connectionSendWindow, item.length);
-      if (room <= 0 && item.length > 0) break;
+      // A window may be negative: the peer lowered SETTINGS_INITIAL_WINDOW_SIZE after data went (section 6.9.2).
+      const room = Math.max(0, Math.min(this.peerMaxFrameSize, stream.sendWindow, this.connectionSendWindow, item.length));
+      if (room === 0 && item.length > 0) break;
       const whole = room === item.length;
       this.send(frame(FrameType.DATA, whole && last ? Flag.END_STREAM : 0, stream.id, item.subarray(0, room)));
       stream.sendWindow -= room;
@@ -325,7 +332,12 @@ export abstract class Http2Connection {
       else queue[0] = item.subarray(room);
     }
     stream.requeue(queue);
-    if (queue.length > 0 || !stream.endQueued) return;
+    if (queue.length > 0) {
+      this.blocked.add(stream);
+      return;
+    }
+    this.blocked.delete(stream);
+    if (!stream.endQueued) return;
     stream.localEnded = true;
     if (stream.remoteEnded) {
       this.closeStream(stream, ErrorCode.NO_ERROR);
@@ -346,10 +358,11 @@ export abstract class Http2Connection {
     } while (offset < block.length);
   }
 
-  private flushAllStreams(): void {
-    for (const stream of this.streams.values()) {
-      if (stream.hasQueued) this.flushStream(stream);
+  /** Streams with output the windows hold back: the only ones a window's growth concerns. */
+  private flushBlockedStreams(): void {
+    for (const stream of [...this.blocked]) {
       if (this.connectionSendWindow <= 0) return;
+      this.flushStream(stream);
     }
   }
 
@@ -512,11 +525,14 @@ export abstract class Http2Connection {
       return;
     }
     stream.unacknowledged += payload.length;
+    // The end is known before the handler runs: an answer it sends from its callback then closes the stream cleanly.
+    const endStream = (flags & Flag.END_STREAM) !== 0;
+    if (endStream) stream.remoteEnded = true;
     if (data.length > 0) stream.handler.onData(data);
     if (stream.closed) return;
-    if ((flags & Flag.END_STREAM) !== 0) {
+    if (endStream) {
       this.onRemoteEnd(stream);
-      stream.handler.onEnd?.();
+      if (!stream.closed) stream.handler.onEnd?.();
     } else if (stream.unacknowledged >= STREAM_WINDOW / 2) {
       this.send(windowUpdateFrame(stream.id, stream.unacknowledged));
       stream.unacknowledged = 0;
@@ -592,6 +608,7 @@ export abstract class Http2Connection {
       return;
     }
     stream.headerBlocksReceived += 1;
+    if (block.endStream) stream.remoteEnded = true;
     stream.handler.onHeaders(headers, block.endStream);
     if (block.endStream && !stream.closed) this.onRemoteEnd(stream);
   }
@@ -626,6 +643,7 @@ export abstract class Http2Connection {
           if (value > MAX_WINDOW) throw new ConnectionError(ErrorCode.FLOW_CONTROL_ERROR, `${peer} sent SETTINGS_INITIAL_WINDOW_SIZE ${value}`);
           const delta = value - this.peerInitialWindow;
           this.peerInitialWindow = value;
+          if (delta === 0) break;
           for (const stream of this.streams.values()) {
             stream.sendWindow += delta;
             if (stream.sendWindow > MAX_WINDOW) throw new ConnectionError(ErrorCode.FLOW_CONTROL_ERROR, 'a stream window grew past 2^31-1');
@@ -644,8 +662,8 @@ export abstract class Http2Connection {
           break;
       }
     }
-    this.send(frame(FrameType.SETTINGS, Flag.ACK, 0));
-    this.flushAllStreams();
+    this.sendAnswer(frame(FrameType.SETTINGS, Flag.ACK, 0));
+    this.flushBlockedStreams();
     this.onStreamClosed();
   }
 
@@ -653,7 +671,7 @@ export abstract class Http2Connection {
     if (streamId !== 0) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, `${this.options.peerName} sent PING on a stream`);
     if (payload.length !== 8) throw new ConnectionError(ErrorCode.FRAME_SIZE_ERROR, `${this.options.peerName} sent PING of the wrong size`);
     if ((flags & Flag.ACK) === 0) {
-      this.send(frame(FrameType.PING, Flag.ACK, 0, payload));
+      this.sendAnswer(frame(FrameType.PING, Flag.ACK, 0, payload));
       return;
     }
     const key = payload.toString('hex');
@@ -687,7 +705,7 @@ export abstract class Http2Connection {
       this.connectionSendWindow += increment;
       if (this.connectionSendWindow > MAX_WINDOW)
         throw new ConnectionError(ErrorCode.FLOW_CONTROL_ERROR, `${peer} grew the connection window past 2^31-1`);
-      this.flushAllStreams();
+      this.flushBlockedStreams();
       return;
     }
     const stream = this.streamFor(streamId, 'WINDOW_UPDATE');
@@ -717,10 +735,11 @@ export abstract class Http2Connection {
     if (stream.closed) return;
     stream.closed = true;
     stream.takeQueue();
+    this.blocked.delete(stream);
     if (stream.id !== 0) this.streams.delete(stream.id);
     // As node:http2 does, a stream's close comes after the frame that ended it has been handled.
     process.nextTick(() => stream.handler.onClose(code, reason));
-    this.onStreamClosed();
+    this.onStreamClosed(stream);
     this.closeIfIdle();
   }
 

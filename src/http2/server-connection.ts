@@ -16,6 +16,12 @@ export interface ServerConnectionOptions {
   /** The header list size announced and enforced (SETTINGS_MAX_HEADER_LIST_SIZE). */
   maxHeaderListBytes: number;
   /**
+   * Streams open at once (SETTINGS_MAX_CONCURRENT_STREAMS): a client queues
+   * beyond it, and a stream past it is refused (REFUSED_STREAM). Each open
+   * stream may hold its request until the request ends.
+   */
+  maxConcurrentStreams: number;
+  /**
    * A new request: its headers, and whether its stream ended with them (no
    * body). Returns the handler for the rest of the stream.
    */
@@ -40,6 +46,7 @@ export class ServerConnection extends Http2Connection {
   ) {
     super(socket, 'server', {
       maxHeaderListBytes: serverOptions.maxHeaderListBytes,
+      maxConcurrentStreams: serverOptions.maxConcurrentStreams,
       peerName: 'the caller',
       onClose: () => serverOptions.onClose(),
     });
@@ -59,11 +66,10 @@ export class ServerConnection extends Http2Connection {
   }
 
   protected override onUnknownStreamHeaders(streamId: number, headers: ReceivedHeaders, endStream: boolean): void {
-    if (streamId % 2 === 0 || streamId <= this.lastStreamId) {
-      throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, `${this.options.peerName} opened stream ${streamId} out of order`);
-    }
+    // (An odd id at or below the last one is a closed stream's, dropped before this.)
+    if (streamId % 2 === 0) throw new ConnectionError(ErrorCode.PROTOCOL_ERROR, `${this.options.peerName} opened stream ${streamId}, an even id`);
     this.lastStreamId = streamId;
-    if (this.closing) {
+    if (this.closing || this.streams.size >= this.serverOptions.maxConcurrentStreams) {
       this.send(rstStreamFrame(streamId, ErrorCode.REFUSED_STREAM));
       return;
     }

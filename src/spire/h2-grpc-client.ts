@@ -314,7 +314,16 @@ class Call<Response> implements ServerStreamCall<Response>, StreamHandler {
         this.failNow({ code: status.INTERNAL, details: `the agent sent a message that does not decode: ${(err as Error).message}` });
         return;
       }
-      for (const listener of this.dataListeners ?? []) (listener as (m: Response) => void)(message);
+      for (const listener of this.dataListeners ?? []) {
+        // A listener's throw must not escape into the connection's socket handler, which reads for every call.
+        try {
+          (listener as (m: Response) => void)(message);
+        } catch (err) {
+          process.nextTick(() => {
+            throw err;
+          });
+        }
+      }
     }
   }
 

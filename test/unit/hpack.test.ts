@@ -145,6 +145,7 @@ describe('HPACK decoder', () => {
       ['an index past the tables', 'ff 00', /past the end/],
       ['an integer that never ends', 'ff ff ff', /ends inside an integer/],
       ['an integer over 2^32', 'ff ff ff ff ff ff 0f', /over 2\^32/],
+      ['an integer past 4 continuation bytes, even of zeros', '00 7f 80 80 80 80 80 00', /over 2\^32/],
       ['a string past the end', '00 05 61', /inside a string/],
       ['a block ending before a value', '00 01 61', /before a string/],
       ['a size update over the limit', '3f e2 1f', /over the 4096 allowed/],

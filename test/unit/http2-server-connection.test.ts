@@ -10,7 +10,7 @@ import { once } from 'node:events';
 import net from 'node:net';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, test } from 'node:test';
-import { ErrorCode, Flag, frame, FrameType, settingsFrame } from '../../src/http2/frames.js';
+import { ErrorCode, Flag, frame, FrameType, Setting, settingsFrame, windowUpdateFrame } from '../../src/http2/frames.js';
 import { encodeRequestHeaders } from '../../src/http2/hpack.js';
 import { ServerConnection, type ReceivedHeaders } from '../../src/http2/server-connection.js';
 import { FrameReader } from '../support/http2-frames.js';
@@ -67,6 +67,7 @@ beforeEach(async () => {
   server = net.createServer((socket) => {
     const connection: ServerConnection = new ServerConnection(socket, {
       maxHeaderListBytes: 16 * 1024,
+      maxConcurrentStreams: 4,
       onStream: (stream, headers, endStream) => {
         const seen = { streamId: stream.id, headers, body: [] as Buffer[], ended: endStream };
         requests.push(seen);
@@ -144,6 +145,66 @@ describe('HTTP/2 server connection', () => {
     assert.ok(!client.closed);
   });
 
+  test('SETTINGS_MAX_CONCURRENT_STREAMS is announced, and a stream past it is refused', async () => {
+    const client = await connect();
+    const settings = await client.frame((f) => f.type === FrameType.SETTINGS && f.flags === 0);
+    const announced = new Map<number, number>();
+    for (let i = 0; i < settings.payload.length; i += 6) announced.set(settings.payload.readUInt16BE(i), settings.payload.readUInt32BE(i + 2));
+    assert.equal(announced.get(Setting.MAX_CONCURRENT_STREAMS), 4);
+    client.write(request(1), request(3), request(5), request(7), request(9));
+    const refused = await client.frame((f) => f.type === FrameType.RST_STREAM);
+    assert.equal(refused.streamId, 9);
+    assert.equal(refused.payload.readUInt32BE(0), ErrorCode.REFUSED_STREAM);
+    assert.deepEqual(
+      requests.map((r) => r.streamId),
+      [1, 3, 5, 7],
+    );
+  });
+
+  test("an answer waits for the caller's window: headers go, data and trailers follow its WINDOW_UPDATE; PINGs are answered", async () => {
+    const client = await connect(false);
+    client.write(
+      PREFACE,
+      settingsFrame([[Setting.INITIAL_WINDOW_SIZE, 0]]),
+      request(1),
+      frame(FrameType.DATA, Flag.END_STREAM, 1, Buffer.from('hello')),
+    );
+    await client.frame((f) => f.type === FrameType.HEADERS && f.streamId === 1);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.ok(!client.frames.some((f) => f.type === FrameType.DATA), 'no DATA while the window is 0');
+    client.write(frame(FrameType.PING, 0, 0, Buffer.from('pingpong')));
+    const pong = await client.frame((f) => f.type === FrameType.PING && f.flags === Flag.ACK);
+    assert.equal(pong.payload.toString(), 'pingpong');
+    client.write(windowUpdateFrame(1, 3));
+    await client.frame((f) => f.type === FrameType.DATA);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.deepEqual(
+      client.frames.filter((f) => f.type === FrameType.DATA).map((f) => f.payload.toString()),
+      ['hel'],
+    );
+    assert.ok(!client.frames.some((f) => f.streamId === 1 && (f.flags & Flag.END_STREAM) !== 0), 'the trailers wait behind the data');
+    client.write(windowUpdateFrame(1, 100));
+    const trailers = await client.frame((f) => f.type === FrameType.HEADERS && (f.flags & Flag.END_STREAM) !== 0);
+    assert.equal(trailers.streamId, 1);
+    assert.deepEqual(
+      client.frames.filter((f) => f.type === FrameType.DATA).map((f) => f.payload.toString()),
+      ['hel', 'lo'],
+    );
+  });
+
+  test('a caller that floods PINGs and never reads the answers: the connection ends once 4 MiB wait unwritten', async () => {
+    const client = await connect();
+    client.socket.pause();
+    const ping = frame(FrameType.PING, 0, 0, Buffer.alloc(8));
+    const burst = Buffer.concat(Array.from({ length: 10_000 }, () => ping));
+    for (let i = 0; i < 40 && !(connections[0] as ServerConnection).destroyed; i += 1) {
+      client.socket.write(burst);
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    await until(() => (connections[0] as ServerConnection).destroyed, 'the server to end the connection');
+    assert.match((connections[0] as ServerConnection).lostBecause ?? '', /does not read the answers to its PINGs/);
+  });
+
   test('a client reset closes the stream with its code', async () => {
     const client = await connect();
     client.write(request(1));
@@ -189,7 +250,7 @@ describe('HTTP/2 server connection', () => {
       code: ErrorCode.PROTOCOL_ERROR,
       reason: /did not start with the HTTP\/2 client preface/,
     },
-    { name: 'a stream with an even id', bytes: () => [PREFACE, request(2)], code: ErrorCode.PROTOCOL_ERROR, reason: /opened stream 2 out of order/ },
+    { name: 'a stream with an even id', bytes: () => [PREFACE, request(2)], code: ErrorCode.PROTOCOL_ERROR, reason: /opened stream 2, an even id/ },
     {
       name: 'DATA on a stream never opened',
       bytes: () => [PREFACE, frame(FrameType.DATA, 0, 9, Buffer.from('x'))],
