@@ -32,7 +32,7 @@ import net from 'node:net';
 import { DriverError, errorMessage } from '../errors.js';
 import { status } from '../grpc-status.js';
 import type { HeaderField } from '../http2/hpack.js';
-import { ServerConnection, type Http2Stream, type ReceivedHeaders, type StreamHandler } from '../http2/server-connection.js';
+import { IGNORE_STREAM, ServerConnection, type Http2Stream, type ReceivedHeaders, type StreamHandler } from '../http2/server-connection.js';
 
 /** One unary method: takes the decoded request, resolves with the response or throws a DriverError. */
 export type UnaryMethodHandler = (request: unknown, signal: AbortSignal) => Promise<unknown>;
@@ -66,9 +66,6 @@ const MAX_HEADER_LIST_BYTES = 64 * 1024;
  * pods (110 by default), each with a call or two in flight at worst.
  */
 const MAX_CONCURRENT_CALLS = 1000;
-
-/** A stream answered at once needs no handler for what follows. */
-const IGNORE_REST: StreamHandler = { onHeaders: () => undefined, onData: () => undefined, onClose: () => undefined };
 
 interface Method {
   name: string;
@@ -140,18 +137,18 @@ export class H2GrpcServer {
     const reply = (fields: HeaderField[], body?: Buffer, trailers?: HeaderField[]): void => connection.respond(stream, fields, body, trailers);
     if (headers[':method'] !== 'POST') {
       reply([[':status', '405']]);
-      return IGNORE_REST;
+      return IGNORE_STREAM;
     }
     const contentType = headers['content-type'];
     if (contentType === undefined || !/^application\/grpc(?:$|[+;])/.test(contentType)) {
       reply([[':status', '415']]);
-      return IGNORE_REST;
+      return IGNORE_STREAM;
     }
     const path = headers[':path'] ?? '';
     const method = this.methods.get(path);
     if (method === undefined) {
       reply(statusHeaders(status.UNIMPLEMENTED, `the driver does not serve the method ${path}`));
-      return IGNORE_REST;
+      return IGNORE_STREAM;
     }
     let deadlineMs: number | undefined;
     const timeoutHeader = headers['grpc-timeout'];
@@ -159,7 +156,7 @@ export class H2GrpcServer {
       deadlineMs = parseGrpcTimeout(timeoutHeader);
       if (deadlineMs === undefined) {
         reply(statusHeaders(status.INTERNAL, `malformed grpc-timeout "${timeoutHeader}"`));
-        return IGNORE_REST;
+        return IGNORE_STREAM;
       }
       if (deadlineMs > MAX_TIMER_MS) deadlineMs = undefined;
     }

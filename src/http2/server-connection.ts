@@ -30,8 +30,8 @@ export interface ServerConnectionOptions {
   onClose(): void;
 }
 
-/** The handler of a stream before onStream has returned one. */
-const NO_HANDLER: StreamHandler = {
+/** A handler that ignores what a stream brings: a stream's before onStream returns one, or one answered at once. */
+export const IGNORE_STREAM: StreamHandler = {
   onHeaders: () => undefined,
   onData: () => undefined,
   onClose: () => undefined,
@@ -73,7 +73,7 @@ export class ServerConnection extends Http2Connection {
       this.send(rstStreamFrame(streamId, ErrorCode.REFUSED_STREAM));
       return;
     }
-    const stream = new Http2Stream(NO_HANDLER);
+    const stream = new Http2Stream(IGNORE_STREAM);
     stream.id = streamId;
     stream.sendWindow = this.peerInitialWindow;
     stream.headerBlocksReceived = 1;

@@ -14,7 +14,7 @@
  * with 500 open streams against one server: ~15-16 KiB of RSS per stream with
  * grpc-js, ~5-7 KiB on node:http2's client, whose own stream objects were most
  * of that (README "Benchmarks"). The CSI socket is served by the driver's own
- * unary server on node:http2 (src/csi/h2-grpc-server.ts).
+ * unary server on the same HTTP/2 code (src/csi/h2-grpc-server.ts).
  *
  * What it does, as grpc-js did for these calls:
  * - One connection, opened on first use and again after it is lost; while a
@@ -177,6 +177,24 @@ function statusFromHeaders(headers: ReceivedHeaders): CallStatus | undefined {
 type Listener = (value: never) => void;
 
 /**
+ * Runs every listener of `group` with `value`, whatever one of them throws
+ * (the status listeners settle promises and clear the deadline); a throw is
+ * re-raised on the next tick, outside the connection's socket handler, which
+ * reads for every call on the connection.
+ */
+function emit(group: Listener[] | undefined, value: unknown): void {
+  for (const listener of group ?? []) {
+    try {
+      (listener as (v: unknown) => void)(value);
+    } catch (err) {
+      process.nextTick(() => {
+        throw err;
+      });
+    }
+  }
+}
+
+/**
  * `list` with `listener` added; the first makes an array of exactly one. A
  * call lives as long as its volume, and a push onto an empty array would
  * reserve room for 17 (~150 bytes per list, four lists per call).
@@ -302,7 +320,7 @@ class Call<Response> implements ServerStreamCall<Response>, StreamHandler {
       if (this.method.snapshots === true) {
         const digest = hash('sha256', bytes, 'base64');
         if (digest === this.lastSnapshot) {
-          for (const listener of this.repeatListeners ?? []) (listener as () => void)();
+          emit(this.repeatListeners, undefined);
           continue;
         }
         this.lastSnapshot = digest;
@@ -314,16 +332,7 @@ class Call<Response> implements ServerStreamCall<Response>, StreamHandler {
         this.failNow({ code: status.INTERNAL, details: `the agent sent a message that does not decode: ${(err as Error).message}` });
         return;
       }
-      for (const listener of this.dataListeners ?? []) {
-        // A listener's throw must not escape into the connection's socket handler, which reads for every call.
-        try {
-          (listener as (m: Response) => void)(message);
-        } catch (err) {
-          process.nextTick(() => {
-            throw err;
-          });
-        }
-      }
+      emit(this.dataListeners, message);
     }
   }
 
@@ -341,20 +350,7 @@ class Call<Response> implements ServerStreamCall<Response>, StreamHandler {
     const listeners: [Listener[] | undefined, unknown][] = [[this.statusListeners, result]];
     if (result.code !== status.OK) listeners.unshift([this.errorListeners, callError(result.code, result.details)]);
     this.dataListeners = this.repeatListeners = this.errorListeners = this.statusListeners = undefined;
-    // Every listener runs, whatever one of them throws (the status listeners
-    // settle promises and clear the deadline); a throw is re-raised afterwards,
-    // outside the stream's own event handler.
-    for (const [group, value] of listeners) {
-      for (const listener of group ?? []) {
-        try {
-          (listener as (v: unknown) => void)(value);
-        } catch (err) {
-          process.nextTick(() => {
-            throw err;
-          });
-        }
-      }
-    }
+    for (const [group, value] of listeners) emit(group, value);
   }
 
   /** A stream that closed without a status: the connection went, or the agent reset it. */
