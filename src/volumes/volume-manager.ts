@@ -241,16 +241,19 @@ export class VolumeManager {
       pod: `${spec.pod.namespace}/${spec.pod.name}`,
       target_path: spec.targetPath,
     });
-    // The agent looks up (or signs) the SVID while the target path is
-    // prepared and the tmpfs mounted instead of after: a publish waits for the
-    // longer of the two, not for their sum. (The record is written first, in
-    // ~0.2 ms and synchronously, metadata-store.ts: the stream's request goes
-    // out on the event loop's next turn either way.) The stream touches
+    // The agent looks up (or signs) the SVID while the record is written, the
+    // target path prepared and the tmpfs mounted, instead of after: a publish
+    // waits for the longer of the two, not for their sum. Those steps are
+    // synchronous system calls (~1 ms together; metadata-store.ts and
+    // volume-storage.ts say why), so they wait for the next turn of the event
+    // loop: by then the stream's request, which the HTTP/2 connection writes
+    // at the end of this turn, is on its way to the agent. The stream touches
     // nothing on the node, and the volume writes no file before `prepared`
     // resolves (none at all if it rejects).
     const volume = this.createVolume(record, false);
     let recorded = false;
     const prepared = (async () => {
+      await new Promise<void>((resolve) => setImmediate(resolve));
       // Metadata before anything on the node, and only once: a crash after
       // this leaves a record that the next start resumes (files written) or
       // cleans up (no files), so no mount or file is ever orphaned.

@@ -4,7 +4,7 @@
  * driver restart, unlike a shared tmpfs bind-mounted into pods, csi-lib#74), or
  * on hosts where the driver cannot mount, the target directory itself.
  */
-import { constants as fsConstants, type Stats } from 'node:fs';
+import fsSync, { constants as fsConstants, type Stats } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { status } from '../grpc-status.js';
@@ -83,12 +83,19 @@ export class VolumeStorage implements VolumeStorageBackend {
    * Creates target_path (the SP's job since Kubernetes 1.20), makes sure it is
    * a real directory, and mounts the tmpfs unless one of ours is there already;
    * without a tmpfs, gives the directory the ownership and mode a tmpfs root has.
+   *
+   * The usual case makes its few system calls (mkdir, lstat, mount) on the
+   * event loop's thread, not in libuv's thread pool, as the metadata store
+   * writes the record: each takes microseconds on a directory kubelet has just
+   * made, while a thread-pool round trip waits for a free thread and then for
+   * the event loop to take the result, and that wait, milliseconds on a busy
+   * node, was most of the slowest publishes' overhead (README "Benchmarks").
    */
   async prepare(targetPath: string, useTmpfs: boolean): Promise<void> {
-    const created = await createTargetDir(targetPath);
+    const created = createTargetDir(targetPath);
     await refuseAnythingButADirectory(targetPath);
     if (!useTmpfs) {
-      await makeVolumeRoot(targetPath);
+      makeVolumeRoot(targetPath);
       return;
     }
     // A directory this call has just created cannot have a mount on it yet,
@@ -246,10 +253,10 @@ export class VolumeStorage implements VolumeStorageBackend {
 }
 
 /** True when this call created the directory, false when something was already at the path. */
-async function createTargetDir(targetPath: string): Promise<boolean> {
+function createTargetDir(targetPath: string): boolean {
   try {
     // mkdir's mode is filtered by the umask; makeVolumeRoot sets the real one.
-    await fs.mkdir(targetPath, { mode: VOLUME_ROOT_MODE });
+    fsSync.mkdirSync(targetPath, { mode: VOLUME_ROOT_MODE });
     return true;
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
@@ -277,7 +284,7 @@ async function createTargetDir(targetPath: string): Promise<boolean> {
 async function refuseAnythingButADirectory(targetPath: string): Promise<void> {
   let stat: Stats;
   try {
-    stat = await fs.lstat(targetPath);
+    stat = fsSync.lstatSync(targetPath);
   } catch (err) {
     throw new DriverError(status.INTERNAL, `checking target_path ${targetPath} failed: ${errorMessage(err)}`);
   }
@@ -307,19 +314,19 @@ async function describeNonDirectory(targetPath: string, stat: Stats): Promise<st
  * symlink, so the directory checked is the one changed; chown before chmod, as
  * chown may clear bits.
  */
-async function makeVolumeRoot(targetPath: string): Promise<void> {
-  let handle: fs.FileHandle | undefined;
+function makeVolumeRoot(targetPath: string): void {
+  let fd: number | undefined;
   try {
-    handle = await fs.open(targetPath, fsConstants.O_RDONLY | fsConstants.O_DIRECTORY | fsConstants.O_NOFOLLOW);
-    await handle.chown(process.geteuid?.() ?? -1, process.getegid?.() ?? -1);
-    await handle.chmod(VOLUME_ROOT_MODE);
+    fd = fsSync.openSync(targetPath, fsConstants.O_RDONLY | fsConstants.O_DIRECTORY | fsConstants.O_NOFOLLOW);
+    fsSync.fchownSync(fd, process.geteuid?.() ?? -1, process.getegid?.() ?? -1);
+    fsSync.fchmodSync(fd, VOLUME_ROOT_MODE);
   } catch (err) {
     throw new DriverError(
       status.INTERNAL,
       `setting the owner and mode ${VOLUME_ROOT_MODE.toString(8)} of target_path ${targetPath} failed: ${errorMessage(err)}`,
     );
   } finally {
-    await handle?.close();
+    if (fd !== undefined) fsSync.closeSync(fd);
   }
 }
 
