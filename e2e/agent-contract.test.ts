@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
+import { matchEcPrivateKey } from '../src/x509/ec-key-match.js';
 import { delegatedIdentityService } from '../test/support/grpc-services.js';
 import { createLocalJWKSet, decodeProtectedHeader, jwtVerify, type JSONWebKeySet } from 'jose';
 import {
@@ -135,6 +136,8 @@ describe('the real agent, as the driver and the development agent assume it', ()
       const leaf = new X509Certificate(svid.cert_chain[0] as Buffer);
       assert.equal(leaf.subjectAltName, 'URI:spiffe://example.org/contract');
       assert.ok(leaf.checkPrivateKey(createPrivateKey({ key, format: 'der', type: 'pkcs8' })), 'x509_svid_key is PKCS#8 DER of the leaf key');
+      // The agent's key has the shape the driver's fast key check handles (Go's MarshalPKCS8PrivateKey, ec-p256).
+      assert.equal(matchEcPrivateKey(key, leaf), 'match', "the driver's own key check takes the agent's key");
       assert.equal(svid.expires_at, Math.floor(new Date(leaf.validTo).getTime() / 1000), 'expires_at is the leaf NotAfter');
       const lifetimeS = (new Date(leaf.validTo).getTime() - new Date(leaf.validFrom).getTime()) / 1000;
       assert.equal(lifetimeS, 30, 'NotBefore is backdated 10 s: -x509SVIDTTL 20 gives a 30 s NotBefore..NotAfter');

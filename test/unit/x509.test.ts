@@ -339,6 +339,14 @@ describe('checkSvid refuses anything invalid (invariant 5)', () => {
     assert.match(reason, /the private key does not match the leaf certificate/);
   });
 
+  test('the right key with its private value damaged: the point it carries still matches the leaf, the value does not', () => {
+    const damaged = Buffer.from(svid.keyPkcs8Der);
+    // In the shape SPIRE writes, the 32-byte private value starts at byte 36 (after the OCTET STRING header 04 20).
+    assert.deepEqual([...damaged.subarray(34, 36)], [0x04, 0x20]);
+    damaged[40] = (damaged[40] as number) ^ 0x01;
+    assert.match(failure(checkSvid(material({ keyDer: damaged }))), /the private key is inconsistent/);
+  });
+
   test("the CA's key with the leaf", async () => {
     assert.match(failure(checkSvid(material({ keyDer: await exportPkcs8(ca.keys) }))), /does not match the leaf/);
   });
