@@ -1,4 +1,4 @@
-import { ECDH, createECDH, type X509Certificate } from 'node:crypto';
+import { ECDH, createECDH, type JsonWebKey, type X509Certificate } from 'node:crypto';
 
 /**
  * Whether a PKCS#8 EC private key belongs to a certificate, without
@@ -66,8 +66,8 @@ export function matchEcPrivateKey(keyDer: Buffer, leaf: X509Certificate): EcKeyM
   if (key.embeddedPoint !== undefined && !samePoint(key.embeddedPoint, derived, key.curve.opensslName)) {
     return { problem: 'the private key is inconsistent: the public key it carries is not the one its private value gives' };
   }
-  const leafKey = leaf.publicKey.export({ format: 'jwk' });
-  if (leafKey.kty !== 'EC' || leafKey.crv !== key.curve.jwkName || leafKey.x === undefined || leafKey.y === undefined) {
+  const leafKey = leafPublicJwk(leaf);
+  if (leafKey?.kty !== 'EC' || leafKey.crv !== key.curve.jwkName || leafKey.x === undefined || leafKey.y === undefined) {
     return { problem: 'the private key does not match the leaf certificate' };
   }
   // getPublicKey: 0x04, then x and y, each as long as the curve's field elements (RFC 7518 §6.2.1.2 pads JWK's the same way).
@@ -78,6 +78,15 @@ export function matchEcPrivateKey(keyDer: Buffer, leaf: X509Certificate): EcKeyM
     return { problem: 'the private key does not match the leaf certificate' };
   }
   return 'match';
+}
+
+/** The leaf's public key as a JWK; undefined for a key OpenSSL cannot read or JWK cannot express (DSA, say), which no EC key matches. */
+function leafPublicJwk(leaf: X509Certificate): JsonWebKey | undefined {
+  try {
+    return leaf.publicKey.export({ format: 'jwk' });
+  } catch {
+    return undefined;
+  }
 }
 
 interface ParsedEcKey {

@@ -114,6 +114,15 @@ describe('matchEcPrivateKey', () => {
     );
   });
 
+  test('a leaf whose public key cannot be read or put as a JWK (DSA, say) matches no EC key, without a throw', () => {
+    const unreadable = {
+      get publicKey(): never {
+        throw new Error('unsupported key type');
+      },
+    } as unknown as X509Certificate;
+    assert.equal(problemOf(matchEcPrivateKey(svid.keyPkcs8Der, unreadable)), 'the private key does not match the leaf certificate');
+  });
+
   test('a damaged private value with the point intact is refused, where the OpenSSL comparison accepted it', () => {
     const { scalar, point } = partsOf(svid.keyPkcs8Der);
     const damaged = Buffer.from(scalar);

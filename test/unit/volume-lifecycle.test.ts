@@ -255,6 +255,31 @@ describe('publish', () => {
     await w.close();
   });
 
+  it('asks the agent first, and writes the record and mounts on a later turn of the event loop, while the agent answers', async () => {
+    const w = new World();
+    const spec = podSpec(3);
+    let callsAtPrepare: number | undefined;
+    w.storage.onPrepare = () => {
+      callsAtPrepare = w.agent.svidCallsOf(spec.pod.uid).length;
+    };
+    const call = w.publish(spec);
+    // Same turn (microtasks only): the subscription is made, and its request goes out when the turn ends;
+    // nothing is recorded or mounted yet.
+    for (let i = 0; i < 50; i++) await Promise.resolve();
+    assert.equal(w.agent.svidCallsOf(spec.pod.uid).length, 1);
+    assert.equal(w.store.written.length, 0, 'the record waits for the next turn');
+    assert.equal(callsAtPrepare, undefined, 'the mount waits for the next turn');
+    await new Promise((resolve) => setImmediate(resolve));
+    await settle();
+    assert.equal(w.store.written.length, 1);
+    assert.equal(callsAtPrepare, 1, 'the agent was asked before the target path was prepared');
+    w.sendBundle();
+    w.sendSvids(spec, svid(0));
+    await settle();
+    assertSucceeded(call);
+    await w.close();
+  });
+
   it('at info level logs none of the step lines', async () => {
     const w = new World({ logLevel: 'info' });
     const spec = podSpec(2);
