@@ -94,6 +94,12 @@ interface PreparedWrite {
   svid: CheckedSvid;
 }
 
+/**
+ * How a volume's files first came to be the agent's latest answer: found on
+ * disk as they were, or written; or the volume closed before that happened.
+ */
+export type FirstMatchOutcome = 'unchanged' | 'rewritten' | 'closed';
+
 /** Shared by every volume that federates with none (one Set less per volume). */
 const NO_TRUST_DOMAINS: ReadonlySet<string> = new Set();
 
@@ -109,6 +115,8 @@ export class ManagedVolume {
   private firstSvidsArrivedAt: number | undefined;
   /** From start() to firstSvidsArrivedAt, once the first files are written: the publish's wait for the agent. */
   private agentWaitedMs: number | undefined;
+  /** Told once, then dropped: when the files first are the agent's latest answer, or the volume closes first. */
+  private onFirstMatch: ((outcome: FirstMatchOutcome) => void) | undefined;
   private stream: ResilientStream<SubscribeToX509SvidsResponse> | undefined;
   private unsubscribeBundles: (() => void) | undefined;
   /** With csi.spire.io/jwt-audiences: the volume's one refresh timer, and its JWT bundle subscription. */
@@ -170,7 +178,7 @@ export class ManagedVolume {
     readonly record: VolumeRecord,
     readonly selectors: Selector[],
     private readonly deps: ManagedVolumeDeps,
-    options: { filesPresent: boolean },
+    options: { filesPresent: boolean; onFirstMatch?: (outcome: FirstMatchOutcome) => void },
   ) {
     // Our tmpfs is memory: its system calls run inline (writer-fs.ts); a plain
     // directory on the node's disk keeps the thread pool.
@@ -179,6 +187,7 @@ export class ManagedVolume {
     const clock = this.clock;
     this.retry = new WriteRetry({ schedule: (callback, delayMs) => clock.schedule(callback, delayMs), ...deps.writeRetry });
     this.hasFiles = options.filesPresent;
+    this.onFirstMatch = options.onFirstMatch;
     this.logger = lazyChild(deps.logger, {
       volume_id: record.volumeId,
       pod: `${record.pod.namespace}/${record.pod.name}`,
@@ -379,6 +388,7 @@ export class ManagedVolume {
   /** Stops the streams and any retry, and waits for a write in progress, leaving the files as they are. */
   async close(): Promise<void> {
     this.closed = true;
+    this.reportFirstMatch('closed');
     this.stream?.close();
     this.unsubscribeBundles?.();
     this.jwtRefresher?.close();
@@ -443,6 +453,12 @@ export class ManagedVolume {
     // A JWT fetch that failed after the last sync is not in `problem` yet.
     const jwt = this.jwtFailure !== undefined && !this.problem.includes(this.jwtFailure) ? `; ${this.jwtFailure}` : '';
     return new DriverError(status.DEADLINE_EXCEEDED, `no SVID after ${seconds}s: ${this.problem}${jwt}`);
+  }
+
+  private reportFirstMatch(outcome: FirstMatchOutcome): void {
+    const report = this.onFirstMatch;
+    this.onFirstMatch = undefined;
+    report?.(outcome);
   }
 
   private notifyStateListeners(): void {
@@ -527,6 +543,7 @@ export class ManagedVolume {
       const onDisk = await this.writer.holds(collected.files, gid).catch(() => false);
       if (onDisk) {
         this.writtenDigest = collected.digest;
+        this.reportFirstMatch('unchanged');
         return 'on-disk';
       }
     }
@@ -691,6 +708,7 @@ export class ManagedVolume {
       return;
     }
     this.writtenDigest = digest;
+    this.reportFirstMatch(result.changed ? 'rewritten' : 'unchanged');
     this.logger.debug(
       { version: result.version, duration_ms: roundMs(this.clock.now() - writeStartedAt) },
       result.changed ? 'volume files written' : 'volume files unchanged; nothing written',

@@ -13,7 +13,7 @@ import { systemClock, type Clock } from '../spire/resilient-stream.js';
 import { formatSelectors, selectorsForPod } from '../spire/selectors.js';
 import { DEFAULT_LAYOUT } from './attributes.js';
 import { federatedBundleModeOf } from './federated-bundles.js';
-import { ManagedVolume, type ManagedVolumeDeps } from './managed-volume.js';
+import { ManagedVolume, type FirstMatchOutcome, type ManagedVolumeDeps } from './managed-volume.js';
 import type { VolumeRecord, VolumeRecordStore } from './metadata-store.js';
 import type { PublishSpec } from './publish-spec.js';
 import type { VolumeStorageBackend } from './volume-storage.js';
@@ -93,11 +93,13 @@ export class VolumeManager {
    * re-opened and the first response rewrites a file only if it differs.
    */
   async resume(): Promise<void> {
+    const checked = this.countFirstMatches();
     const { records, quarantined, unsupported } = await this.deps.store.loadAll();
     await this.forgetTombstonesOfGonePods().catch((err: unknown) =>
       this.deps.logger.warn({ err: errorMessage(err) }, 'could not check the tombstones of quarantined volumes; trying again on the next start'),
     );
-    const results = await Promise.allSettled(records.map((record) => this.resumeOne(record)));
+    const results = await Promise.allSettled(records.map((record) => this.resumeOne(record, checked.track)));
+    checked.allTracked();
     results.forEach((result, index) => {
       if (result.status === 'rejected') {
         this.deps.logger.error(
@@ -106,6 +108,14 @@ export class VolumeManager {
         );
       }
     });
+    // Every stream is open, and its request goes out when this turn of the
+    // event loop ends. Then, before resume() returns and the CSI server starts,
+    // the certificate on each volume's disk (~0.15 ms a parse): kubelet's first
+    // NodeGetVolumeStats already sees an SVID that expired while the driver was
+    // down. Parsing them after the requests are out, not between them, has the
+    // agent see all 500 streams of a restart ~0.1 s sooner.
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    await Promise.all([...this.volumes.values()].map((volume) => volume.readSvidOnDisk()));
     this.deps.logger.info(
       { volumes: this.volumes.size, quarantined: quarantined.length, newer_format: unsupported.length },
       'resumed volumes from the state directory',
@@ -113,7 +123,40 @@ export class VolumeManager {
     this.deps.onActivity?.();
   }
 
-  private async resumeOne(record: VolumeRecord): Promise<void> {
+  /**
+   * The info line that ends a restart: once every resumed volume's files have
+   * been compared with the agent's first answer (and rewritten where they
+   * differ), or the volume was unpublished first. It does not come while the
+   * agent leaves a volume unanswered or refuses its SVID; those volumes have
+   * their own lines.
+   */
+  private countFirstMatches(): { track: () => (outcome: FirstMatchOutcome) => void; allTracked: () => void } {
+    const startedAt = this.clock.now();
+    const counts: Record<FirstMatchOutcome, number> = { unchanged: 0, rewritten: 0, closed: 0 };
+    let tracked = 0;
+    // One for resume() itself, until every volume is tracked: a volume the agent answers first must not end the count.
+    let pending = 1;
+    const settled = (): void => {
+      if (--pending > 0 || tracked === 0) return;
+      this.deps.logger.info(
+        { volumes: tracked, ...counts, duration_ms: this.msSince(startedAt) },
+        "resumed volumes checked against the SPIRE agent's first answers",
+      );
+    };
+    return {
+      track: () => {
+        tracked++;
+        pending++;
+        return (outcome) => {
+          counts[outcome]++;
+          settled();
+        };
+      },
+      allTracked: settled,
+    };
+  }
+
+  private async resumeOne(record: VolumeRecord, trackFirstMatch: () => (outcome: FirstMatchOutcome) => void): Promise<void> {
     const log = this.deps.logger.child({ volume_id: record.volumeId, target_path: record.targetPath });
     const found = await this.deps.storage.inspect(record.targetPath);
     if (found === 'gone') {
@@ -145,15 +188,10 @@ export class VolumeManager {
     // Not limited: these volumes are in use by running pods, even when a lowered
     // --max-volumes leaves fewer places than that; new publishes wait until
     // enough are unpublished.
-    const volume = this.createVolume(record, true);
+    const volume = this.createVolume(record, true, trackFirstMatch());
     await volume.readJwtFilesOnDisk();
     this.volumes.set(record.volumeId, volume);
     volume.start();
-    // After the stream is open (a restart with 500 volumes re-opens every
-    // stream ~0.1 s sooner), before resume() returns and the CSI server
-    // starts: kubelet's first NodeGetVolumeStats already sees an SVID on
-    // disk that expired while the driver was down.
-    await volume.readSvidOnDisk();
   }
 
   async publish(spec: PublishSpec, callSignal: AbortSignal): Promise<void> {
@@ -391,8 +429,11 @@ export class VolumeManager {
     return roundMs(this.clock.now() - startedAt);
   }
 
-  private createVolume(record: VolumeRecord, filesPresent: boolean): ManagedVolume {
-    return new ManagedVolume(record, selectorsForPod(record.pod, this.deps.nodeName), this.deps, { filesPresent });
+  private createVolume(record: VolumeRecord, filesPresent: boolean, onFirstMatch?: (outcome: FirstMatchOutcome) => void): ManagedVolume {
+    return new ManagedVolume(record, selectorsForPod(record.pod, this.deps.nodeName), this.deps, {
+      filesPresent,
+      ...(onFirstMatch && { onFirstMatch }),
+    });
   }
 
   private async withVolumeLock<T>(volumeId: string, task: () => Promise<T>): Promise<T> {

@@ -10,6 +10,7 @@ import path from 'node:path';
 import { status } from '../grpc-status.js';
 import { DriverError, errorMessage } from '../errors.js';
 import { AtomicWriter, holdsOnlyWriterFiles } from '../fs/atomic-writer.js';
+import { inlineFs } from '../fs/writer-fs.js';
 import { findMount, mountsAtAndBelow, mountsUnder, topmostMount } from '../fs/mountinfo.js';
 import type { Libc } from '../fs/libc.js';
 import { isOurTmpfs, mountTmpfs, unmount, type TmpfsCallOptions } from '../fs/tmpfs.js';
@@ -167,14 +168,17 @@ export class VolumeStorage implements VolumeStorageBackend {
    * is then not resumed, and its record stays for the next start).
    */
   async inspect(targetPath: string): Promise<TargetState> {
+    // Synchronous calls, as in prepare: a restart inspects every volume before
+    // re-opening its stream, and a thread-pool round trip per call kept 500
+    // streams waiting on each other's lstat and readlink.
     let found: Stats;
     try {
-      found = await fs.lstat(targetPath);
+      found = fsSync.lstatSync(targetPath);
     } catch {
       return 'gone';
     }
     if (!found.isDirectory()) return 'not-a-directory';
-    return (await new AtomicWriter(targetPath).currentVersion()) === null ? 'no-files' : 'has-files';
+    return (await new AtomicWriter(targetPath, { fs: inlineFs }).currentVersion()) === null ? 'no-files' : 'has-files';
   }
 
   /**

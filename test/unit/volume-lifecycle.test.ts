@@ -872,6 +872,51 @@ describe('resume after a restart', () => {
     await second.close();
   });
 
+  it("ends with one info line once every resumed volume is checked against the agent's first answer: unchanged, rewritten or unpublished", async () => {
+    const first = new World();
+    const specs = [podSpec(70), podSpec(71), podSpec(72), podSpec(73)];
+    for (const spec of specs) await first.publishLive(spec, svid(0));
+    await first.close();
+
+    const second = new World({ store: first.store, storage: first.storage, logLevel: 'info' });
+    const line = (): Record<string, unknown>[] => second.log.withMessage("resumed volumes checked against the SPIRE agent's first answers");
+    await second.manager.resume();
+    second.sendBundle();
+    second.clock.tick(40);
+    second.sendSvids(specs[0] as PublishSpec, svid(0));
+    second.sendSvids(specs[1] as PublishSpec, svid(1));
+    await settle();
+    assert.deepEqual(line(), [], 'two volumes still wait for their first answer');
+    // An answer that cannot be written yet (no SVID for the pod) does not count.
+    second.sendSvids(specs[2] as PublishSpec);
+    await settle();
+    assert.deepEqual(line(), []);
+    await second.manager.unpublish((specs[3] as PublishSpec).volumeId, (specs[3] as PublishSpec).targetPath);
+    second.clock.tick(2);
+    second.sendSvids(specs[2] as PublishSpec, svid(0));
+    await settle();
+    assert.equal(line().length, 1);
+    assert.deepEqual(Object.fromEntries(['volumes', 'unchanged', 'rewritten', 'closed', 'duration_ms'].map((key) => [key, line()[0]?.[key]])), {
+      volumes: 4,
+      unchanged: 2,
+      rewritten: 1,
+      closed: 1,
+      duration_ms: 42,
+    });
+    // Later answers (a rotation) log nothing more.
+    second.sendSvids(specs[0] as PublishSpec, svid(1));
+    await settle();
+    assert.equal(line().length, 1);
+    await second.close();
+  });
+
+  it('logs no such line when nothing was resumed', async () => {
+    const w = new World({ logLevel: 'info' });
+    await w.manager.resume();
+    assert.deepEqual(w.log.withMessage("resumed volumes checked against the SPIRE agent's first answers"), []);
+    await w.close();
+  });
+
   it('decides per record: live, cleaned, forgotten, removed; drops tombstones of gone pods; leaves newer-format records', async () => {
     const w = new World();
     const live = podSpec(61);
