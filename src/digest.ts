@@ -8,10 +8,7 @@ import { createHash } from 'node:crypto';
 
 export function digestOfParts(parts: Iterable<Buffer>): string {
   const hash = createHash('sha256');
-  const length = Buffer.alloc(4);
-  for (const part of parts) {
-    length.writeUInt32BE(part.length);
-    hash.update(length).update(part);
-  }
+  // A decimal length and a colon: as unambiguous as a binary prefix, one allocation fewer a part.
+  for (const part of parts) hash.update(`${part.length}:`).update(part);
   return hash.digest('hex');
 }

@@ -2,7 +2,6 @@
  * From the agent's SVID list and the trust bundle to the exact files of one
  * volume: which SVID to write, what goes in each file, and each file's mode.
  */
-import { digestOfParts } from '../digest.js';
 import type { FileSpec } from '../fs/atomic-writer.js';
 import type { SpiffeIdMessage, X509SvidWithKey } from '../spire/messages.js';
 import { DEFAULT_PKCS12_PASSWORD } from './attributes.js';
@@ -150,13 +149,4 @@ function requirePkcs12Encoder(): typeof buildPkcs12 {
  */
 function credentialBundle(keyPem: string, chainPem: string): Buffer {
   return Buffer.from(keyPem + chainPem);
-}
-
-/**
- * What a set of files is, in 64 hex characters: every name, mode and content,
- * each length-prefixed so that no two different sets hash alike by shifting
- * bytes between fields.
- */
-export function digestOfFiles(files: readonly FileSpec[]): string {
-  return digestOfParts(files.flatMap((file) => [Buffer.from(file.name), Buffer.from(file.mode.toString(8)), file.data]));
 }

@@ -4,7 +4,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, test, type TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { AtomicWriter, holdsOnlyWriterFiles, type FileSpec, type WriteResult } from '../../src/fs/atomic-writer.js';
+import { AtomicWriter, digestOfFiles, holdsOnlyWriterFiles, type FileSpec, type WriteResult } from '../../src/fs/atomic-writer.js';
 import { mountTmpfs, unmount } from '../../src/fs/tmpfs.js';
 import { inlineFs, threadPoolFs, type WriterFs } from '../../src/fs/writer-fs.js';
 import { makeScratchDir, removeScratchDir } from '../support/scratch.js';
@@ -476,3 +476,31 @@ writerTest(
     );
   },
 );
+
+test('digestOfFiles: equal for equal files, different when any name, mode, byte, order or group differs', () => {
+  const files: FileSpec[] = [
+    { name: 'svid.pem', data: Buffer.from('cert'), mode: 0o644 },
+    { name: 'svid_key.pem', data: Buffer.from('key'), mode: 0o600 },
+  ];
+  const digest = digestOfFiles(files);
+  assert.match(digest, /^[0-9a-f]{64}$/);
+  assert.equal(digestOfFiles(files.map((f) => ({ ...f, data: Buffer.from(f.data) }))), digest, 'the bytes count, not the buffers');
+  const variants: FileSpec[][] = [
+    [{ ...files[0]!, name: 'svid.crt' }, files[1]!],
+    [{ ...files[0]!, mode: 0o640 }, files[1]!],
+    [{ ...files[0]!, data: Buffer.from('cerT') }, files[1]!],
+    [files[1]!, files[0]!],
+    [files[0]!],
+    // Bytes moved from a name into the data, or from one file's data into the next name, hash apart.
+    [{ name: 'svid.pe', data: Buffer.from('mcert'), mode: 0o644 }, files[1]!],
+    [
+      { ...files[0]!, data: Buffer.from('cert"') },
+      { ...files[1]!, name: 'svid_key.pem' },
+    ],
+    [{ name: 'a', data: Buffer.from('" 644 0\n"b'), mode: 0o644 }],
+  ];
+  const digests = new Set([digest, ...variants.map((v) => digestOfFiles(v))]);
+  assert.equal(digests.size, variants.length + 1);
+  assert.notEqual(digestOfFiles(files, 0), digest, 'a group is part of the digest');
+  assert.notEqual(digestOfFiles(files, 0), digestOfFiles(files, 1));
+});
