@@ -45,6 +45,8 @@ export class VolumeManager {
    * their first SVID): each holds one of the maxVolumes places.
    */
   private readonly reserved = new Set<string>();
+  /** Set by shutdown(): the volumes it closes were not checked against the agent (countFirstMatches). */
+  private stopping = false;
   private readonly clock: Clock;
 
   constructor(private readonly deps: VolumeManagerDeps) {
@@ -137,7 +139,8 @@ export class VolumeManager {
     // One for resume() itself, until every volume is tracked: a volume the agent answers first must not end the count.
     let pending = 1;
     const settled = (): void => {
-      if (--pending > 0 || tracked === 0) return;
+      // Volumes closed by a stopping driver were not checked: no line then.
+      if (--pending > 0 || tracked === 0 || this.stopping) return;
       this.deps.logger.info(
         { volumes: tracked, ...counts, duration_ms: this.msSince(startedAt) },
         "resumed volumes checked against the SPIRE agent's first answers",
@@ -188,7 +191,14 @@ export class VolumeManager {
     // Not limited: these volumes are in use by running pods, even when a lowered
     // --max-volumes leaves fewer places than that; new publishes wait until
     // enough are unpublished.
-    const volume = this.createVolume(record, true, trackFirstMatch());
+    const reportFirstMatch = trackFirstMatch();
+    let volume: ManagedVolume;
+    try {
+      volume = this.createVolume(record, true, reportFirstMatch);
+    } catch (err) {
+      reportFirstMatch('closed');
+      throw err;
+    }
     await volume.readJwtFilesOnDisk();
     this.volumes.set(record.volumeId, volume);
     volume.start();
@@ -292,6 +302,8 @@ export class VolumeManager {
     let recorded = false;
     const prepared = (async () => {
       await new Promise<void>((resolve) => setImmediate(resolve));
+      // Cancelled, or the driver stopping, meanwhile: nothing recorded, nothing to undo.
+      if (signal.aborted) throw signal.reason;
       // Metadata before anything on the node, and only once: a crash after
       // this leaves a record that the next start resumes (files written) or
       // cleans up (no files), so no mount or file is ever orphaned.
@@ -418,6 +430,7 @@ export class VolumeManager {
 
   /** SIGTERM: stop every stream and leave every volume in place for the next start. */
   async shutdown(): Promise<void> {
+    this.stopping = true;
     for (const controllers of this.publishing.values()) {
       for (const controller of controllers) controller.abort(new DriverError(status.UNAVAILABLE, 'the driver is shutting down; kubelet will retry'));
     }

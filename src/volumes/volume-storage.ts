@@ -174,8 +174,13 @@ export class VolumeStorage implements VolumeStorageBackend {
     let found: Stats;
     try {
       found = fsSync.lstatSync(targetPath);
-    } catch {
-      return 'gone';
+    } catch (err) {
+      // Only a path that is not there is gone. Any other failure (EACCES, EIO)
+      // says nothing about the volume, whose record must then stay: resume
+      // reports it and the next start, or NodeUnpublishVolume, tries again.
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ENOTDIR') return 'gone';
+      throw new Error(`cannot inspect target_path ${targetPath}: ${errorMessage(err)}`, { cause: err });
     }
     if (!found.isDirectory()) return 'not-a-directory';
     return (await new AtomicWriter(targetPath, { fs: inlineFs }).currentVersion()) === null ? 'no-files' : 'has-files';

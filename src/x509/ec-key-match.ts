@@ -144,9 +144,16 @@ function parseEcPkcs8(der: Buffer): ParsedEcKey | undefined {
   return { curve, scalar: der.subarray(scalar.start, scalar.end), embeddedPoint };
 }
 
-/** Equal points, whichever SEC 1 form the embedded one uses (Go writes the uncompressed form, as getPublicKey does). */
+/**
+ * Equal points, the embedded one in SEC 1's uncompressed form (what Go writes,
+ * and getPublicKey gives) or its compressed form. Any other encoding, the
+ * hybrid 0x06/0x07 forms OpenSSL would also take included, is unequal:
+ * BoringSSL (Envoy) refuses such a key.
+ */
 function samePoint(embedded: Buffer, derivedUncompressed: Buffer, curveName: string): boolean {
   if (embedded[0] === 0x04) return embedded.equals(derivedUncompressed);
+  const compressedLength = (derivedUncompressed.length + 1) / 2;
+  if ((embedded[0] !== 0x02 && embedded[0] !== 0x03) || embedded.length !== compressedLength) return false;
   try {
     return derivedUncompressed.equals(ECDH.convertKey(embedded, curveName, undefined, undefined, 'uncompressed') as Buffer);
   } catch {

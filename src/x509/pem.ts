@@ -19,7 +19,8 @@ const bundlePems = new WeakMap<readonly Buffer[], Buffer>();
  * the trust domain gets that same list, so on a bundle change 500 volumes
  * share one encoding instead of making 500. The list must never be changed
  * after its first use here (the watchers' lists are not), and the returned
- * bytes never written to (the atomic writer copies what it is given).
+ * bytes never written to: every volume's writer writes this very buffer, it
+ * does not copy it.
  */
 export function bundleToPem(certificates: readonly Buffer[]): Buffer {
   let pem = bundlePems.get(certificates);

@@ -254,3 +254,19 @@ test(
     assert.deepEqual(await mountsUnder(coveredByForeign), []);
   },
 );
+
+test('VolumeStorage.inspect: a missing path is gone, any other failure to look is an error, never "gone"', async () => {
+  const storage = new VolumeStorage({
+    useTmpfs: false,
+    tmpfsSizeBytes: SIZE,
+    mountSource: SOURCE,
+    kubeletRootDir: scratch,
+    logger: new MemoryLog().logger(),
+  });
+  assert.equal(await storage.inspect(path.join(scratch, 'not-there')), 'gone');
+  const file = path.join(scratch, 'a-file');
+  await fs.writeFile(file, 'x');
+  assert.equal(await storage.inspect(path.join(file, 'below')), 'gone', 'ENOTDIR: nothing can be there');
+  // ENAMETOOLONG stands for EACCES and EIO, which root cannot provoke here: the record must stay, so resume reports it.
+  await assert.rejects(storage.inspect(path.join(scratch, 'x'.repeat(300))), /cannot inspect target_path .*ENAMETOOLONG/);
+});

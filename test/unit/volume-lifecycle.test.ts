@@ -508,6 +508,22 @@ describe('unpublish and cancellation', () => {
     await w.close();
   });
 
+  it('kubelet cancelling before the record is due (the same turn): nothing is recorded, prepared or removed', async () => {
+    const w = new World();
+    const spec = podSpec(23);
+    const kubelet = new AbortController();
+    const call = w.publish(spec, kubelet.signal);
+    for (let i = 0; i < 50; i++) await Promise.resolve();
+    assert.equal(w.agent.svidCallsOf(spec.pod.uid).length, 1, 'the stream is open, the record not yet written');
+    kubelet.abort();
+    await settle();
+    assertFailedWith(call, status.ABORTED, 'kubelet cancelled the NodePublishVolume call');
+    assert.deepEqual(w.store.written, [], 'no record written');
+    assert.deepEqual(w.storage.calls, [], 'nothing prepared, nothing to remove');
+    assert.deepEqual(w.agent.openSvidCalls(), []);
+    await w.close();
+  });
+
   it('unpublish of a live volume waits for a write in progress, then removes everything and writes nothing more', async () => {
     const w = new World();
     const spec = podSpec(22);
@@ -908,6 +924,17 @@ describe('resume after a restart', () => {
     await settle();
     assert.equal(line().length, 1);
     await second.close();
+  });
+
+  it('logs no such line when the driver stops before the agent answered: the volumes it closes were not checked', async () => {
+    const first = new World();
+    const spec = podSpec(74);
+    await first.publishLive(spec, svid(0));
+    await first.close();
+    const second = new World({ store: first.store, storage: first.storage, logLevel: 'info' });
+    await second.manager.resume();
+    await second.close();
+    assert.deepEqual(second.log.withMessage("resumed volumes checked against the SPIRE agent's first answers"), []);
   });
 
   it('logs no such line when nothing was resumed', async () => {
