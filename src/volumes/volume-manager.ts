@@ -6,6 +6,7 @@
  * At most maxVolumes volumes are live or being published at once.
  */
 import path from 'node:path';
+import { setImmediate as nextTurnOfTheEventLoop } from 'node:timers/promises';
 import { status } from '../grpc-status.js';
 import { DriverError, errorMessage } from '../errors.js';
 import { roundMs } from '../observability/logger.js';
@@ -116,7 +117,7 @@ export class VolumeManager {
     // NodeGetVolumeStats already sees an SVID that expired while the driver was
     // down. Parsing them after the requests are out, not between them, has the
     // agent see all 500 streams of a restart ~0.1 s sooner.
-    await new Promise<void>((resolve) => setImmediate(resolve));
+    await nextTurnOfTheEventLoop();
     await Promise.all([...this.volumes.values()].map((volume) => volume.readSvidOnDisk()));
     this.deps.logger.info(
       { volumes: this.volumes.size, quarantined: quarantined.length, newer_format: unsupported.length },
@@ -301,7 +302,7 @@ export class VolumeManager {
     const volume = this.createVolume(record, false);
     let recorded = false;
     const prepared = (async () => {
-      await new Promise<void>((resolve) => setImmediate(resolve));
+      await nextTurnOfTheEventLoop();
       // Cancelled, or the driver stopping, meanwhile: nothing recorded, nothing to undo.
       if (signal.aborted) throw signal.reason;
       // Metadata before anything on the node, and only once: a crash after
