@@ -435,7 +435,8 @@ export class AtomicWriter {
 
 function validatePayload(files: readonly FileSpec[], options: WriteOptions): ValidatedPayload {
   const seen = new Set<string>();
-  const copies: FileSpec[] = [];
+  // New specs holding the names and modes as they are now; the bytes themselves are not copied (see write()).
+  const specs: FileSpec[] = [];
   for (const file of files) {
     const problem = describeFileNameProblem(file.name);
     if (problem !== undefined) throw new Error(`invalid volume file name: ${problem}`);
@@ -445,13 +446,13 @@ function validatePayload(files: readonly FileSpec[], options: WriteOptions): Val
       throw new Error(`volume file ${file.name}: mode ${String(file.mode)} is not a permission mode between 0 and 0o777`);
     }
     if (!Buffer.isBuffer(file.data)) throw new Error(`volume file ${file.name}: data must be a Buffer`);
-    copies.push({ name: file.name, data: file.data, mode: file.mode });
+    specs.push({ name: file.name, data: file.data, mode: file.mode });
   }
   const { gid } = options;
   if (gid !== undefined && (!Number.isInteger(gid) || gid < 0 || gid > MAX_GID)) {
     throw new Error(`gid ${String(gid)} is not a group id between 0 and ${MAX_GID}`);
   }
-  return { files: copies, gid };
+  return { files: specs, gid };
 }
 
 /**

@@ -121,8 +121,8 @@ function describeValidityProblem(notBefore: Date, notAfter: Date, now: Date): st
  * against the new bundle on every volume of the trust domain. The checks of
  * the SVID's own bytes cannot come out differently (matching the key to the
  * leaf, ~0.1 ms; ~0.4 ms for a key OpenSSL parses), and while the new bundle
- * still holds that CA, byte for byte, neither can the chain's signatures (a parse and a verify,
- * ~0.2 ms). Validity against the clock is checked every time; a bundle
+ * still holds that CA, byte for byte, neither can the chain's signatures (a
+ * parse and a verify, ~0.2 ms). Validity against the clock is checked every time; a bundle
  * without that CA gets the full chain check.
  */
 export interface LeafCheckMemo {
